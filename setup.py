@@ -1,0 +1,34 @@
+"""minidiff: a NumPy-first reference implementation of AEs, VAEs and DDPM diffusion."""
+from setuptools import setup
+
+setup(
+    name="minidiff",
+    version="0.1.0",
+    description="From-scratch autoencoders, VAEs and DDPM diffusion on a NumPy autograd, "
+    "with fused Numba/CUDA kernels",
+    python_requires=">=3.10",
+    packages=[
+        "minidiff",
+        "minidiff.ops",
+        "minidiff.nn",
+        "minidiff.diffusion",
+        "minidiff.models",
+        "minidiff.kernels",
+    ],
+    # kernels/ lives at the top level (it is read on its own) but installs as minidiff.kernels
+    package_dir={"minidiff.kernels": "kernels"},
+    package_data={"minidiff.kernels": ["*.cu"]},
+    install_requires=[
+        "numpy>=1.24",
+        "numba>=0.59",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "scikit-learn>=1.2",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6.80"],
+        "gpu": ["cupy-cuda12x", "numba-cuda"],
+        "bench": ["threadpoolctl"],
+    },
+    entry_points={"console_scripts": ["minidiff=minidiff.cli:main"]},
+)
