@@ -42,7 +42,7 @@ def gradcheck(f, inputs, wrt=None, h=1e-6, atol=1e-6, rtol=1e-5, seed=0):
     differentiate (default: all). Raises GradcheckError naming the input and the worst element;
     returns True when every gradient matches within atol + rtol·|numerical|.
     """
-    arrays = [xp_of(a).ascontiguousarray(xp_of(a).asarray(a, dtype=np.float64)) for a in inputs]
+    arrays = [xp_of(a).array(a, dtype=np.float64, order="C") for a in inputs]  # contiguous copies, 0-d kept
     wrt = range(len(arrays)) if wrt is None else wrt
     tensors = [Tensor(a.copy(), requires_grad=(i in wrt)) for i, a in enumerate(arrays)]
     out = f(*tensors)

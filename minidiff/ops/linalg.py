@@ -22,10 +22,8 @@ class MatMul(Function):
         a, b = self.a, self.b
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
-        if a.ndim == 1:
-            g = xp_of(g).expand_dims(g, -2)
-        if b.ndim == 1:
-            g = xp_of(g).expand_dims(g, -1)
+        batch = xp_of(g).broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        g = g.reshape(batch + (a2.shape[-2], b2.shape[-1]))  # restore the axes a 1-D operand dropped
         da = db = None
         if self.needs_grad[0]:
             da = unbroadcast(g @ b2.swapaxes(-1, -2), a2.shape).reshape(a.shape)
