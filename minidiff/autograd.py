@@ -151,7 +151,7 @@ class Tensor:
                 node.grad = g if node.grad is None else node.grad + g
                 continue
             for parent, pg in zip(ctx.parents, ctx.backward(g)):
-                if pg is None or not parent.requires_grad:
+                if pg is None or parent is None or not parent.requires_grad:
                     continue
                 key = id(parent)
                 grads[key] = pg if key not in grads else grads[key] + pg
@@ -223,7 +223,7 @@ def _topological_order(root):
         stack.append((node, True))
         if node._ctx is not None:
             for parent in node._ctx.parents:
-                if parent.requires_grad and id(parent) not in seen:
+                if parent is not None and parent.requires_grad and id(parent) not in seen:
                     stack.append((parent, False))
     order.reverse()
     return order
@@ -259,7 +259,7 @@ class Function:
         out = Tensor.__new__(Tensor)
         out.data, out.grad, out.requires_grad, out._ctx = data, None, track, None
         if track:
-            fn.parents = [x if isinstance(x, Tensor) else Tensor(a) for x, a in zip(inputs, arrays)]
+            fn.parents = [x if isinstance(x, Tensor) else None for x in inputs]  # constants need no node
             out._ctx = fn
         return out
 
