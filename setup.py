@@ -1,5 +1,5 @@
 """minidiff: a NumPy-first reference implementation of AEs, VAEs and DDPM diffusion."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="minidiff",
@@ -7,14 +7,7 @@ setup(
     description="From-scratch autoencoders, VAEs and DDPM diffusion on a NumPy autograd, "
     "with fused Numba/CUDA kernels",
     python_requires=">=3.10",
-    packages=[
-        "minidiff",
-        "minidiff.ops",
-        "minidiff.nn",
-        "minidiff.diffusion",
-        "minidiff.models",
-        "minidiff.kernels",
-    ],
+    packages=find_packages(include=["minidiff", "minidiff.*"]) + ["minidiff.kernels"],
     # kernels/ lives at the top level (it is read on its own) but installs as minidiff.kernels
     package_dir={"minidiff.kernels": "kernels"},
     package_data={"minidiff.kernels": ["*.cu"]},
