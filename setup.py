@@ -16,6 +16,7 @@ setup(
         "numba>=0.59",
         "matplotlib>=3.7",
         "tqdm>=4.60",
+        "scipy>=1.10",
         "scikit-learn>=1.2",
     ],
     extras_require={
