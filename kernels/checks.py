@@ -1,0 +1,102 @@
+"""Input validation shared by every implementation: fail early, name the argument and its shape.
+
+The kernels index memory by hand, so a wrong shape or an out-of-range t would read out of
+bounds instead of raising; these checks run once per call, before any kernel.
+"""
+import numpy as np
+
+from .reference import VARIANCES, array_module
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+SCHEDULE_TABLES = ("betas", "alphas", "alpha_bars", "sqrt_alpha_bars", "sqrt_one_minus_alpha_bars",
+                   "posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2")
+
+
+def _backend(a):
+    return "cupy" if array_module(a).__name__ == "cupy" else "numpy"
+
+
+def data_arrays(**arrays):
+    """Check that the named data arrays are float32/float64 arrays of one shape, dtype and backend.
+
+    Returns the common backend name ("numpy" or "cupy").
+    """
+    names = list(arrays)
+    for name, a in arrays.items():
+        if hasattr(a, "requires_grad"):
+            raise TypeError(f"{name} is a minidiff.Tensor; the kernels take raw arrays (pass {name}.data), "
+                            "or use minidiff.ops.fused.eps_loss for a differentiable loss")
+        if not (hasattr(a, "dtype") and hasattr(a, "shape") and hasattr(a, "ndim")):
+            raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__}")
+        if a.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} has dtype {a.dtype}; the kernels need float32 or float64 data")
+        if a.ndim < 1:
+            raise ValueError(f"{name} must have a leading batch axis, got a 0-d array")
+    first, first_arr = names[0], arrays[names[0]]
+    for name in names[1:]:
+        a = arrays[name]
+        if _backend(a) != _backend(first_arr):
+            raise TypeError(f"arrays of different backends: {first} is {_backend(first_arr)}, "
+                            f"{name} is {_backend(a)}")
+        if a.shape != first_arr.shape:
+            raise ValueError(f"shape mismatch: {first} has shape {first_arr.shape}, {name} has shape {a.shape}")
+        if a.dtype != first_arr.dtype:
+            raise TypeError(f"dtype mismatch: {first} is {first_arr.dtype}, {name} is {a.dtype}")
+    return _backend(first_arr)
+
+
+def schedule_length(schedule):
+    """T of a duck-typed schedule (tables of length T+1), after checking it has the tables."""
+    missing = [name for name in SCHEDULE_TABLES if not hasattr(schedule, name)]
+    if missing:
+        raise TypeError(f"schedule {type(schedule).__name__} lacks the tables {missing} "
+                        "(expected a minidiff.diffusion.Schedule or an object with its attributes)")
+    return len(schedule.alpha_bars) - 1
+
+
+def timesteps(t, batch, backend, T):
+    """Check t: an integer array of shape (batch,), same backend as the data, values in 1..T."""
+    if not hasattr(t, "dtype"):
+        t = np.asarray(t)
+    if _backend(t) != backend:
+        raise TypeError(f"arrays of different backends: the data is {backend}, t is {_backend(t)}")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"t must hold integer timesteps, got dtype {t.dtype}")
+    if t.shape != (batch,):
+        raise ValueError(f"t must have shape (B,) = ({batch},) to match the batch, got shape {t.shape}")
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 1 or hi > T:
+        raise ValueError(f"t must lie in 1..T = 1..{T}, got values in {lo}..{hi}")
+    return t
+
+
+def weights(w, batch, backend):
+    """Check per-sample loss weights: a float array of shape (batch,) on the data's backend."""
+    if w is None:
+        return None
+    if not hasattr(w, "dtype"):
+        w = np.asarray(w, dtype=np.float64)
+    if _backend(w) != backend:
+        raise TypeError(f"arrays of different backends: the data is {backend}, weights is {_backend(w)}")
+    if w.dtype.kind != "f":
+        raise TypeError(f"weights must be floating point, got dtype {w.dtype}")
+    if w.shape != (batch,):
+        raise ValueError(f"weights must have shape (B,) = ({batch},), got shape {w.shape}")
+    return w
+
+
+def variance(name):
+    if name not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {name!r}")
+
+
+def out_array(out, like, backend):
+    """Check an `out=` array: same shape, dtype and backend as the result, C-contiguous."""
+    if out is None:
+        return None
+    data_arrays(result=like, out=out)
+    if _backend(out) != backend:
+        raise TypeError(f"arrays of different backends: the data is {backend}, out is {_backend(out)}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous (the kernels write it as one flat buffer)")
+    return out
