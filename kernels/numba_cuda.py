@@ -1,0 +1,156 @@
+"""impl="numba_cuda": the three kernels as Numba @cuda.jit kernels (grid-stride loops).
+
+Math (docs/kernels.md eq. 1-7), element i of sample b = i // M (M elements per sample):
+    q_sample      x_t[i]     = a[t_b] x0[i] + s[t_b] eps[i]
+    eps_loss      grad[i]    = (2/N) w_b d[i],  d = eps_hat - eps;   L = (1/N) sum_i w_b d[i]^2
+    reverse_step  x_{t-1}[i] = r[t_b] (x_t[i] - e[t_b] eps_hat[i]) + sigma[t_b] z[i]          (eq. 4)
+                  or, clipped, c1[t_b] clip(u[t_b] x_t[i] - v[t_b] eps_hat[i], -1, 1) + c2[t_b] x_t[i] + sigma[t_b] z[i]
+Coefficient tables (length T+1, the data's dtype) are gathered by t inside the kernel.
+
+Bytes model: q_sample and eps_loss move 3 N s bytes, reverse_step 4 N s (s = element size).
+
+The loss is a two-stage reduction with a fixed grid (a function of N only): stage 1, each
+block sums its grid-stride elements per thread in float64 and reduces them in shared memory
+with a fixed tree; stage 2, one block adds the per-block partials the same way. The result
+therefore does not depend on thread scheduling or on the device.
+
+On a GPU the kernels take CuPy arrays (via __cuda_array_interface__); under
+NUMBA_ENABLE_CUDASIM=1 they take NumPy arrays and run on the CPU, which is how CI tests them.
+"""
+import math
+
+import numpy as np
+from numba import cuda, float64
+
+from .reference import array_module, eps_mean_tables, sigma_table, x0_tables
+
+THREADS = 128     # threads per block (a power of two, for the tree reduction)
+MAX_BLOCKS = 1024  # grid-stride loops cover the rest; also the most partials stage 2 adds
+
+
+def grid(n):
+    """Blocks for n elements: enough to cover them once, capped at MAX_BLOCKS (a function of n only)."""
+    return max(1, min(MAX_BLOCKS, math.ceil(n / THREADS)))
+
+
+# ---------------------------------------------------------------- kernels
+
+@cuda.jit
+def _q_sample(x0, t, eps, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, m, out):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        tb = t[i // m]
+        out[i] = sqrt_alpha_bar[tb] * x0[i] + sqrt_one_minus_alpha_bar[tb] * eps[i]
+
+
+@cuda.jit(device=True)
+def _block_sum(cache):
+    """Tree-reduce cache[0:THREADS] in shared memory; cache[0] holds the sum afterwards."""
+    tid = cuda.threadIdx.x
+    step = THREADS // 2
+    while step > 0:
+        cuda.syncthreads()
+        if tid < step:
+            cache[tid] += cache[tid + step]
+        step //= 2
+    cuda.syncthreads()
+
+
+@cuda.jit
+def _eps_loss_partial(eps_hat, eps, w, m, two_over_n, grad, partial):
+    """Stage 1: write the gradient; partial[block] = sum over this block's elements of w_b d^2."""
+    cache = cuda.shared.array(THREADS, float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), grad.size, cuda.gridsize(1)):
+        wb = w[i // m]
+        d = eps_hat[i] - eps[i]
+        grad[i] = two_over_n * (wb * d)
+        acc += float64(wb) * float64(d) * float64(d)
+    cache[cuda.threadIdx.x] = acc
+    _block_sum(cache)
+    if cuda.threadIdx.x == 0:
+        partial[cuda.blockIdx.x] = cache[0]
+
+
+@cuda.jit
+def _sum_partials(partial, result):
+    """Stage 2 (one block): result[0] = sum of the partials, in a fixed order."""
+    cache = cuda.shared.array(THREADS, float64)
+    acc = 0.0
+    for j in range(cuda.threadIdx.x, partial.size, THREADS):
+        acc += partial[j]
+    cache[cuda.threadIdx.x] = acc
+    _block_sum(cache)
+    if cuda.threadIdx.x == 0:
+        result[0] = cache[0]
+
+
+@cuda.jit
+def _reverse_eps(x_t, t, eps_hat, z, recip_sqrt_alpha, eps_coef, sigma, m, out):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        tb = t[i // m]
+        out[i] = recip_sqrt_alpha[tb] * (x_t[i] - eps_coef[tb] * eps_hat[i]) + sigma[tb] * z[i]
+
+
+@cuda.jit
+def _reverse_clip(x_t, t, eps_hat, z, recip_sqrt_alpha_bar, recipm1, coef1, coef2, sigma, m, out):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        tb = t[i // m]
+        x0_hat = min(max(recip_sqrt_alpha_bar[tb] * x_t[i] - recipm1[tb] * eps_hat[i], -1.0), 1.0)
+        out[i] = coef1[tb] * x0_hat + coef2[tb] * x_t[i] + sigma[tb] * z[i]
+
+
+# ---------------------------------------------------------------- launchers
+
+def _flat(a):
+    return array_module(a).ascontiguousarray(a).reshape(-1)
+
+
+def _table(values, like):
+    """A coefficient table on like's backend, in like's dtype."""
+    return array_module(like).asarray(np.asarray(values, dtype=like.dtype))
+
+
+def _result(out, like):
+    return array_module(like).empty(like.shape, like.dtype) if out is None else out
+
+
+def _per_sample(a):
+    return a.size // a.shape[0]
+
+
+def q_sample(x0, t, eps, schedule, out=None):
+    out = _result(out, x0)
+    _q_sample[grid(x0.size), THREADS](
+        _flat(x0), t.astype(np.int64), _flat(eps), _table(schedule.sqrt_alpha_bars, x0),
+        _table(schedule.sqrt_one_minus_alpha_bars, x0), _per_sample(x0), out.reshape(-1))
+    return out
+
+
+def eps_loss(eps_hat, eps, weights=None, out=None):
+    xp = array_module(eps_hat)
+    grad = _result(out, eps_hat)
+    w = xp.ones(eps_hat.shape[0], eps_hat.dtype) if weights is None else weights.astype(eps_hat.dtype)
+    blocks = grid(eps_hat.size)
+    partial, result = xp.empty(blocks, np.float64), xp.empty(1, np.float64)
+    two_over_n = eps_hat.dtype.type(2.0 / eps_hat.size)
+    _eps_loss_partial[blocks, THREADS](_flat(eps_hat), _flat(eps), w, _per_sample(eps_hat), two_over_n,
+                                       grad.reshape(-1), partial)
+    _sum_partials[1, THREADS](partial, result)
+    return (result[0] / eps_hat.size).astype(eps_hat.dtype).reshape(()), grad
+
+
+def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=False, out=None):
+    out = _result(out, x_t)
+    data = (_flat(x_t), t.astype(np.int64), _flat(eps_hat), _flat(z))
+    sigma = _table(sigma_table(schedule, variance), x_t)
+    launch = grid(x_t.size), THREADS
+    if clip_x0:
+        recip, recipm1 = x0_tables(schedule)
+        _reverse_clip[launch](*data, _table(recip, x_t), _table(recipm1, x_t),
+                              _table(schedule.posterior_mean_coef1, x_t), _table(schedule.posterior_mean_coef2, x_t),
+                              sigma, _per_sample(x_t), out.reshape(-1))
+    else:
+        recip_sqrt_alpha, eps_coef = eps_mean_tables(schedule)
+        _reverse_eps[launch](*data, _table(recip_sqrt_alpha, x_t), _table(eps_coef, x_t), sigma,
+                             _per_sample(x_t), out.reshape(-1))
+    return out
