@@ -75,7 +75,7 @@ def q_sample(x0, t, eps, schedule, impl="auto", out=None):
     """
     backend = checks.data_arrays(x0=x0, eps=eps)
     t = checks.timesteps(t, x0.shape[0], backend, checks.schedule_length(schedule))
-    checks.out_array(out, x0, backend)
+    checks.out_array(out, x0)
     return _module(impl, backend).q_sample(x0, t, eps, schedule, out=out)
 
 
@@ -87,7 +87,7 @@ def eps_loss(eps_hat, eps, weights=None, impl="auto", out=None):
     """
     backend = checks.data_arrays(eps_hat=eps_hat, eps=eps)
     weights = checks.weights(weights, eps_hat.shape[0], backend)
-    checks.out_array(out, eps_hat, backend)
+    checks.out_array(out, eps_hat)
     return _module(impl, backend).eps_loss(eps_hat, eps, weights, out=out)
 
 
@@ -101,7 +101,7 @@ def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=F
     backend = checks.data_arrays(x_t=x_t, eps_hat=eps_hat, z=z)
     t = checks.timesteps(t, x_t.shape[0], backend, checks.schedule_length(schedule))
     checks.variance(variance)
-    checks.out_array(out, x_t, backend)
+    checks.out_array(out, x_t)
     return _module(impl, backend).reverse_step(x_t, t, eps_hat, z, schedule, variance=variance,
                                                clip_x0=bool(clip_x0), out=out)
 
