@@ -22,6 +22,7 @@ _MODULES = {"numpy": "reference_impl", "numba": "numba_cpu", "numba_cuda": "numb
 _BACKENDS = {"numpy": ("numpy", "cupy"), "numba": ("numpy",), "numba_cuda": ("numpy", "cupy"),
              "cupy": ("cupy",)}
 _available = {}
+_resolved = {}  # (impl, backend) -> module, filled by _module
 
 
 def _probe(name):
@@ -50,6 +51,13 @@ def available():
 
 def _module(impl, backend):
     """The module implementing `impl` for arrays of `backend`, after checking it can run them."""
+    key = (impl, backend)
+    if key not in _resolved:
+        _resolved[key] = _resolve(impl, backend)
+    return _resolved[key]
+
+
+def _resolve(impl, backend):
     if impl == "auto":
         usable = available()
         if backend == "cupy":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .reference import eps_mean_tables, sigma_table, x0_tables
+from . import tables
 
 SOURCE = Path(__file__).with_name("diffusion_ops.cu")
 THREADS = 256      # must match #define THREADS in diffusion_ops.cu
@@ -53,17 +53,16 @@ def _prepare(out, *arrays):
     return arrays, out, np.int64(n // arrays[0].shape[0]), np.int64(n)
 
 
-def _table(values, dtype):
+def _tables(schedule, names, dtype):
     import cupy
-    return cupy.asarray(np.asarray(values, dtype=dtype))
+    return tables.get(schedule, names, dtype, cupy)
 
 
 def q_sample(x0, t, eps, schedule, out=None):
     (x0, eps), out, m, n = _prepare(out, x0, eps)
     name, w = _entry("q_sample", [x0, eps, out], int(m))
-    dt = x0.dtype
-    _kernel(name)(*_grid(n // w), (x0, t.astype(np.int64), eps, _table(schedule.sqrt_alpha_bars, dt),
-                                   _table(schedule.sqrt_one_minus_alpha_bars, dt), m, n, out))
+    coefs = _tables(schedule, ("sqrt_alpha_bars", "sqrt_one_minus_alpha_bars"), x0.dtype)
+    _kernel(name)(*_grid(n // w), (x0, t.astype(np.int64), eps, *coefs, m, n, out))
     return out
 
 
@@ -82,16 +81,12 @@ def eps_loss(eps_hat, eps, weights=None, out=None):
 
 def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=False, out=None):
     (x_t, eps_hat, z), out, m, n = _prepare(out, x_t, eps_hat, z)
-    dt = x_t.dtype
-    sigma = _table(sigma_table(schedule, variance), dt)
-    data = (x_t, t.astype(np.int64), eps_hat, z)
     if clip_x0:
-        recip, recipm1 = x0_tables(schedule)
-        tables = (_table(recip, dt), _table(recipm1, dt), _table(schedule.posterior_mean_coef1, dt),
-                  _table(schedule.posterior_mean_coef2, dt), sigma)
-        name, w = _entry("reverse_clip", [x_t, eps_hat, z, out], int(m))
+        op, names = "reverse_clip", ("recip_sqrt_alpha_bar", "recipm1_alpha_bar", "posterior_mean_coef1",
+                                     "posterior_mean_coef2")
     else:
-        tables = tuple(_table(c, dt) for c in eps_mean_tables(schedule)) + (sigma,)
-        name, w = _entry("reverse_eps", [x_t, eps_hat, z, out], int(m))
-    _kernel(name)(*_grid(n // w), data + tables + (m, n, out))
+        op, names = "reverse_eps", ("recip_sqrt_alpha", "eps_coef")
+    coefs = _tables(schedule, names + ("sigma_" + variance,), x_t.dtype)
+    name, w = _entry(op, [x_t, eps_hat, z, out], int(m))
+    _kernel(name)(*_grid(n // w), (x_t, t.astype(np.int64), eps_hat, z, *coefs, m, n, out))
     return out

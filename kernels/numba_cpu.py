@@ -17,12 +17,13 @@ per-element division i // M.
 Because the chunks do not depend on the thread count, the loss's partial sums, added in chunk
 order, give the same bits with 1 or 16 threads.
 
-Runs unchanged (slowly) under NUMBA_DISABLE_JIT=1 for debugging.
+Coefficient tables come in the data's dtype (tables.py), so float32 data is computed in
+float32 like the reference. Runs unchanged (slowly) under NUMBA_DISABLE_JIT=1 for debugging.
 """
 import numpy as np
 from numba import njit, prange
 
-from .reference import eps_mean_tables, sigma_table, x0_tables
+from . import tables
 
 CHUNK = 16384  # elements per work item: 64 KiB of float32, large enough to amortise the loop set-up
 
@@ -112,40 +113,32 @@ def _rows(a):
     return np.ascontiguousarray(a).reshape(a.shape[0], -1)
 
 
-def _table(values, dtype):
-    """A coefficient table in the data's dtype, so float32 data is computed in float32 like the reference."""
-    return np.ascontiguousarray(values, dtype=dtype)
-
-
 def _result(out, like):
     return np.empty(like.shape, like.dtype) if out is None else out
 
 
 def q_sample(x0, t, eps, schedule, out=None):
     out = _result(out, x0)
-    dt = x0.dtype
-    _q_sample(_rows(x0), t.astype(np.intp), _rows(eps), _table(schedule.sqrt_alpha_bars, dt),
-              _table(schedule.sqrt_one_minus_alpha_bars, dt), out.reshape(x0.shape[0], -1))
+    coefs = tables.get(schedule, ("sqrt_alpha_bars", "sqrt_one_minus_alpha_bars"), x0.dtype)
+    _q_sample(_rows(x0), t.astype(np.intp), _rows(eps), *coefs, out.reshape(x0.shape[0], -1))
     return out
 
 
 def eps_loss(eps_hat, eps, weights=None, out=None):
     grad = _result(out, eps_hat)
-    w = np.ones(eps_hat.shape[0], eps_hat.dtype) if weights is None else _table(weights, eps_hat.dtype)
+    w = np.ones(eps_hat.shape[0], eps_hat.dtype) if weights is None else weights.astype(eps_hat.dtype)
     loss = _eps_loss(_rows(eps_hat), _rows(eps), w, grad.reshape(eps_hat.shape[0], -1))
     return np.asarray(loss, dtype=eps_hat.dtype), grad
 
 
 def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=False, out=None):
     out = _result(out, x_t)
-    dt, rows = x_t.dtype, (_rows(x_t), t.astype(np.intp), _rows(eps_hat), _rows(z))
-    sigma = _table(sigma_table(schedule, variance), dt)
+    data = (_rows(x_t), t.astype(np.intp), _rows(eps_hat), _rows(z))
     if clip_x0:
-        recip, recipm1 = x0_tables(schedule)
-        _reverse_clip(*rows, _table(recip, dt), _table(recipm1, dt), _table(schedule.posterior_mean_coef1, dt),
-                      _table(schedule.posterior_mean_coef2, dt), sigma, out.reshape(x_t.shape[0], -1))
+        names = ("recip_sqrt_alpha_bar", "recipm1_alpha_bar", "posterior_mean_coef1", "posterior_mean_coef2")
+        kernel = _reverse_clip
     else:
-        recip_sqrt_alpha, eps_coef = eps_mean_tables(schedule)
-        _reverse_eps(*rows, _table(recip_sqrt_alpha, dt), _table(eps_coef, dt), sigma,
-                     out.reshape(x_t.shape[0], -1))
+        names, kernel = ("recip_sqrt_alpha", "eps_coef"), _reverse_eps
+    coefs = tables.get(schedule, names + ("sigma_" + variance,), x_t.dtype)
+    kernel(*data, *coefs, out.reshape(x_t.shape[0], -1))
     return out

@@ -22,7 +22,8 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from .reference import array_module, eps_mean_tables, sigma_table, x0_tables
+from . import tables
+from .reference import array_module
 
 THREADS = 128     # threads per block (a power of two, for the tree reduction)
 MAX_BLOCKS = 1024  # grid-stride loops cover the rest; also the most partials stage 2 adds
@@ -105,11 +106,6 @@ def _flat(a):
     return array_module(a).ascontiguousarray(a).reshape(-1)
 
 
-def _table(values, like):
-    """A coefficient table on like's backend, in like's dtype."""
-    return array_module(like).asarray(np.asarray(values, dtype=like.dtype))
-
-
 def _result(out, like):
     return array_module(like).empty(like.shape, like.dtype) if out is None else out
 
@@ -118,11 +114,16 @@ def _per_sample(a):
     return a.size // a.shape[0]
 
 
+def _tables(schedule, names, like):
+    """Coefficient tables in like's dtype, on like's backend (cached per schedule)."""
+    return tables.get(schedule, names, like.dtype, array_module(like))
+
+
 def q_sample(x0, t, eps, schedule, out=None):
     out = _result(out, x0)
-    _q_sample[grid(x0.size), THREADS](
-        _flat(x0), t.astype(np.int64), _flat(eps), _table(schedule.sqrt_alpha_bars, x0),
-        _table(schedule.sqrt_one_minus_alpha_bars, x0), _per_sample(x0), out.reshape(-1))
+    coefs = _tables(schedule, ("sqrt_alpha_bars", "sqrt_one_minus_alpha_bars"), x0)
+    _q_sample[grid(x0.size), THREADS](_flat(x0), t.astype(np.int64), _flat(eps), *coefs, _per_sample(x0),
+                                      out.reshape(-1))
     return out
 
 
@@ -142,15 +143,11 @@ def eps_loss(eps_hat, eps, weights=None, out=None):
 def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=False, out=None):
     out = _result(out, x_t)
     data = (_flat(x_t), t.astype(np.int64), _flat(eps_hat), _flat(z))
-    sigma = _table(sigma_table(schedule, variance), x_t)
-    launch = grid(x_t.size), THREADS
     if clip_x0:
-        recip, recipm1 = x0_tables(schedule)
-        _reverse_clip[launch](*data, _table(recip, x_t), _table(recipm1, x_t),
-                              _table(schedule.posterior_mean_coef1, x_t), _table(schedule.posterior_mean_coef2, x_t),
-                              sigma, _per_sample(x_t), out.reshape(-1))
+        names = ("recip_sqrt_alpha_bar", "recipm1_alpha_bar", "posterior_mean_coef1", "posterior_mean_coef2")
+        kernel = _reverse_clip
     else:
-        recip_sqrt_alpha, eps_coef = eps_mean_tables(schedule)
-        _reverse_eps[launch](*data, _table(recip_sqrt_alpha, x_t), _table(eps_coef, x_t), sigma,
-                             _per_sample(x_t), out.reshape(-1))
+        names, kernel = ("recip_sqrt_alpha", "eps_coef"), _reverse_eps
+    coefs = _tables(schedule, names + ("sigma_" + variance,), x_t)
+    kernel[grid(x_t.size), THREADS](*data, *coefs, _per_sample(x_t), out.reshape(-1))
     return out
