@@ -318,7 +318,7 @@ def plot(shapes, path):
         ax.set_xticks(np.arange(len(shapes)) + 0.4 - width / 2)
         ax.set_xticklabels(["x".join(map(str, s["shape"])) for s in shapes], fontsize=7)
         ax.set_title(op)
-    axes[0].set_ylabel("effective GB/s (inputs read once, outputs written once)")
+    axes[0].set_ylabel("effective GB/s")
     axes[-1].legend(fontsize=7)
     fig.suptitle(f"fused kernels, float32, {THREADS} threads ({platform.processor() or platform.machine()})")
     fig.tight_layout()
