@@ -15,6 +15,8 @@ Math, bytes model and measured bandwidth: docs/kernels.md.
 import importlib
 import os
 
+import numpy as np
+
 from . import checks, reference
 
 IMPLS = ("numpy", "numba", "numba_cuda", "cupy")
@@ -114,4 +116,52 @@ def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=F
                                                clip_x0=bool(clip_x0), out=out)
 
 
-__all__ = ["q_sample", "eps_loss", "reverse_step", "available", "IMPLS", "reference"]
+# ---------------------------------------------------------------- in-kernel noise (Philox4x32-10)
+
+def _philox_backend(impl):
+    """Where `normal` puts its result: CuPy for the GPU impls (NumPy for numba_cuda under the simulator)."""
+    if impl == "cupy" or (impl == "numba_cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"):
+        return "cupy"
+    return "numpy"
+
+
+def normal(seed, shape, offset=0, dtype="float32", impl="auto"):
+    """Gaussian noise of `shape` (B, ...) from Philox4x32-10 at (seed, offset), docs/kernels.md §6.
+
+    Sample b uses the counters of stream offset + b, so the noise of a sample depends only on
+    (seed, offset + b) and is bit-identical for every impl. dtype: float32 or float64.
+    """
+    shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+    if not shape or dtype not in checks.FLOAT_DTYPES:
+        raise ValueError(f"normal needs a (B, ...) shape and float32/float64, got {shape} and {dtype}")
+    checks.philox_stream(seed, offset, shape)
+    backend = _philox_backend(impl)
+    module = _module(impl, backend)
+    if impl == "numba_cuda":  # it can fill either kind of array
+        return module.normal(seed, shape, offset, dtype, xp=importlib.import_module(backend))
+    return module.normal(seed, shape, offset, dtype)
+
+
+def q_sample_philox(x0, t, seed, schedule, offset=0, impl="auto", out=None):
+    """Eq. (1) with eps = normal(seed, x0.shape, offset) drawn inside the kernel (never stored).
+
+    Moves 2 n s bytes instead of q_sample's 3 n s; eps_loss_philox regenerates the same eps.
+    """
+    backend = checks.data_arrays(x0=x0)
+    t = checks.timesteps(t, x0.shape[0], backend, checks.schedule_length(schedule))
+    checks.philox_stream(seed, offset, x0.shape)
+    checks.out_array(out, x0)
+    return _module(impl, backend).q_sample_philox(x0, t, seed, schedule, offset, out=out)
+
+
+def eps_loss_philox(eps_hat, seed, offset=0, weights=None, impl="auto", out=None):
+    """Eq. (2)-(3) with eps = normal(seed, eps_hat.shape, offset) regenerated, not read back."""
+    backend = checks.data_arrays(eps_hat=eps_hat)
+    weights = checks.weights(weights, eps_hat.shape[0], backend)
+    checks.philox_stream(seed, offset, eps_hat.shape)
+    checks.out_array(out, eps_hat)
+    return _module(impl, backend).eps_loss_philox(eps_hat, seed, offset, weights, out=out)
+
+
+__all__ = ["q_sample", "eps_loss", "reverse_step", "normal", "q_sample_philox", "eps_loss_philox", "available",
+           "IMPLS", "reference"]

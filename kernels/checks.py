@@ -98,3 +98,17 @@ def out_array(out, like):
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous (the kernels write it as one flat buffer)")
     return out
+
+
+def philox_stream(seed, offset, shape):
+    """Check a Philox stream: integer seed in 0..2^64-1, offset >= 0 with offset + B <= 2^64, M < 2^34."""
+    for name, value in (("seed", seed), ("offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must lie in 0..2^64 - 1, got {seed}")
+    if int(offset) < 0 or int(offset) + shape[0] > 2**64:
+        raise ValueError(f"offset must be >= 0 with offset + B <= 2^64, got offset {offset} for B = {shape[0]}")
+    per_sample = int(np.prod(shape[1:], dtype=np.int64))
+    if per_sample > 4 * 2**32:
+        raise ValueError(f"at most 2^34 elements per sample (the 32-bit block counter), got {per_sample}")

@@ -1,4 +1,4 @@
-"""impl="cupy": launchers for the CUDA C kernels in diffusion_ops.cu (compiled once by cupy.RawModule).
+"""impl="cupy": launchers for the CUDA C kernels in diffusion_ops.cu and philox.cu (compiled by cupy.RawModule).
 
 Math and bytes model: the header of diffusion_ops.cu and docs/kernels.md eq. 1-7. Each launch
 picks the wide variant (W = 16 bytes / element size, one 128-bit access per array) when the
@@ -12,18 +12,18 @@ import numpy as np
 
 from . import tables
 
-SOURCE = Path(__file__).with_name("diffusion_ops.cu")
-THREADS = 256      # must match #define THREADS in diffusion_ops.cu
+HERE = Path(__file__).parent
+THREADS = 256      # must match #define THREADS in the .cu files
 MAX_BLOCKS = 1024  # grid-stride loops cover the rest; a function of n only (the loss is deterministic)
-_module = {}
+_modules = {}
 
 
-def _kernel(name):
-    """The compiled entry point `name` (the module is built on first use and cached)."""
-    if "module" not in _module:
+def _kernel(name, source="diffusion_ops.cu"):
+    """The compiled entry point `name` of `source` (each module is built on first use and cached)."""
+    if source not in _modules:
         import cupy
-        _module["module"] = cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++17",))
-    return _module["module"].get_function(name)
+        _modules[source] = cupy.RawModule(code=(HERE / source).read_text(), options=("--std=c++17",))
+    return _modules[source].get_function(name)
 
 
 def _width(arrays, m):
@@ -90,3 +90,46 @@ def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=F
     name, w = _entry(op, [x_t, eps_hat, z, out], int(m))
     _kernel(name)(*_grid(n // w), (x_t, t.astype(np.int64), eps_hat, z, *coefs, m, n, out))
     return out
+
+
+# ---------------------------------------------------------------- in-kernel noise (philox.cu)
+
+def _philox_args(seed, offset, a):
+    return np.uint64(seed), np.uint64(offset), np.int64(a.shape[0]), np.int64(a.size // a.shape[0])
+
+
+def _kind(dtype):
+    return "f32" if dtype == np.float32 else "f64"
+
+
+def _philox_grid(a):
+    return _grid(a.shape[0] * ((a.size // a.shape[0] + 3) // 4))
+
+
+def normal(seed, shape, offset=0, dtype=np.float32):
+    import cupy
+    out = cupy.empty(shape, dtype)
+    _kernel(f"philox_normal_{_kind(out.dtype)}", "philox.cu")(*_philox_grid(out),
+                                                              (*_philox_args(seed, offset, out), out))
+    return out
+
+
+def q_sample_philox(x0, t, seed, schedule, offset=0, out=None):
+    (x0,), out, _, _ = _prepare(out, x0)
+    coefs = _tables(schedule, ("sqrt_alpha_bars", "sqrt_one_minus_alpha_bars"), x0.dtype)
+    _kernel(f"philox_q_sample_{_kind(x0.dtype)}", "philox.cu")(
+        *_philox_grid(x0), (x0, t.astype(np.int64), *coefs, *_philox_args(seed, offset, x0), out))
+    return out
+
+
+def eps_loss_philox(eps_hat, seed, offset=0, weights=None, out=None):
+    import cupy
+    (eps_hat,), grad, _, n = _prepare(out, eps_hat)
+    dt = eps_hat.dtype
+    w = cupy.ones(eps_hat.shape[0], dt) if weights is None else weights.astype(dt)
+    blocks, threads = _philox_grid(eps_hat)
+    partial, result = cupy.empty(blocks[0], np.float64), cupy.empty(1, np.float64)
+    _kernel(f"philox_eps_loss_{_kind(dt)}", "philox.cu")(
+        blocks, threads, (eps_hat, w, *_philox_args(seed, offset, eps_hat), dt.type(2.0 / n), grad, partial))
+    _kernel("philox_sum_partials", "philox.cu")((1,), (THREADS,), (partial, np.int64(blocks[0]), result))
+    return (result[0] / n).astype(dt), grad

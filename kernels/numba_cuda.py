@@ -20,9 +20,9 @@ NUMBA_ENABLE_CUDASIM=1 they take NumPy arrays and run on the CPU, which is how C
 import math
 
 import numpy as np
-from numba import cuda, float64
+from numba import cuda, float64, uint64
 
-from . import tables
+from . import philox, tables
 from .reference import array_module
 
 THREADS = 128     # threads per block (a power of two, for the tree reduction)
@@ -151,3 +151,97 @@ def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=F
     coefs = _tables(schedule, names + ("sigma_" + variance,), x_t)
     kernel[grid(x_t.size), THREADS](*data, *coefs, _per_sample(x_t), out.reshape(-1))
     return out
+
+
+# ---------------------------------------------------------------- in-kernel noise (Philox4x32-10, philox.py)
+# One thread per Philox block (four elements of one sample). The noise is cast to the data's dtype
+# by storing it into the output first, which keeps the kernels free of dtype-specific code.
+
+_gauss4 = philox.scalar_generator(cuda.jit(device=True))
+
+
+@cuda.jit(device=True)
+def _store_noise(out, base, q, m, k0, k1, sample):
+    """out[base + 4q + lane] = the noise of lane, for the lanes inside the sample."""
+    n0, n1, n2, n3 = _gauss4(uint64(q), sample, k0, k1)
+    i = 4 * q
+    out[base + i] = n0
+    if i + 1 < m:
+        out[base + i + 1] = n1
+    if i + 2 < m:
+        out[base + i + 2] = n2
+    if i + 3 < m:
+        out[base + i + 3] = n3
+
+
+@cuda.jit
+def _philox_normal(k0, k1, offset, batch, m, out):
+    blocks = (m + 3) // 4
+    for g in range(cuda.grid(1), batch * blocks, cuda.gridsize(1)):
+        b = g // blocks
+        _store_noise(out, b * m, g - b * blocks, m, k0, k1, offset + uint64(b))
+
+
+@cuda.jit
+def _philox_q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, k0, k1, offset, m, out):
+    blocks = (m + 3) // 4
+    for g in range(cuda.grid(1), t.size * blocks, cuda.gridsize(1)):
+        b = g // blocks
+        q = g - b * blocks
+        _store_noise(out, b * m, q, m, k0, k1, offset + uint64(b))
+        tb = t[b]
+        for i in range(b * m + 4 * q, b * m + min(4 * q + 4, m)):
+            out[i] = sqrt_alpha_bar[tb] * x0[i] + sqrt_one_minus_alpha_bar[tb] * out[i]
+
+
+@cuda.jit
+def _philox_eps_loss_partial(eps_hat, w, k0, k1, offset, m, two_over_n, grad, partial):
+    cache = cuda.shared.array(THREADS, float64)
+    blocks = (m + 3) // 4
+    acc = 0.0
+    for g in range(cuda.grid(1), w.size * blocks, cuda.gridsize(1)):
+        b = g // blocks
+        q = g - b * blocks
+        _store_noise(grad, b * m, q, m, k0, k1, offset + uint64(b))
+        wb = w[b]
+        for i in range(b * m + 4 * q, b * m + min(4 * q + 4, m)):
+            d = eps_hat[i] - grad[i]
+            grad[i] = two_over_n * (wb * d)
+            acc += float64(wb) * float64(d) * float64(d)
+    cache[cuda.threadIdx.x] = acc
+    _block_sum(cache)
+    if cuda.threadIdx.x == 0:
+        partial[cuda.blockIdx.x] = cache[0]
+
+
+def _philox_grid(batch, m):
+    return grid(batch * ((m + 3) // 4)), THREADS
+
+
+def normal(seed, shape, offset=0, dtype=np.float32, xp=np):
+    out = xp.empty(shape, dtype)
+    m = out.size // shape[0]
+    _philox_normal[_philox_grid(shape[0], m)](*philox.key(seed), np.uint64(offset), shape[0], m, out.reshape(-1))
+    return out
+
+
+def q_sample_philox(x0, t, seed, schedule, offset=0, out=None):
+    out = _result(out, x0)
+    coefs = _tables(schedule, ("sqrt_alpha_bars", "sqrt_one_minus_alpha_bars"), x0)
+    m = _per_sample(x0)
+    _philox_q_sample[_philox_grid(x0.shape[0], m)](_flat(x0), t.astype(np.int64), *coefs, *philox.key(seed),
+                                                   np.uint64(offset), m, out.reshape(-1))
+    return out
+
+
+def eps_loss_philox(eps_hat, seed, offset=0, weights=None, out=None):
+    xp = array_module(eps_hat)
+    grad = _result(out, eps_hat)
+    w = xp.ones(eps_hat.shape[0], eps_hat.dtype) if weights is None else weights.astype(eps_hat.dtype)
+    m = _per_sample(eps_hat)
+    blocks = _philox_grid(eps_hat.shape[0], m)[0]
+    partial, result = xp.empty(blocks, np.float64), xp.empty(1, np.float64)
+    _philox_eps_loss_partial[blocks, THREADS](_flat(eps_hat), w, *philox.key(seed), np.uint64(offset), m,
+                                              eps_hat.dtype.type(2.0 / eps_hat.size), grad.reshape(-1), partial)
+    _sum_partials[1, THREADS](partial, result)
+    return (result[0] / eps_hat.size).astype(eps_hat.dtype).reshape(()), grad

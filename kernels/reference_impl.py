@@ -3,7 +3,9 @@
 Runs on NumPy or CuPy arrays. Not fused: each operator makes a temporary; it is the oracle
 the fused kernels are tested against, and the "unfused" baseline of the benchmark.
 """
-from . import reference
+import numpy as np
+
+from . import philox, reference
 
 
 def _into(out, result):
@@ -24,3 +26,21 @@ def eps_loss(eps_hat, eps, weights=None, out=None):
 
 def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=False, out=None):
     return _into(out, reference.reverse_step(x_t, t, eps_hat, z, schedule, variance, clip_x0))
+
+
+def normal(seed, shape, offset=0, dtype=np.float32):
+    return philox.normal(seed, shape, offset, dtype)
+
+
+def _noise_like(a, seed, offset):
+    return reference.array_module(a).asarray(philox.normal(seed, a.shape, offset, a.dtype))
+
+
+def q_sample_philox(x0, t, seed, schedule, offset=0, out=None):
+    """Eq. (1) with eps = the Philox noise of (seed, offset) (docs/kernels.md §6)."""
+    return q_sample(x0, t, _noise_like(x0, seed, offset), schedule, out)
+
+
+def eps_loss_philox(eps_hat, seed, offset=0, weights=None, out=None):
+    """Eq. (2)-(3) with eps regenerated from (seed, offset) instead of read back."""
+    return eps_loss(eps_hat, _noise_like(eps_hat, seed, offset), weights, out)

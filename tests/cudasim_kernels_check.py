@@ -40,6 +40,20 @@ def test_loss_reduction_over_many_blocks_is_deterministic():
     np.testing.assert_allclose(first, np.mean((eps_hat - eps) ** 2), rtol=1e-13)
 
 
+@settings(max_examples=4)
+@given(problems(shapes=SIM_SHAPES), st.integers(0, 2**64 - 1), st.integers(0, 2**40))
+def test_numba_cuda_philox_noise_is_the_reference_bit_for_bit(p, seed, offset):
+    noise = K.normal(seed, p.x.shape, offset, p.dtype, impl="numba_cuda")
+    assert noise.tobytes() == K.normal(seed, p.x.shape, offset, p.dtype, impl="numpy").tobytes()
+    p.eps = noise
+    x_t = K.q_sample_philox(p.x, p.t, seed, p.schedule, offset, impl="numba_cuda")
+    np.testing.assert_array_equal(x_t, K.q_sample(p.x, p.t, noise, p.schedule, impl="numpy"))
+    loss, grad = K.eps_loss_philox(p.x, seed, offset, p.weights, impl="numba_cuda")
+    ref_loss, ref_grad = K.eps_loss(p.x, noise, p.weights, impl="numpy")
+    np.testing.assert_array_equal(grad, ref_grad)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+
+
 def test_auto_stays_on_numba_for_host_arrays():
     assert "numba_cuda" in K.available()
     x, t = np.zeros((1, 2)), np.array([1])

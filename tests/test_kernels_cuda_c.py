@@ -53,3 +53,11 @@ def test_entry_points_and_wide_loads(ptx, op):
         assert vector not in _entry_body(text, f"{op}_{kind}x1")
         wide = _entry_body(text, f"{op}_{kind}x{width}")
         assert re.search(rf"ld\.global(\.nc)?{re.escape(vector)}", wide), f"{op}_{kind}x{width} has no {vector} load"
+
+
+@pytest.mark.parametrize("kind", ["f32", "f64"])
+def test_philox_noise_has_no_fused_multiply_add(ptx, kind):
+    """philox.cu writes every multiply-add of the transforms with __dmul_rn/__dadd_rn: none may become an FMA,
+    or the noise would differ from the NumPy reference in the last bits."""
+    body = _entry_body(ptx["philox.cu"], f"philox_normal_{kind}")
+    assert "fma" not in body and "mad" not in body
