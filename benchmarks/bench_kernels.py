@@ -259,6 +259,46 @@ def _gpu_rows(shape, n, d, sched, rounds):
     return rows
 
 
+# ---------------------------------------------------------------- in-kernel noise (the moonshot)
+
+def philox_rows(shape, sched, rounds):
+    """What drawing eps inside the kernels saves: the training step's noise path, eps stored vs regenerated.
+
+    Stored: eps = Generator.standard_normal (NumPy, 1 thread) written once, read by q_sample and by
+    eps_loss: 7 arrays moved. Regenerated: q_sample_philox and eps_loss_philox compute eps twice
+    from (seed, offset): 4 arrays moved, but Philox + Box-Muller per element.
+    """
+    import minidiff.kernels as K
+    d = make_data(shape, sched.T)
+    x, t = d["x"], d["t"]
+    out, grad, eps = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    rng = np.random.default_rng(0)
+
+    def draw():
+        return rng.standard_normal(out=eps, dtype=np.float32)
+
+    def stored():
+        draw()
+        K.q_sample(x, t, eps, sched, out=out)
+        return K.eps_loss(x, eps, out=grad)  # x stands in for the network's eps_hat
+
+    def regenerated():
+        K.q_sample_philox(x, t, 7, sched, out=out)
+        return K.eps_loss_philox(x, 7, out=grad)
+    cands = {"noise: numpy Generator.standard_normal": (draw, 1),
+             "noise: Philox (numba normal)": (lambda: K.normal(7, shape), 1),
+             "q_sample, eps read": (lambda: K.q_sample(x, t, eps, sched, out=out), 3),
+             "q_sample_philox, eps drawn in the kernel": (lambda: K.q_sample_philox(x, t, 7, sched, out=out), 2),
+             "eps_loss, eps read": (lambda: K.eps_loss(x, eps, out=grad), 3),
+             "eps_loss_philox, eps regenerated": (lambda: K.eps_loss_philox(x, 7, out=grad), 2),
+             "noise path, eps stored (draw + q_sample + eps_loss)": (stored, 7),
+             "noise path, eps regenerated (q_sample_philox + eps_loss_philox)": (regenerated, 4)}
+    times = interleaved({name: fn for name, (fn, _) in cands.items()}, rounds)
+    return [{"impl": name, "shape": list(shape), "bytes": k * 4 * x.size, **times[name],
+             "GBps": k * 4 * x.size / times[name]["median_s"] / 1e9,
+             "ns_per_element": 1e9 * times[name]["median_s"] / x.size} for name, (_, k) in cands.items()]
+
+
 # ---------------------------------------------------------------- report
 
 def allocator_setting():
@@ -351,6 +391,10 @@ def main():
                      f"x{r['speedup_vs_numpy_unfused']:.2f} vs numpy" if "frac_stream_triad" in r
                      else f"{r['frac_device_copy']:.2f} of device copy")
             print(f"  {r['op']:>18} {r['impl']:>20}: {1e3 * r['median_s']:8.3f} ms {r['GBps']:6.1f} GB/s  {extra}")
+    philox = [row for s in shapes for row in philox_rows(s, sched, rounds)]
+    for r in philox:
+        print(f"  {'x'.join(map(str, r['shape']))} {r['impl']:>66}: {1e3 * r['median_s']:8.3f} ms "
+              f"{r['GBps']:6.1f} GB/s {r['ns_per_element']:6.2f} ns/element")
     lines = summary(results)
     print("\n".join(["largest shape:"] + lines))
     print(markdown_table(results))
@@ -362,7 +406,7 @@ def main():
                "attainable_bandwidth": "2-thread Numba triad a = b + s c counted as 3 arrays; 'STREAM' over "
                                        "3 x 128 MiB (4x L3), 'same bytes' over the op's byte count",
                "targets": "largest shape: numba >= 0.8 of triad and faster than torch eager cpu",
-               "summary_largest": lines, "shapes": results}
+               "summary_largest": lines, "shapes": results, "philox": philox}
     print("wrote", write_result(name, payload))
     plot(results, RESULTS / f"{name}.png")
 

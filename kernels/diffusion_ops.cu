@@ -77,13 +77,13 @@ __device__ void eps_loss_partial(const T* eps_hat, const T* eps, const T* w, lon
     __shared__ double cache[THREADS];
     double acc = 0.0;
     for (long long k = first_index(); k < n / W; k += grid_stride()) {
-        const T wb = w[k * W / m];
+        const T wb = w[k * W / m], scale = two_over_n * wb;
         const Pack<T, W> a = load<T, W>(eps_hat, k), b = load<T, W>(eps, k);
         Pack<T, W> g;
 #pragma unroll
         for (int j = 0; j < W; ++j) {
             const T d = a.v[j] - b.v[j];
-            g.v[j] = two_over_n * (wb * d);
+            g.v[j] = scale * d;
             acc += (double)wb * (double)d * (double)d;
         }
         store<T, W>(grad, k, g);

@@ -2,7 +2,7 @@
 
 Math (docs/kernels.md eq. 1-7), element i of sample b = i // M (M elements per sample):
     q_sample      x_t[i]     = a[t_b] x0[i] + s[t_b] eps[i]
-    eps_loss      grad[i]    = (2/N) w_b d[i],  d = eps_hat - eps;   L = (1/N) sum_i w_b d[i]^2
+    eps_loss      grad[i]    = ((2/N) w_b) d[i],  d = eps_hat - eps;   L = (1/N) sum_i w_b d[i]^2
     reverse_step  x_{t-1}[i] = r[t_b] (x_t[i] - e[t_b] eps_hat[i]) + sigma[t_b] z[i]          (eq. 4)
                   or, clipped, c1[t_b] clip(u[t_b] x_t[i] - v[t_b] eps_hat[i], -1, 1) + c2[t_b] x_t[i] + sigma[t_b] z[i]
 Coefficient tables (length T+1, the data's dtype) are gathered by t inside the kernel.
@@ -64,7 +64,7 @@ def _eps_loss_partial(eps_hat, eps, w, m, two_over_n, grad, partial):
     for i in range(cuda.grid(1), grad.size, cuda.gridsize(1)):
         wb = w[i // m]
         d = eps_hat[i] - eps[i]
-        grad[i] = two_over_n * (wb * d)
+        grad[i] = (two_over_n * wb) * d
         acc += float64(wb) * float64(d) * float64(d)
     cache[cuda.threadIdx.x] = acc
     _block_sum(cache)
@@ -206,7 +206,7 @@ def _philox_eps_loss_partial(eps_hat, w, k0, k1, offset, m, two_over_n, grad, pa
         wb = w[b]
         for i in range(b * m + 4 * q, b * m + min(4 * q + 4, m)):
             d = eps_hat[i] - grad[i]
-            grad[i] = two_over_n * (wb * d)
+            grad[i] = (two_over_n * wb) * d
             acc += float64(wb) * float64(d) * float64(d)
     cache[cuda.threadIdx.x] = acc
     _block_sum(cache)

@@ -146,13 +146,13 @@ __device__ void philox_eps_loss(const T* eps_hat, const T* w, unsigned long long
     double acc = 0.0;
     for (long long g = first_block(); g < batch * blocks; g += grid_stride()) {
         const long long b = g / blocks, q = g - b * blocks;
-        const T wb = w[b];
+        const T wb = w[b], scale = two_over_n * wb;
         double n[4];
         gauss4(q, offset + b, seed, n);
         for (int lane = 0; lane < 4 && 4 * q + lane < m; ++lane) {
             const long long i = b * m + 4 * q + lane;
             const T d = eps_hat[i] - (T)n[lane];
-            grad[i] = two_over_n * (wb * d);
+            grad[i] = scale * d;
             acc += (double)wb * (double)d * (double)d;
         }
     }

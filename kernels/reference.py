@@ -66,7 +66,7 @@ def eps_loss(eps_hat, eps, weights=None):
         (-1,) + (1,) * (eps_hat.ndim - 1))
     n = diff.size
     loss = xp.sum(w * diff * diff) / n
-    grad = (2.0 / n) * (w * diff)
+    grad = ((2.0 / n) * w) * diff
     return xp.asarray(loss, dtype=eps_hat.dtype), grad.astype(eps_hat.dtype)
 
 

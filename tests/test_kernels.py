@@ -78,6 +78,13 @@ def test_numba_eps_loss_matches_reference(p):
 
 
 @given(problems())
+def test_numba_eps_loss_gradient_is_the_reference_bit_for_bit(p):
+    """The sum may be reassociated (vectorised); the gradient, one multiply by (2/N) w_b, may not."""
+    grad = K.eps_loss(p.x, p.eps, p.weights, impl="numba")[1]
+    assert grad.tobytes() == R.eps_loss(p.x, p.eps, p.weights)[1].tobytes()
+
+
+@given(problems())
 def test_numba_reverse_step_matches_reference(p):
     check_reverse_step(p, "numba")
 
