@@ -254,7 +254,8 @@ def _gpu_rows(shape, n, d, sched, rounds):
         for (o, name), tm in times.items():
             if o == op:
                 rows.append({"op": op, "impl": name, "shape": list(shape), "bytes": nbytes, **tm,
-                             "GBps": nbytes / tm["median_s"] / 1e9, "frac_device_copy": nbytes / tm["median_s"] / copy_bw,
+                             "GBps": nbytes / tm["median_s"] / 1e9,
+                             "frac_device_copy": nbytes / tm["median_s"] / copy_bw,
                              "device_copy_GBps": copy_bw / 1e9})
     return rows
 
@@ -323,7 +324,8 @@ def summary(shapes):
 
 def markdown_table(shapes):
     """The CPU rows as a Markdown table (pasted into docs/kernels.md)."""
-    lines = ["| shape | op | impl | ms | GB/s | / STREAM triad | / same-bytes triad | vs numpy unfused | vs torch eager |",
+    lines = ["| shape | op | impl | ms | GB/s | / STREAM triad | / same-bytes triad | vs numpy unfused "
+             "| vs torch eager |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for s in shapes:
         for r in s["rows"]:

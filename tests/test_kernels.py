@@ -239,3 +239,10 @@ def test_sigma_is_zero_at_t_1_and_matches_the_variance(s):
         sigma = R.sigma_table(s, variance)
         assert sigma[1] == 0
         np.testing.assert_allclose(sigma[2:] ** 2, np.asarray(var)[2:], rtol=1e-12)
+
+
+@given(problems(shapes=small_shapes(max_side=3)))
+def test_reference_q_sample_is_differentiable_on_tensors(p):
+    """minidiff.diffusion.q_sample delegates here with Tensors; gradients flow to x0 and eps."""
+    from minidiff.testing import gradcheck
+    gradcheck(lambda x0, eps: R.q_sample(x0, p.t, eps, p.schedule), [p.x.astype(np.float64), p.eps.astype(np.float64)])

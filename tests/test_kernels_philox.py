@@ -127,7 +127,9 @@ HOST_SHIM = r"""
 struct Dim { unsigned x; };
 static Dim blockIdx, threadIdx, blockDim, gridDim;
 static void __syncthreads() {}
-static unsigned int __umulhi(unsigned int a, unsigned int b) { return (unsigned int)(((unsigned long long)a * b) >> 32); }
+static unsigned int __umulhi(unsigned int a, unsigned int b) {
+    return (unsigned int)(((unsigned long long)a * b) >> 32);
+}
 static double __dmul_rn(double a, double b) { return a * b; }
 static double __dadd_rn(double a, double b) { return a + b; }
 #include "philox.cu"
