@@ -1,0 +1,168 @@
+"""Figures as PNG files (matplotlib's Agg canvas; pyplot's global state is never touched).
+
+Sample grids, the forward-noising strip x_0 -> x_T, the reverse trajectory x_T -> x_0, loss and
+ELBO curves, VAE latent scatter and decoded 2-D manifold, alpha_bar_t and SNR_t of schedules, and
+reconstruction error against latent size. Every function takes NumPy arrays and a path, and
+returns the path. See docs/training.md §6.
+"""
+import math
+import os
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from minidiff.backend import to_numpy
+
+
+def _figure(width, height):
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def image_grid(images, nrow=None, pad=1):
+    """Tile images (N, C, H, W) in [-1, 1] into one (rows (H+pad) - pad, cols (W+pad) - pad[, C]) array in [0, 1]."""
+    images = to_numpy(images).astype(np.float64)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, C, H, W) with C in (1, 3), got shape {images.shape}")
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol_rows = math.ceil(n / nrow)
+    grid = np.ones((ncol_rows * (h + pad) - pad, nrow * (w + pad) - pad, c))
+    for i, img in enumerate(np.clip((images + 1) / 2, 0, 1)):
+        r, k = divmod(i, nrow)
+        grid[r * (h + pad):r * (h + pad) + h, k * (w + pad):k * (w + pad) + w] = img.transpose(1, 2, 0)
+    return grid[..., 0] if c == 1 else grid
+
+
+def _show(ax, image):
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def save_sample_grid(images, path, nrow=None, title=None):
+    """A grid of images (N, C, H, W) in [-1, 1]."""
+    grid = image_grid(images, nrow)
+    fig = _figure(max(2.0, grid.shape[1] / 12), max(2.0, grid.shape[0] / 12) + (0.3 if title else 0))
+    ax = fig.add_subplot()
+    _show(ax, grid)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def save_strip(frames, labels, path, title=None):
+    """Rows = samples, columns = frames: frames is a list of (N, C, H, W) arrays, one per label."""
+    columns = [to_numpy(f) for f in frames]
+    n = columns[0].shape[0]
+    fig = _figure(0.9 * len(columns) + 0.4, 0.9 * n + 0.4)
+    for j, (frame, label) in enumerate(zip(columns, labels)):
+        for i in range(n):
+            ax = fig.add_subplot(n, len(columns), i * len(columns) + j + 1)
+            _show(ax, image_grid(frame[i:i + 1], nrow=1))
+            if i == 0:
+                ax.set_title(str(label), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def save_forward_strip(x0, schedule, path, n_frames=8, seed=0):
+    """The forward process q(x_t | x_0) on a few images at evenly spaced t = 0..T (one noise draw)."""
+    from minidiff.kernels import q_sample
+    x0 = to_numpy(x0).astype(np.float64)
+    T = len(schedule.betas) - 1
+    ts = np.unique(np.linspace(0, T, n_frames).round().astype(int))
+    eps = np.random.default_rng(seed).standard_normal(x0.shape)
+    frames = [x0 if t == 0 else q_sample(x0, np.full(len(x0), t), eps, schedule, impl="numpy") for t in ts]
+    return save_strip(frames, [f"t={t}" for t in ts], path, title="forward process q(x_t | x_0)")
+
+
+def save_trajectory(frames, ts, path):
+    """The reverse process: frames[k] is x_{ts[k]} (N, C, H, W) along one sampling run."""
+    return save_strip(frames, [f"t={t}" for t in ts], path, title="reverse process x_T -> x_0")
+
+
+def save_curves(curves, path, xlabel="step", ylabel="loss", title=None, logy=False):
+    """Line plots of {name: (steps, values)} on one axis."""
+    fig = _figure(5, 3.2)
+    ax = fig.add_subplot()
+    for name, (steps, values) in curves.items():
+        if len(steps):
+            ax.plot(steps, values, label=name, marker="o" if len(steps) < 30 else None, markersize=3)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def project_2d(z):
+    """z (N, d) to (N, 2): itself if d = 2, else the top-2 principal components (SVD of centred z)."""
+    z = to_numpy(z).astype(np.float64)
+    if z.shape[1] == 2:
+        return z
+    centred = z - z.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T if z.shape[1] > 2 else np.concatenate([centred, np.zeros_like(centred)], 1)
+
+
+def save_latent_scatter(z, labels, path, title="latent means, coloured by label"):
+    """Encoder means z (N, d) as a scatter (PCA to 2-D when d > 2) coloured by class label."""
+    p = project_2d(z)
+    fig = _figure(4.5, 4)
+    ax = fig.add_subplot()
+    points = ax.scatter(p[:, 0], p[:, 1], c=to_numpy(labels), cmap="tab10", s=6)
+    fig.colorbar(points, ax=ax, ticks=range(10))
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def manifold_grid(n=15, span=0.95):
+    """Latent points on an n x n grid of standard-normal quantiles Phi^-1(u), u in [(1-span)/2, (1+span)/2]."""
+    from scipy.stats import norm
+    u = np.linspace((1 - span) / 2, (1 + span) / 2, n)
+    q = norm.ppf(u)
+    zy, zx = np.meshgrid(q[::-1], q, indexing="ij")
+    return np.stack([zx.ravel(), zy.ravel()], axis=1)  # (n*n, 2), rows top to bottom
+
+
+def save_manifold(decode, path, n=15):
+    """The decoded 2-D latent manifold: decode(z (n*n, 2)) -> images, laid out on the quantile grid."""
+    images = to_numpy(decode(manifold_grid(n)))
+    return save_sample_grid(images, path, nrow=n, title="decoded latent manifold")
+
+
+def save_schedule_curves(schedules, path):
+    """alpha_bar_t and log SNR_t = log(alpha_bar_t / (1 - alpha_bar_t)) for {name: schedule}, t = 1..T."""
+    fig = _figure(8, 3.2)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for name, s in schedules.items():
+        alpha_bar = np.asarray(s.alpha_bars)[1:]
+        t = np.arange(1, len(alpha_bar) + 1)
+        left.plot(t, alpha_bar, label=name)
+        right.plot(t, np.log(alpha_bar) - np.log1p(-alpha_bar), label=name)
+    left.set(xlabel="t", ylabel="alpha_bar_t")
+    right.set(xlabel="t", ylabel="log SNR_t")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def save_recon_vs_latent(results, path):
+    """Test reconstruction MSE against latent size for {model name: (sizes, errors)}."""
+    return save_curves(results, path, xlabel="latent size", ylabel="test MSE per pixel",
+                       title="reconstruction error vs latent size", logy=True)

@@ -1,0 +1,80 @@
+"""Sample quality measured with a digits classifier (docs/results.md, docs/training.md §7).
+
+For generated images x_1..x_n and a trained classifier with class probabilities p(y | x) and
+penultimate-layer features f(x):
+- confident fraction   (1/n) #{i : max_y p(y | x_i) > 0.9}            (are the samples legible?)
+- label entropy        H(h) = -sum_y h_y log h_y  (nats), h = histogram of argmax_y p(y | x_i) / n
+                       (mode coverage: log 10 = 2.303 when all ten digits appear equally)
+- Fréchet distance     FD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2})      (eq. 1)
+                       between Gaussians fitted to the features of the samples and of real held-out
+                       images (the FID recipe, with our classifier in place of Inception).
+FD has a finite-sample bias, so it is only compared between feature sets of equal size.
+"""
+import numpy as np
+
+from minidiff.backend import to_numpy
+
+
+def gaussian_fit(features):
+    """Mean (d,) and unbiased covariance (d, d) of features (n, d), in float64."""
+    f = to_numpy(features).astype(np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features must be (n, d) with n >= 2, got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def _psd_sqrt(s):
+    """The symmetric square root of a positive semi-definite matrix (negative round-off eigenvalues -> 0)."""
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(features_a, features_b):
+    """Eq. (1): the 2-Wasserstein distance squared between Gaussian fits of two feature sets.
+
+    tr((S_a S_b)^{1/2}) is computed as tr((S_a^{1/2} S_b S_a^{1/2})^{1/2}) — the same eigenvalues,
+    but of a symmetric PSD matrix, so no complex round-off as with a general matrix square root.
+    """
+    mu_a, s_a = gaussian_fit(features_a)
+    mu_b, s_b = gaussian_fit(features_b)
+    if mu_a.shape != mu_b.shape:
+        raise ValueError(f"feature sizes differ: {mu_a.shape[0]} vs {mu_b.shape[0]}")
+    root_a = _psd_sqrt(s_a)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ s_b @ root_a), 0.0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2.0 * cross)
+
+
+def confident_fraction(probs, threshold=0.9):
+    """Fraction of rows of probs (n, K) whose largest class probability exceeds `threshold`."""
+    probs = to_numpy(probs)
+    return float((probs.max(axis=1) > threshold).mean())
+
+
+def label_entropy(probs, num_classes=None):
+    """Entropy (nats) of the histogram of predicted labels argmax_y p(y | x_i) over the n rows."""
+    probs = to_numpy(probs)
+    counts = np.bincount(probs.argmax(axis=1), minlength=num_classes or probs.shape[1])
+    h = counts[counts > 0] / counts.sum()
+    return float(-(h * np.log(h)).sum())
+
+
+def sample_quality(classifier, samples, reference, requested_labels=None):
+    """All sample-quality numbers for images `samples` against real images `reference` (equal n advised).
+
+    classifier: a models.Classifier (or anything with .predict_proba(x) and .features(x) on arrays).
+    requested_labels: for a conditional model, the label each sample was asked to show.
+    """
+    probs = classifier.predict_proba(samples)
+    result = {"n_samples": int(len(samples)), "n_reference": int(len(reference)),
+              "confident_fraction": confident_fraction(probs),
+              "label_entropy_nats": label_entropy(probs),
+              "frechet_distance": frechet_distance(classifier.features(samples), classifier.features(reference))}
+    if requested_labels is not None:
+        result["requested_label_accuracy"] = float((probs.argmax(axis=1) == to_numpy(requested_labels)).mean())
+    return result
+
+
+def reference_distance(classifier, x_train, x_test, n, seed=0):
+    """FD between n real training images (a seeded subset) and the test images: the yardstick."""
+    idx = np.random.default_rng(seed).permutation(len(x_train))[:n]
+    return frechet_distance(classifier.features(x_train[idx]), classifier.features(x_test))
