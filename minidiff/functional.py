@@ -1,0 +1,120 @@
+"""User-facing layer functions, named and laid out as torch.nn.functional (docs/layers.md).
+
+Weight layouts as PyTorch's: linear (out, in); conv2d (O, C, kh, kw); conv_transpose2d
+(Cin, Cout, kh, kw). Every function takes Tensors (recorded for backward) or plain arrays
+(computed directly), like the primitive ops. The heavy layers are single Functions with a
+closed-form backward in minidiff.ops.{conv,norm,attention}; the rest are compositions of primitives.
+"""
+import numpy as np
+
+from minidiff import ops
+from minidiff.autograd import Tensor
+from minidiff.backend import backend_name_of, default_rng, xp_of
+from minidiff.ops.attention import scaled_dot_product_attention
+from minidiff.ops.conv import avg_pool2d, conv2d, conv_transpose2d
+from minidiff.ops.norm import group_norm, layer_norm
+
+__all__ = ["linear", "conv2d", "conv_transpose2d", "group_norm", "layer_norm", "scaled_dot_product_attention",
+           "softmax", "log_softmax", "dropout", "interpolate", "avg_pool2d", "embedding", "silu", "gelu", "relu",
+           "sigmoid", "tanh"]
+
+silu, gelu, relu, sigmoid, tanh = ops.silu, ops.gelu, ops.relu, ops.sigmoid, ops.tanh
+
+
+def _data(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def linear(x, weight, bias=None):
+    """y = x Wᵀ + b for x (..., in), W (out, in), b (out,). Autograd of matmul/add gives ∂x = g W, ∂W = gᵀ x."""
+    if weight.shape[-1] != x.shape[-1] or len(weight.shape) != 2:
+        raise ValueError(f"linear: input (..., {x.shape[-1]}) needs weight (out, {x.shape[-1]}), "
+                         f"got weight {tuple(weight.shape)}")
+    lead = tuple(x.shape[:-1])
+    x2 = x if len(lead) == 1 else ops.reshape(x, (-1, x.shape[-1]))   # one 2-D product, not a batch of them
+    y = ops.matmul(x2, ops.transpose(weight))
+    y = y if bias is None else ops.add(y, bias)
+    return y if len(lead) == 1 else ops.reshape(y, lead + (weight.shape[0],))
+
+
+def softmax(x, dim=-1):
+    """softmax along dim: y_i = e^{x_i} / Σ_j e^{x_j} (VJP y ⊙ (g − ⟨g, y⟩), docs/autograd.md eq. 6)."""
+    return ops.softmax(x, dim)
+
+
+def log_softmax(x, dim=-1):
+    return ops.log_softmax(x, dim)
+
+
+def dropout(x, p=0.5, training=True, rng=None):
+    """Inverted dropout: y = x ⊙ m / (1 − p), m_i ~ Bernoulli(1 − p); the identity when not training.
+
+    rng: a generator with .random(size) on x's backend (default: minidiff.backend.default_rng()).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    data = _data(x)
+    if p == 1.0:
+        return ops.mul(x, xp_of(data).zeros((), dtype=data.dtype))
+    rng = default_rng(backend=backend_name_of(data)) if rng is None else rng
+    keep = rng.random(data.shape) >= p
+    return ops.mul(x, (keep / (1.0 - p)).astype(data.dtype))
+
+
+def _nearest_index(n_in, n_out, scale_factor):
+    """PyTorch's nearest source index src = min(⌊dst · s⌋, n_in − 1), s = 1/scale_factor or n_in/n_out."""
+    s = 1.0 / scale_factor if scale_factor is not None else n_in / n_out
+    return np.minimum(np.floor(np.arange(n_out) * s).astype(np.int64), n_in - 1)
+
+
+def _select_matrix(idx, n_in, like):
+    """R (n_out, n_in) with R[o, idx[o]] = 1, so R x picks rows idx of x."""
+    xp = xp_of(like)
+    r = np.zeros((len(idx), n_in))
+    r[np.arange(len(idx)), idx] = 1.0
+    return xp.asarray(r, dtype=like.dtype)
+
+
+def interpolate(x, size=None, scale_factor=None, mode="nearest"):
+    """Nearest-neighbour resize of x (B, C, H, W): y[b, c, u, v] = x[b, c, src_h(u), src_w(v)].
+
+    An integer scale factor f repeats each pixel f×f times: a reshape to (B, C, H, 1, W, 1),
+    a broadcast and a reshape, whose VJP (autograd) sums g over each f×f block. Any other size
+    selects rows and columns by one-hot matrices, y = R_h x R_wᵀ, whose VJP is R_hᵀ g R_w.
+    """
+    if mode != "nearest":
+        raise ValueError(f"interpolate: only mode='nearest' is implemented, got {mode!r}")
+    if len(x.shape) != 4 or (size is None) == (scale_factor is None):
+        raise ValueError(f"interpolate: need a (B, C, H, W) input and exactly one of size / scale_factor; "
+                         f"got shape {tuple(x.shape)}, size={size}, scale_factor={scale_factor}")
+    B, C, H, W = x.shape
+    factors = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else scale_factor
+    if factors is not None and all(float(f).is_integer() and f >= 1 for f in factors):
+        fh, fw = int(factors[0]), int(factors[1])
+        blocks = ops.broadcast_to(ops.reshape(x, (B, C, H, 1, W, 1)), (B, C, H, fh, W, fw))
+        return ops.reshape(blocks, (B, C, H * fh, W * fw))
+    if factors is not None:
+        size = (int(np.floor(H * factors[0])), int(np.floor(W * factors[1])))
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if min(size) < 1:
+        raise ValueError(f"interpolate: output size {size} must be positive")
+    fh, fw = (None, None) if factors is None else factors
+    r_h = _select_matrix(_nearest_index(H, size[0], fh), H, _data(x))
+    r_w = _select_matrix(_nearest_index(W, size[1], fw), W, _data(x))
+    return ops.matmul(ops.matmul(r_h, x), ops.transpose(r_w))
+
+
+def embedding(indices, weight):
+    """y[...] = W[indices[...]]: rows of W (num_embeddings, dim) picked by integer indices.
+
+    VJP: each picked row's gradient is added into ∂L/∂W (repeated indices accumulate), via getitem.
+    """
+    idx = xp_of(_data(weight)).asarray(_data(indices))
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
+    n = weight.shape[0]
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise IndexError(f"embedding: indices must lie in [0, {n}), got range [{int(idx.min())}, {int(idx.max())}]")
+    return ops.getitem(weight, idx)

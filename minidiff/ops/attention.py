@@ -1,0 +1,108 @@
+"""Scaled dot-product attention: the readable composition and the closed-form fast path (docs/layers.md §5).
+
+For queries Q (..., L, E), keys K (..., S, E), values V (..., S, Ev) and an additive mask M
+(0 where a query may attend a key, −∞ where not; a boolean mask is True = attend, as PyTorch):
+
+    A = τ Q Kᵀ + M,   P = softmax(A) along S,   O = P V,   τ = 1/√E by default      (docs eq. 8)
+
+Backward (docs eq. 9-10), with G = ∂L/∂O and the softmax Jacobian ∂P_ij/∂A_ik = P_ij(δ_jk − P_ik):
+
+    ∂L/∂V = Pᵀ G,   ∂L/∂P = G Vᵀ,   ∂L/∂A = P ⊙ (∂L/∂P − rowsum(∂L/∂P ⊙ P)),
+    ∂L/∂Q = τ (∂L/∂A) K,   ∂L/∂K = τ (∂L/∂A)ᵀ Q.
+
+`attention_reference` composes eq. 8 from matmul/softmax/add (autograd derives the backward);
+`ScaledDotProductAttention` is one Function with eq. 9-10, tested against it. Leading (batch,
+head) axes broadcast like matmul's; gradients are summed back over broadcast axes.
+"""
+import math
+
+from minidiff import ops
+from minidiff.autograd import Function, Tensor, unbroadcast
+from minidiff.backend import xp_of
+
+
+def _check_qkv(q, k, v):
+    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
+        raise ValueError(f"attention: q, k, v must be at least 2-D, got shapes {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"attention: need q (..., L, E), k (..., S, E), v (..., S, Ev); got shapes "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+
+
+def additive_mask(attn_mask, is_causal, L, S, like):
+    """The additive mask M of eq. 8 (an array, or None): booleans become 0 / −∞; causal keeps j ≤ i."""
+    xp = xp_of(like)
+    if isinstance(attn_mask, Tensor):
+        attn_mask = attn_mask.data
+    mask = None
+    if attn_mask is not None:
+        attn_mask = xp.asarray(attn_mask)
+        if attn_mask.dtype == bool:
+            mask = xp.where(attn_mask, 0.0, -xp.inf).astype(like.dtype)
+        else:
+            mask = attn_mask.astype(like.dtype)
+        try:
+            xp.broadcast_shapes(mask.shape, like.shape[:-2] + (L, S))
+        except ValueError:
+            raise ValueError(f"attention: mask shape {tuple(mask.shape)} does not broadcast to the scores "
+                             f"{like.shape[:-2] + (L, S)}") from None
+    if is_causal:
+        causal = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), 0.0, -xp.inf).astype(like.dtype)
+        mask = causal if mask is None else mask + causal
+    return mask
+
+
+def _softmax_rows(a):
+    """softmax along the last axis, shifted by the row max (rows of all −∞ give NaN, as the math says)."""
+    xp = xp_of(a)
+    p = xp.exp(a - a.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return p
+
+
+class ScaledDotProductAttention(Function):
+    """O = softmax(τ Q Kᵀ + M) V (eq. 8).  Saved: Q, K, V, P.  VJP: eq. 9-10."""
+
+    def forward(self, q, k, v, mask=None, scale=1.0):
+        _check_qkv(q, k, v)
+        a = (q @ k.swapaxes(-1, -2)) * scale
+        if mask is not None:
+            a = a + mask
+        self.q, self.k, self.v, self.scale = q, k, v, scale
+        self.p = _softmax_rows(a)
+        return self.p @ v
+
+    def backward(self, g):
+        q, k, v, p, scale = self.q, self.k, self.v, self.p, self.scale
+        dv = unbroadcast(p.swapaxes(-1, -2) @ g, v.shape) if self.needs_grad[2] else None
+        if not (self.needs_grad[0] or self.needs_grad[1]):
+            return None, None, dv
+        dp = g @ v.swapaxes(-1, -2)
+        da = p * (dp - (dp * p).sum(axis=-1, keepdims=True))         # softmax Jacobian, eq. 9
+        dq = unbroadcast((da @ k) * scale, q.shape) if self.needs_grad[0] else None
+        dk = unbroadcast((da.swapaxes(-1, -2) @ q) * scale, k.shape) if self.needs_grad[1] else None
+        return dq, dk, dv
+
+
+def _scale(q, scale):
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    """softmax(τ Q Kᵀ + M) V through the fused Function (eq. 8-10). q (..., L, E), k (..., S, E), v (..., S, Ev)."""
+    like = q.data if isinstance(q, Tensor) else q
+    mask = additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], like)
+    return ScaledDotProductAttention.apply(q, k, v, mask=mask, scale=_scale(q, scale))
+
+
+def attention_reference(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    """Eq. 8 composed of primitive ops; autograd supplies the backward."""
+    like = q.data if isinstance(q, Tensor) else q
+    _check_qkv(like, k.data if isinstance(k, Tensor) else k, v.data if isinstance(v, Tensor) else v)
+    mask = additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], like)
+    axes = tuple(range(len(k.shape) - 2)) + (len(k.shape) - 1, len(k.shape) - 2)
+    a = ops.mul(ops.matmul(q, ops.transpose(k, axes)), _scale(q, scale))
+    if mask is not None:
+        a = ops.add(a, mask)
+    return ops.matmul(ops.softmax(a, -1), v)

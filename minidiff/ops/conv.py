@@ -1,0 +1,237 @@
+"""2-D convolution, transposed convolution and average pooling, by im2col (docs/layers.md §1-3).
+
+Notation (NCHW): x (B, C, H, W), weight w (O, C, kh, kw), stride s, padding p, dilation d,
+output (B, O, Ho, Wo) with Ho = ⌊(H + 2p − d(kh − 1) − 1)/s⌋ + 1 (likewise Wo), K = C·kh·kw.
+
+im2col gathers, for every output position, the K input values its kernel touches:
+
+    cols[(c, i, j), (b, u, v)] = x_pad[b, c, s·u + d·i, s·v + d·j]            (docs eq. 1)
+
+read through a strided *view* of the padded input and copied once into a (K, B·Ho·Wo) matrix,
+so the convolution is ONE matrix product y = W cols, W = w.reshape(O, K) (eq. 2). Backward:
+
+    ∂L/∂W = G colsᵀ,   ∂L/∂cols = Wᵀ G,   ∂L/∂x = col2im(∂L/∂cols)              (eq. 3-4)
+
+with G = ∂L/∂y as an (O, B·Ho·Wo) matrix. col2im is im2col's adjoint: it adds each kernel tap's
+(B, C, Ho, Wo) slab of ∂L/∂cols into one strided slice of a zero (B, C, H + 2p, W + 2p) array
+(kh·kw slice additions, no scatter), then crops the padding.
+
+The transposed convolution is the adjoint of the convolution, so its forward IS conv2d's input
+gradient (`conv2d_input_grad`, written once, used by both), and its input gradient is conv2d
+itself (eq. 5). Everything here is array-module code (`xp`), so it runs on NumPy and CuPy.
+"""
+from minidiff.autograd import Function
+from minidiff.backend import xp_of
+
+
+def pair(v, name):
+    """An int or a pair of ints as a pair of ints."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(a, int) for a in v):
+        return tuple(v)
+    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+
+
+def conv_output_size(n, k, s, p, d):
+    """Ho = ⌊(n + 2p − d(k − 1) − 1)/s⌋ + 1 for one spatial axis."""
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def pad2d(x, p):
+    """x (B, C, H, W) with p = (ph, pw) zeros on both sides of H and W (x itself when p = 0)."""
+    ph, pw = p
+    if ph == 0 and pw == 0:
+        return x
+    B, C, H, W = x.shape
+    out = xp_of(x).zeros((B, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+    out[:, :, ph:ph + H, pw:pw + W] = x
+    return out
+
+
+def windows(x_pad, kernel, stride, dilation, out_hw):
+    """Strided view v[b, c, i, j, u, v] = x_pad[b, c, s·u + d·i, s·v + d·j] (no copy), shape (B, C, kh, kw, Ho, Wo)."""
+    xp = xp_of(x_pad)
+    B, C = x_pad.shape[:2]
+    sb, sc, sh, sw = x_pad.strides
+    shape = (B, C) + tuple(kernel) + tuple(out_hw)
+    strides = (sb, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1])
+    return xp.lib.stride_tricks.as_strided(x_pad, shape=shape, strides=strides)
+
+
+def im2col(x, kernel, stride, padding, dilation, out_hw):
+    """The (K, B·Ho·Wo) matrix of eq. 1, rows ordered (c, i, j), columns (b, u, v)."""
+    xp = xp_of(x)
+    x_pad = xp.ascontiguousarray(pad2d(x, padding))
+    view = windows(x_pad, kernel, stride, dilation, out_hw)   # (B, C, kh, kw, Ho, Wo)
+    B, C = x.shape[:2]
+    cols = xp.empty((C,) + tuple(kernel) + (B,) + tuple(out_hw), dtype=x.dtype)
+    cols[...] = view.transpose(1, 2, 3, 0, 4, 5)                   # the one copy
+    return cols.reshape(C * kernel[0] * kernel[1], -1)
+
+
+def col2im(taps, x_shape, stride, padding, dilation):
+    """Adjoint of im2col: Σ over taps (i, j) of taps[i, j] (B, C, Ho, Wo) added at x_pad[:, :, s·u + d·i, s·v + d·j].
+
+    taps: indexable as taps[i, j] -> (B, C, Ho, Wo); returns (B, C, H, W) with the padding cropped.
+    """
+    kh, kw = taps.shape[:2]
+    Ho, Wo = taps.shape[-2:]
+    B, C, H, W = x_shape
+    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
+    xp = xp_of(taps)
+    dx = xp.zeros((B, C, H + 2 * ph, W + 2 * pw), dtype=taps.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, dh * i:dh * i + sh * (Ho - 1) + 1:sh, dw * j:dw * j + sw * (Wo - 1) + 1:sw] += taps[i, j]
+    return dx[:, :, ph:ph + H, pw:pw + W]
+
+
+def conv2d_from_cols(cols, w, B, out_hw):
+    """y = W cols (eq. 2) as (B, O, Ho, Wo)."""
+    O = w.shape[0]
+    y = w.reshape(O, -1) @ cols                                   # (O, B·Ho·Wo)
+    return xp_of(y).ascontiguousarray(y.reshape((O, B) + tuple(out_hw)).transpose(1, 0, 2, 3))
+
+
+def as_matrix(g):
+    """G: (B, O, Ho, Wo) -> the (O, B·Ho·Wo) matrix."""
+    return xp_of(g).ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(g.shape[1], -1)
+
+
+def conv2d_input_grad(g, w, x_shape, stride, padding, dilation):
+    """∂L/∂x of y = conv2d(x, w) for upstream g (B, O, Ho, Wo): col2im(Wᵀ G) (eq. 4).
+
+    This one function is also the FORWARD of conv_transpose2d (eq. 5). Ho, Wo are read from g,
+    so g may be shorter than the natural output (the transposed conv's output_padding case).
+    """
+    O, C, kh, kw = w.shape
+    B = g.shape[0]
+    d_cols = w.reshape(O, -1).T @ as_matrix(g)                    # (K, B·Ho·Wo)
+    taps = d_cols.reshape((C, kh, kw, B) + g.shape[2:]).transpose(1, 2, 3, 0, 4, 5)  # view (kh, kw, B, C, Ho, Wo)
+    return col2im(taps, x_shape, stride, padding, dilation)
+
+
+def _check_conv(name, x, w, b, in_axis):
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"{name}: input must be (B, C, H, W) and weight 4-D, got shapes {tuple(x.shape)} "
+                         f"and {tuple(w.shape)}")
+    if x.shape[1] != w.shape[in_axis]:
+        raise ValueError(f"{name}: input has {x.shape[1]} channels but weight {tuple(w.shape)} expects "
+                         f"{w.shape[in_axis]} (axis {in_axis})")
+    out_ch = w.shape[1 - in_axis]
+    if b is not None and tuple(b.shape) != (out_ch,):
+        raise ValueError(f"{name}: bias shape {tuple(b.shape)} must be ({out_ch},)")
+    if x.dtype != w.dtype:
+        raise TypeError(f"{name}: input dtype {x.dtype} differs from weight dtype {w.dtype}")
+
+
+def _check_geometry(name, stride, padding, dilation):
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"{name}: need stride >= 1, dilation >= 1, padding >= 0; got stride {stride}, "
+                         f"padding {padding}, dilation {dilation}")
+
+
+class Conv2d(Function):
+    """y[b, o] = Σ_{c,i,j} w[o, c, i, j] x_pad[b, c, s·u + d·i, s·v + d·j] + bias[o]  (eq. 1-2).
+
+    Inputs x (B, C, H, W), w (O, C, kh, kw), optional bias (O,). Saved: cols (K, B·Ho·Wo) and w.
+    VJP (eq. 3-4): ∂w = G colsᵀ, ∂x = col2im(Wᵀ G), ∂bias = Σ_{b,u,v} g.
+    """
+
+    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+        _check_conv("conv2d", x, w, b, in_axis=1)
+        _check_geometry("conv2d", stride, padding, dilation)
+        kernel = w.shape[2:]
+        out_hw = tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in
+                       zip(x.shape[2:], kernel, stride, padding, dilation))
+        if min(out_hw) < 1:
+            raise ValueError(f"conv2d: kernel {tuple(kernel)} (dilation {dilation}) does not fit the padded "
+                             f"input {tuple(x.shape)} with padding {padding}")
+        self.geometry, self.x_shape, self.w = (stride, padding, dilation), x.shape, w
+        self.cols = im2col(x, kernel, stride, padding, dilation, out_hw)
+        y = conv2d_from_cols(self.cols, w, x.shape[0], out_hw)
+        return y if b is None else y + b.reshape(1, -1, 1, 1)
+
+    def backward(self, g):
+        dx = conv2d_input_grad(g, self.w, self.x_shape, *self.geometry) if self.needs_grad[0] else None
+        dw = (as_matrix(g) @ self.cols.T).reshape(self.w.shape) if self.needs_grad[1] else None
+        db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
+        return dx, dw, db
+
+
+class ConvTranspose2d(Function):
+    """y = conv2d_input_grad(x, w) + bias: the adjoint of conv2d applied to x (eq. 5).
+
+    Inputs x (B, Cin, H, W), w (Cin, Cout, kh, kw) (PyTorch's layout), optional bias (Cout,).
+    Output (B, Cout, Hout, Wout), Hout = (H − 1)s − 2p + d(kh − 1) + output_padding + 1.
+    As conv2d with weight w maps (B, Cout, Hout, Wout) -> (B, Cin, H, W), this forward is that
+    conv's input gradient, and the VJP is conv2d again: ∂x = conv2d(g, w) (cropped to H, W),
+    ∂w = X cols(g)ᵀ with X the (Cin, B·H·W) matrix of x, ∂bias = Σ_{b,u,v} g.
+    """
+
+    def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), dilation=(1, 1)):
+        _check_conv("conv_transpose2d", x, w, b, in_axis=0)
+        _check_geometry("conv_transpose2d", stride, padding, dilation)
+        if any(op < 0 or (op >= s and op >= d) for op, s, d in zip(output_padding, stride, dilation)):
+            raise ValueError(f"conv_transpose2d: output_padding {output_padding} must be smaller than stride "
+                             f"{stride} or dilation {dilation}")
+        kernel = w.shape[2:]
+        out_hw = tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, k, s, p, d, op in
+                       zip(x.shape[2:], kernel, stride, padding, dilation, output_padding))
+        if min(out_hw) < 1:
+            raise ValueError(f"conv_transpose2d: output size {out_hw} is not positive for input {tuple(x.shape)}")
+        self.geometry, self.x, self.w = (stride, padding, dilation), x, w
+        y = conv2d_input_grad(x, w, (x.shape[0], w.shape[1]) + out_hw, stride, padding, dilation)
+        return y if b is None else y + b.reshape(1, -1, 1, 1)
+
+    def backward(self, g):
+        x, w = self.x, self.w
+        cols = im2col(g, w.shape[2:], *self.geometry, out_hw=x.shape[2:])   # conv2d(g, w) at x's size
+        dx = conv2d_from_cols(cols, w, g.shape[0], x.shape[2:]) if self.needs_grad[0] else None
+        dw = (as_matrix(x) @ cols.T).reshape(w.shape) if self.needs_grad[1] else None
+        db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
+        return dx, dw, db
+
+
+class AvgPool2d(Function):
+    """y[b, c, u, v] = (1/(kh·kw)) Σ_{i,j} x_pad[b, c, s·u + i, s·v + j] (zero padding counted, as PyTorch).
+
+    VJP: col2im of g/(kh·kw) broadcast to every tap.
+    """
+
+    def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0)):
+        if x.ndim != 4:
+            raise ValueError(f"avg_pool2d: input must be (B, C, H, W), got shape {tuple(x.shape)}")
+        if any(2 * p > k for p, k in zip(padding, kernel)):
+            raise ValueError(f"avg_pool2d: padding {padding} must be at most half the kernel {kernel}")
+        _check_geometry("avg_pool2d", stride, padding, (1, 1))
+        out_hw = tuple(conv_output_size(n, k, s, p, 1) for n, k, s, p in zip(x.shape[2:], kernel, stride, padding))
+        if min(out_hw) < 1:
+            raise ValueError(f"avg_pool2d: kernel {kernel} does not fit input {tuple(x.shape)}")
+        self.x_shape, self.kernel, self.stride, self.padding = x.shape, kernel, stride, padding
+        view = windows(pad2d(x, padding), kernel, stride, (1, 1), out_hw)
+        return view.mean(axis=(2, 3))
+
+    def backward(self, g):
+        kh, kw = self.kernel
+        taps = xp_of(g).broadcast_to(g / (kh * kw), (kh, kw) + g.shape)
+        return (col2im(taps, self.x_shape, self.stride, self.padding, (1, 1)),)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1):
+    geometry = dict(stride=pair(stride, "stride"), padding=pair(padding, "padding"),
+                    dilation=pair(dilation, "dilation"))
+    return Conv2d.apply(x, w, **geometry) if b is None else Conv2d.apply(x, w, b, **geometry)
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1):
+    geometry = dict(stride=pair(stride, "stride"), padding=pair(padding, "padding"),
+                    output_padding=pair(output_padding, "output_padding"), dilation=pair(dilation, "dilation"))
+    return ConvTranspose2d.apply(x, w, **geometry) if b is None else ConvTranspose2d.apply(x, w, b, **geometry)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    kernel = pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None else pair(stride, "stride")
+    return AvgPool2d.apply(x, kernel=kernel, stride=stride, padding=pair(padding, "padding"))

@@ -1,0 +1,151 @@
+"""Group and layer normalisation: the readable composition and the closed-form fast path (docs/layers.md §4).
+
+Both standardise x over a set of n elements (a group of channels × H × W, or the trailing
+normalized_shape), then apply a per-channel (per-element) affine map:
+
+    μ = (1/n) Σ x,  σ² = (1/n) Σ (x − μ)²,  x̂ = (x − μ)/√(σ² + ε),  y = γ x̂ + β      (docs eq. 6)
+
+Backward in closed form (derived in docs eq. 7), with ĝ = γ ⊙ g and means over the same n elements:
+
+    ∂L/∂x = (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)) / √(σ² + ε),
+    ∂L/∂γ = Σ_{other axes} g ⊙ x̂,   ∂L/∂β = Σ_{other axes} g.
+
+`group_norm_reference` / `layer_norm_reference` build eq. 6 from primitive ops (autograd derives
+the backward); `GroupNorm` / `LayerNorm` are one Function each with eq. 7, tested against them.
+"""
+from minidiff import ops
+from minidiff.autograd import Function, Tensor
+from minidiff.backend import xp_of
+
+
+def _standardize(x, axes, eps):
+    """x̂ and 1/√(σ² + ε) over `axes` (keepdims), statistics in x's dtype."""
+    xp = xp_of(x)
+    mu = x.mean(axis=axes, keepdims=True)
+    centered = x - mu
+    inv_std = 1.0 / xp.sqrt((centered * centered).mean(axis=axes, keepdims=True) + eps)
+    return centered * inv_std, inv_std
+
+
+def _standardize_backward(g_hat, x_hat, inv_std, axes):
+    """∂L/∂x = (ĝ − mean(ĝ) − x̂ mean(ĝ x̂)) / √(σ² + ε)  (docs eq. 7)."""
+    return (g_hat - g_hat.mean(axis=axes, keepdims=True)
+            - x_hat * (g_hat * x_hat).mean(axis=axes, keepdims=True)) * inv_std
+
+
+def _check_group_norm(x, num_groups, weight, bias):
+    if x.ndim < 2:
+        raise ValueError(f"group_norm: input must be (B, C, ...), got shape {tuple(x.shape)}")
+    C = x.shape[1]
+    if num_groups < 1 or C % num_groups:
+        raise ValueError(f"group_norm: {C} channels (input shape {tuple(x.shape)}) do not split into "
+                         f"{num_groups} groups")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (C,):
+            raise ValueError(f"group_norm: {name} shape {tuple(p.shape)} must be ({C},)")
+
+
+class GroupNorm(Function):
+    """y = γ_c x̂ + β_c with x̂ standardised over each (sample, group of C/G channels, spatial) block.
+
+    Inputs x (B, C, *S), γ (C,), β (C,). Saved: x̂ and 1/√(σ² + ε) per (b, group). VJP: docs eq. 7.
+    """
+
+    def forward(self, x, weight, bias, num_groups=1, eps=1e-5):
+        _check_group_norm(x, num_groups, weight, bias)
+        B, C = x.shape[:2]
+        self.shape = x.shape
+        self.channel = (1, C) + (1,) * (x.ndim - 2)
+        xg = x.reshape(B, num_groups, -1)
+        self.x_hat, self.inv_std = _standardize(xg, 2, eps)
+        self.weight = weight
+        y = self.x_hat.reshape(x.shape) * weight.reshape(self.channel)
+        return y + bias.reshape(self.channel)
+
+    def backward(self, g):
+        B, G = self.x_hat.shape[:2]
+        sum_axes = (0,) + tuple(range(2, g.ndim))
+        x_hat = self.x_hat.reshape(self.shape)
+        dx = None
+        if self.needs_grad[0]:
+            g_hat = (g * self.weight.reshape(self.channel)).reshape(B, G, -1)
+            dx = _standardize_backward(g_hat, self.x_hat, self.inv_std, 2).reshape(self.shape)
+        dw = (g * x_hat).sum(axis=sum_axes) if self.needs_grad[1] else None
+        db = g.sum(axis=sum_axes) if self.needs_grad[2] else None
+        return dx, dw, db
+
+
+class LayerNorm(Function):
+    """y = γ ⊙ x̂ + β with x̂ standardised over the trailing k = γ.ndim axes.
+
+    Inputs x (..., *N), γ (*N), β (*N). Saved: x̂, 1/√(σ² + ε). VJP: docs eq. 7.
+    """
+
+    def forward(self, x, weight, bias, eps=1e-5):
+        k = weight.ndim
+        if x.shape[x.ndim - k:] != weight.shape or bias.shape != weight.shape:
+            raise ValueError(f"layer_norm: input shape {tuple(x.shape)} must end with normalized_shape "
+                             f"{tuple(weight.shape)} (weight), bias {tuple(bias.shape)}")
+        self.axes = tuple(range(x.ndim - k, x.ndim))
+        self.x_hat, self.inv_std = _standardize(x, self.axes, eps)
+        self.weight = weight
+        return self.x_hat * weight + bias
+
+    def backward(self, g):
+        lead = tuple(range(g.ndim - self.weight.ndim))
+        dx = _standardize_backward(g * self.weight, self.x_hat, self.inv_std, self.axes) if self.needs_grad[0] else None
+        dw = (g * self.x_hat).sum(axis=lead) if self.needs_grad[1] else None
+        db = g.sum(axis=lead) if self.needs_grad[2] else None
+        return dx, dw, db
+
+
+# ---------------------------------------------------------------- readable references (eq. 6 from primitives)
+
+def standardize_reference(x, axes, eps):
+    """x̂ = (x − μ)/√(σ² + ε) over axes, from primitive ops (autograd supplies the backward)."""
+    centered = ops.sub(x, ops.mean(x, axes, keepdims=True))
+    var = ops.mean(ops.mul(centered, centered), axes, keepdims=True)
+    return ops.div(centered, ops.sqrt(ops.add(var, eps)))
+
+
+def group_norm_reference(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group norm (eq. 6) composed of reshape/mean/sqrt/div/mul/add."""
+    _check_group_norm(x, num_groups, weight, bias)
+    B, C = x.shape[:2]
+    x_hat = ops.reshape(standardize_reference(ops.reshape(x, (B, num_groups, -1)), 2, eps), x.shape)
+    channel = (1, C) + (1,) * (len(x.shape) - 2)
+    y = x_hat if weight is None else ops.mul(x_hat, ops.reshape(weight, channel))
+    return y if bias is None else ops.add(y, ops.reshape(bias, channel))
+
+
+def layer_norm_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer norm (eq. 6 over the trailing normalized_shape) composed of primitive ops."""
+    axes = tuple(range(len(x.shape) - len(normalized_shape), len(x.shape)))
+    y = standardize_reference(x, axes, eps)
+    y = y if weight is None else ops.mul(y, weight)
+    return y if bias is None else ops.add(y, bias)
+
+
+# ---------------------------------------------------------------- fast-path entry points
+
+def _affine_defaults(x, shape, weight, bias):
+    """γ = 1 and β = 0 (constants, no gradient) where not given."""
+    data = x.data if isinstance(x, Tensor) else x
+    xp = xp_of(data)
+    weight = xp.ones(shape, dtype=data.dtype) if weight is None else weight
+    bias = xp.zeros(shape, dtype=data.dtype) if bias is None else bias
+    return weight, bias
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    weight, bias = _affine_defaults(x, (x.shape[1],) if len(x.shape) > 1 else (), weight, bias)
+    return GroupNorm.apply(x, weight, bias, num_groups=int(num_groups), eps=float(eps))
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != shape:
+            raise ValueError(f"layer_norm: {name} shape {tuple(p.shape)} != normalized_shape {shape}")
+    weight, bias = _affine_defaults(x, shape, weight, bias)
+    return LayerNorm.apply(x, weight, bias, eps=float(eps))

@@ -1,0 +1,212 @@
+"""Optimisers, parameter EMA, gradient clipping and the warm-up + cosine learning rate (docs/layers.md §8).
+
+Updates follow torch.optim's formulas step for step (so trajectories match PyTorch's), written
+with θ the parameters, g_t = ∂L/∂θ at step t = 1, 2, ..., η the learning rate, λ the weight decay:
+
+    SGD:   d = g + λθ;  b ← μ b + d (b₁ = d);  θ ← θ − η (d + μ b if nesterov else b)   (μ = momentum)
+    Adam:  d = g + λθ;  m ← β₁m + (1 − β₁)d;  v ← β₂v + (1 − β₂)d²;
+           θ ← θ − (η/(1 − β₁ᵗ)) m / (√v/√(1 − β₂ᵗ) + ε)
+    AdamW: θ ← θ(1 − ηλ), then the Adam step with d = g (decoupled weight decay).
+
+State dicts hold only numbers and arrays ({"step": int, "lr": float, "m.0": array, ...}), so a
+checkpoint never needs pickle.
+"""
+import math
+
+import numpy as np
+
+from minidiff.autograd import Tensor
+from minidiff.backend import to_numpy, xp_of
+
+
+def _param_list(params):
+    params = list(params)
+    if not params:
+        raise ValueError("optimizer got an empty parameter list")
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor) or not p.requires_grad:
+            raise TypeError(f"optimizer: item {i} is not a Tensor with requires_grad=True ({type(p).__name__})")
+    return params
+
+
+class Optimizer:
+    """Holds the parameters, the learning rate `lr`, the step count and per-parameter state arrays."""
+
+    state_names = ()
+
+    def __init__(self, params, lr):
+        if lr < 0:
+            raise ValueError(f"learning rate must be >= 0, got {lr}")
+        self.params, self.lr, self.step_count = _param_list(params), float(lr), 0
+        self.state = {name: [None] * len(self.params) for name in self.state_names}
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        """Apply one update to every parameter that has a gradient."""
+        self.step_count += 1
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                self.update(i, p.data, p.grad)
+
+    def update(self, i, theta, grad):
+        raise NotImplementedError
+
+    def state_dict(self):
+        out = {"step": self.step_count, "lr": self.lr}
+        for name, arrays in self.state.items():
+            out.update({f"{name}.{i}": to_numpy(a).copy() for i, a in enumerate(arrays) if a is not None})
+        return out
+
+    def load_state_dict(self, state):
+        self.step_count, self.lr = int(state["step"]), float(state["lr"])
+        for name, arrays in self.state.items():
+            for i, p in enumerate(self.params):
+                key = f"{name}.{i}"
+                if key not in state:
+                    arrays[i] = None
+                    continue
+                if tuple(np.shape(state[key])) != tuple(p.shape):
+                    raise ValueError(f"optimizer load_state_dict: {key!r} has shape {tuple(np.shape(state[key]))}, "
+                                     f"parameter {i} has shape {tuple(p.shape)}")
+                arrays[i] = xp_of(p.data).asarray(to_numpy(state[key]), dtype=p.dtype).copy()
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay."""
+
+    state_names = ("momentum_buffer",)
+
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(params, lr)
+        if nesterov and momentum <= 0:
+            raise ValueError("SGD: Nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+
+    def update(self, i, theta, grad):
+        d = grad + self.weight_decay * theta if self.weight_decay else grad
+        if self.momentum:
+            b = self.state["momentum_buffer"]
+            b[i] = d.copy() if b[i] is None else self.momentum * b[i] + d
+            d = d + self.momentum * b[i] if self.nesterov else b[i]
+        theta -= self.lr * d
+
+
+class Adam(Optimizer):
+    """Adam with bias correction; weight_decay adds λθ to the gradient (L2, as torch.optim.Adam)."""
+
+    state_names = ("exp_avg", "exp_avg_sq")
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"Adam: betas must lie in [0, 1), got {betas}")
+        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+
+    def update(self, i, theta, grad):
+        (beta1, beta2), t = self.betas, self.step_count
+        if self.decoupled:
+            theta *= 1 - self.lr * self.weight_decay
+            d = grad
+        else:
+            d = grad + self.weight_decay * theta if self.weight_decay else grad
+        m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
+        m[i] = (1 - beta1) * d if m[i] is None else beta1 * m[i] + (1 - beta1) * d
+        v[i] = (1 - beta2) * d * d if v[i] is None else beta2 * v[i] + (1 - beta2) * d * d
+        step_size = self.lr / (1 - beta1 ** t)
+        denom = xp_of(theta).sqrt(v[i]) / math.sqrt(1 - beta2 ** t) + self.eps
+        theta -= step_size * (m[i] / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: θ ← θ(1 − ηλ) before the Adam step (Loshchilov & Hutter)."""
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def clip_grad_norm(params, max_norm):
+    """Scale all gradients by min(1, max_norm/(‖g‖ + 1e-6)), ‖g‖ the global L2 norm; return ‖g‖ (a float)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad = p.grad * p.grad.dtype.type(coef)
+    return total
+
+
+class EMA:
+    """Exponential moving average of a module's parameters: θ̄ ← δ θ̄ + (1 − δ) θ after every update.
+
+    `update(module)` folds in the current weights; `copy_to(module)` writes θ̄ into a module (for
+    sampling); `state_dict()` / `load_state_dict()` hold θ̄ by parameter name, as Module.state_dict.
+    """
+
+    def __init__(self, module, decay=0.999):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA: decay must be in [0, 1], got {decay}")
+        self.decay = decay
+        self.shadow = {name: p.data.copy() for name, p in module.named_parameters()}
+        self.num_updates = 0
+
+    def update(self, module):
+        self.num_updates += 1
+        for name, p in module.named_parameters():
+            if name not in self.shadow:
+                raise KeyError(f"EMA.update: the module has a parameter {name!r} the EMA was not made with")
+            s = self.shadow[name]
+            s *= self.decay
+            s += (1 - self.decay) * p.data
+
+    def copy_to(self, module):
+        """Overwrite the module's parameters with the averaged ones."""
+        module.load_state_dict(self.state_dict(), strict=False)
+
+    def state_dict(self):
+        return {name: to_numpy(a).copy() for name, a in self.shadow.items()}
+
+    def load_state_dict(self, state):
+        for name, a in self.shadow.items():
+            if name not in state:
+                raise KeyError(f"EMA.load_state_dict: missing {name!r}")
+            if tuple(np.shape(state[name])) != tuple(a.shape):
+                raise ValueError(f"EMA.load_state_dict: {name!r} has shape {tuple(np.shape(state[name]))}, "
+                                 f"expected {tuple(a.shape)}")
+            self.shadow[name] = xp_of(a).asarray(to_numpy(state[name]), dtype=a.dtype).copy()
+
+
+def warmup_cosine_lr(step, base_lr, warmup_steps, total_steps, min_lr=0.0):
+    """η(s) = η₀ (s + 1)/S_w for s < S_w, then min_lr + ½(η₀ − min_lr)(1 + cos(π·min(1, (s − S_w)/(S − S_w))))."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `min_lr` at `total_steps`.
+
+    lr_at(step) gives η for the update with 0-based index `step`; apply(optimizer, step) sets it.
+    """
+
+    def __init__(self, base_lr, warmup_steps, total_steps, min_lr=0.0):
+        if warmup_steps < 0 or total_steps < warmup_steps:
+            raise ValueError(f"WarmupCosine: need 0 <= warmup_steps <= total_steps, got {warmup_steps}, "
+                             f"{total_steps}")
+        self.base_lr, self.warmup_steps, self.total_steps, self.min_lr = base_lr, warmup_steps, total_steps, min_lr
+
+    def lr_at(self, step):
+        return warmup_cosine_lr(step, self.base_lr, self.warmup_steps, self.total_steps, self.min_lr)
+
+    def apply(self, optimizer, step):
+        optimizer.lr = self.lr_at(step)
+        return optimizer.lr
