@@ -16,6 +16,8 @@ head) axes broadcast like matmul's; gradients are summed back over broadcast axe
 """
 import math
 
+import numpy as np
+
 from minidiff import ops
 from minidiff.autograd import Function, Tensor, unbroadcast
 from minidiff.backend import xp_of
@@ -43,7 +45,7 @@ def additive_mask(attn_mask, is_causal, L, S, like):
         else:
             mask = attn_mask.astype(like.dtype)
         try:
-            xp.broadcast_shapes(mask.shape, like.shape[:-2] + (L, S))
+            np.broadcast_shapes(mask.shape, like.shape[:-2] + (L, S))
         except ValueError:
             raise ValueError(f"attention: mask shape {tuple(mask.shape)} does not broadcast to the scores "
                              f"{like.shape[:-2] + (L, S)}") from None

@@ -99,6 +99,12 @@ def as_matrix(g):
     return xp_of(g).ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(g.shape[1], -1)
 
 
+def weight_grad(G, cols, shape):
+    """∂L/∂W = G colsᵀ (eq. 3), computed as (cols Gᵀ)ᵀ: the same product, but OpenBLAS runs the
+    (K × N)(N × O) form 10-20x faster than (O × N)(N × K) when N = B·Ho·Wo is the long axis."""
+    return (cols @ G.T).T.reshape(shape)
+
+
 def conv2d_input_grad(g, w, x_shape, stride, padding, dilation):
     """∂L/∂x of y = conv2d(x, w) for upstream g (B, O, Ho, Wo): col2im(Wᵀ G) (eq. 4).
 
@@ -155,7 +161,7 @@ class Conv2d(Function):
 
     def backward(self, g):
         dx = conv2d_input_grad(g, self.w, self.x_shape, *self.geometry) if self.needs_grad[0] else None
-        dw = (as_matrix(g) @ self.cols.T).reshape(self.w.shape) if self.needs_grad[1] else None
+        dw = weight_grad(as_matrix(g), self.cols, self.w.shape) if self.needs_grad[1] else None
         db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return dx, dw, db
 
@@ -189,7 +195,7 @@ class ConvTranspose2d(Function):
         x, w = self.x, self.w
         cols = im2col(g, w.shape[2:], *self.geometry, out_hw=x.shape[2:])   # conv2d(g, w) at x's size
         dx = conv2d_from_cols(cols, w, g.shape[0], x.shape[2:]) if self.needs_grad[0] else None
-        dw = (as_matrix(x) @ cols.T).reshape(w.shape) if self.needs_grad[1] else None
+        dw = weight_grad(as_matrix(x), cols, w.shape) if self.needs_grad[1] else None
         db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return dx, dw, db
 

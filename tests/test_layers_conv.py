@@ -1,0 +1,163 @@
+"""conv2d, conv_transpose2d and avg_pool2d: float64 gradchecks and PyTorch comparisons over
+hypothesis-drawn geometries (kernel, stride, padding, output padding, dilation), the adjoint law
+that ties the two convolutions together, and clear errors for bad input (docs/layers.md §1-3)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import minidiff as md
+import minidiff.functional as F
+from minidiff.ops import conv as conv_ops
+from minidiff.testing import gradcheck
+from tests.layers_oracle import compare_with_torch
+from tests.strategies_layers import conv_problems, conv_transpose_problems, pool_problems
+
+
+def _with_bias(fn, b):
+    """A function of (x, w[, b]) for gradcheck/compare, leaving b out when it is None."""
+    return (lambda x, w: fn(x, w, None)) if b is None else fn
+
+
+# ------------------------------------------------------------------ gradchecks (float64, eq. 3-5)
+
+@given(conv_problems(max_side=6))
+def test_conv2d_gradcheck(problem):
+    x, w, b, geo = problem
+    gradcheck(_with_bias(lambda x, w, b: F.conv2d(x, w, b, **geo), b), [x, w] + ([] if b is None else [b]))
+
+
+@given(conv_transpose_problems(max_side=4))
+def test_conv_transpose2d_gradcheck(problem):
+    x, w, b, geo = problem
+    gradcheck(_with_bias(lambda x, w, b: F.conv_transpose2d(x, w, b, **geo), b), [x, w] + ([] if b is None else [b]))
+
+
+@given(pool_problems())
+def test_avg_pool2d_gradcheck(problem):
+    x, kernel, stride, padding = problem
+    gradcheck(lambda x: F.avg_pool2d(x, kernel, stride, padding), [x])
+
+
+# ------------------------------------------------------------------ laws
+
+@given(conv_problems(), st.data())
+def test_conv_transpose_is_the_adjoint_of_conv(problem, data):
+    """⟨conv2d(x, w), y⟩ = ⟨x, conv_transpose2d(y, w)⟩ whenever the transposed conv restores x's size."""
+    x, w, _, geo = problem
+    y_shape = F.conv2d(x, w, **geo).shape
+    y = np.random.default_rng(data.draw(st.integers(0, 99))).standard_normal(y_shape)
+    # output_padding recovers the rows that the stride's floor dropped
+    extra = tuple(n + 2 * p - d * (k - 1) - 1 - (m - 1) * s for n, m, k, s, p, d in
+                  zip(x.shape[2:], y_shape[2:], w.shape[2:], geo["stride"], geo["padding"], geo["dilation"]))
+    back = F.conv_transpose2d(y, w, output_padding=extra, **geo)
+    assert back.shape == x.shape
+    np.testing.assert_allclose(np.vdot(F.conv2d(x, w, **geo), y), np.vdot(x, back), rtol=1e-10, atol=1e-10)
+
+
+@given(conv_problems(max_channels=2))
+def test_conv2d_equals_direct_sum(problem):
+    """im2col + matmul equals the defining sum y[b,o,u,v] = Σ w[o,c,i,j] x_pad[b,c,su+di,sv+dj] + bias[o]."""
+    x, w, b, geo = problem
+    (sh, sw), (ph, pw), (dh, dw) = geo["stride"], geo["padding"], geo["dilation"]
+    xp_ = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    y = F.conv2d(x, w, b, **geo)
+    direct = np.zeros_like(y)
+    for i in range(w.shape[2]):
+        for j in range(w.shape[3]):
+            patch = xp_[:, :, dh * i::sh, dw * j::sw][:, :, :y.shape[2], :y.shape[3]]
+            direct += np.einsum("oc,bcuv->bouv", w[:, :, i, j], patch)
+    if b is not None:
+        direct += b[None, :, None, None]
+    np.testing.assert_allclose(y, direct, rtol=1e-12, atol=1e-12)
+
+
+def test_col2im_is_the_adjoint_of_im2col():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6))
+    args = ((3, 2), (2, 1), (1, 2), (2, 1))
+    out_hw = tuple(conv_ops.conv_output_size(n, *a) for n, a in zip(x.shape[2:], zip(*args)))
+    cols = conv_ops.im2col(x, *args, out_hw=out_hw)
+    r = rng.standard_normal(cols.shape)
+    taps = r.reshape((3, 3, 2, 2) + out_hw).transpose(1, 2, 3, 0, 4, 5)
+    back = conv_ops.col2im(taps, x.shape, *args[1:])
+    np.testing.assert_allclose(np.vdot(cols, r), np.vdot(x, back), rtol=1e-12)
+
+
+def test_plain_arrays_give_plain_arrays():
+    x, w = np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2))
+    y = F.conv2d(x, w)
+    assert isinstance(y, np.ndarray) and y.shape == (1, 1, 2, 2) and np.all(y == 4)
+    assert isinstance(F.conv2d(md.Tensor(x), w), md.Tensor)
+
+
+# ------------------------------------------------------------------ PyTorch CPU (float64 and float32)
+
+torch = pytest.importorskip("torch")
+tF = torch.nn.functional
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(problem=conv_problems(max_channels=4, max_side=9))
+def test_conv2d_matches_torch(dtype, problem):
+    x, w, b, geo = problem
+    compare_with_torch(lambda x, w, b: F.conv2d(x, w, b, **geo),
+                       lambda x, w, b: tF.conv2d(x, w, b, **geo), [x, w, b], dtype)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(problem=conv_transpose_problems(max_channels=4, max_side=6))
+def test_conv_transpose2d_matches_torch(dtype, problem):
+    x, w, b, geo = problem
+    compare_with_torch(lambda x, w, b: F.conv_transpose2d(x, w, b, **geo),
+                       lambda x, w, b: tF.conv_transpose2d(x, w, b, geo["stride"], geo["padding"],
+                                                           geo["output_padding"], 1, geo["dilation"]),
+                       [x, w, b], dtype)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(problem=pool_problems())
+def test_avg_pool2d_matches_torch(dtype, problem):
+    x, kernel, stride, padding = problem
+    compare_with_torch(lambda x: F.avg_pool2d(x, kernel, stride, padding),
+                       lambda x: tF.avg_pool2d(x, kernel, stride, padding), [x], dtype)
+
+
+@pytest.mark.torch
+@settings(max_examples=5)
+@given(st.sampled_from([(16, 64, 8, 8), (4, 32, 16, 16), (2, 8, 32, 32)]), st.integers(0, 9))
+def test_ddpm_sized_convs_match_torch_float32(shape, seed):
+    """The U-Net's own sizes: 3x3 pad 1, 4x4 stride-2 down and up, in float32."""
+    rng = np.random.default_rng(seed)
+    B, C, H, W = shape
+    x = rng.standard_normal(shape)
+    w3, w4 = rng.standard_normal((C, C, 3, 3)) / 24, rng.standard_normal((C, C, 4, 4)) / 32
+    compare_with_torch(lambda x, w: F.conv2d(x, w, padding=1), lambda x, w: tF.conv2d(x, w, padding=1),
+                       [x, w3], np.float32)
+    compare_with_torch(lambda x, w: F.conv2d(x, w, stride=2, padding=1),
+                       lambda x, w: tF.conv2d(x, w, stride=2, padding=1), [x, w4], np.float32)
+    compare_with_torch(lambda x, w: F.conv_transpose2d(x, w, stride=2, padding=1),
+                       lambda x, w: tF.conv_transpose2d(x, w, stride=2, padding=1), [x, w4], np.float32)
+
+
+# ------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: F.conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 4, 3, 3))), "3 channels"),
+    (lambda: F.conv2d(np.ones((3, 5, 5)), np.ones((2, 3, 3, 3))), "(B, C, H, W)"),
+    (lambda: F.conv2d(np.ones((1, 3, 2, 2)), np.ones((2, 3, 3, 3))), "does not fit"),
+    (lambda: F.conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3)), np.ones(3)), "bias shape (3,)"),
+    (lambda: F.conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3)), stride=0), "stride"),
+    (lambda: F.conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3)), padding=(1, 2, 3)), "pair of ints"),
+    (lambda: F.conv2d(np.ones((1, 3, 5, 5), np.float32), np.ones((2, 3, 3, 3))), "dtype"),
+    (lambda: F.conv_transpose2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3))), "expects 2"),
+    (lambda: F.conv_transpose2d(np.ones((1, 3, 5, 5)), np.ones((3, 2, 3, 3)), stride=2, output_padding=2),
+     "output_padding"),
+    (lambda: F.avg_pool2d(np.ones((1, 1, 4, 4)), 2, padding=2), "padding"),
+])
+def test_bad_input_is_named(call, message):
+    with pytest.raises((ValueError, TypeError)) as info:
+        call()
+    assert message in str(info.value)

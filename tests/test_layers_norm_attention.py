@@ -1,0 +1,181 @@
+"""Group norm, layer norm and scaled dot-product attention: the closed-form fast paths against
+their primitive-op compositions and against PyTorch, float64 gradchecks, the laws each obeys
+(zero mean / unit variance per group, softmax rows summing to 1), bad input (docs/layers.md §4-5)."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import minidiff as md
+import minidiff.functional as F
+from minidiff.ops.attention import attention_reference
+from minidiff.ops.norm import group_norm_reference, layer_norm_reference
+from minidiff.testing import gradcheck
+from tests.layers_oracle import compare_with_torch, rel_err
+from tests.strategies import arrays
+from tests.strategies_layers import attention_problems, group_norm_problems, well_spread
+
+
+def _present(*arrays):
+    return [a for a in arrays if a is not None]
+
+
+def _bind(fn, *optional):
+    """fn(x, *optional) as a function of x and only the optional arrays that are present."""
+    def call(x, *given):
+        it = iter(given)
+        return fn(x, *[None if o is None else next(it) for o in optional])
+    return call
+
+
+def _value_and_grads(fn, inputs, seed=0):
+    tensors = [md.Tensor(a.copy(), requires_grad=True) for a in inputs]
+    y = fn(*tensors)
+    y.backward(np.random.default_rng(seed).standard_normal(y.shape))
+    return [y.numpy()] + [t.grad for t in tensors]
+
+
+# ------------------------------------------------------------------ group norm
+
+@given(group_norm_problems())
+def test_group_norm_gradcheck(problem):
+    x, G, w, b = problem
+    gradcheck(_bind(lambda x, w, b: F.group_norm(x, G, w, b), w, b), [x] + _present(w, b))
+
+
+@given(group_norm_problems())
+def test_group_norm_fast_path_equals_composition(problem):
+    x, G, w, b = problem
+    inputs = [x] + _present(w, b)
+    fast = _value_and_grads(_bind(lambda x, w, b: F.group_norm(x, G, w, b), w, b), inputs)
+    ref = _value_and_grads(_bind(lambda x, w, b: group_norm_reference(x, G, w, b), w, b), inputs)
+    for a, r in zip(fast, ref):
+        assert rel_err(a, r) < 1e-12
+
+
+@given(group_norm_problems())
+def test_group_norm_standardises_each_group(problem):
+    """Without affine parameters, every (sample, group) block has mean 0 and variance σ²/(σ² + ε)."""
+    x, G, _, _ = problem
+    y = F.group_norm(x, G, eps=1e-5).reshape(x.shape[0], G, -1)
+    var = x.reshape(x.shape[0], G, -1).var(axis=2)
+    np.testing.assert_allclose(y.mean(axis=2), 0.0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=2), var / (var + 1e-5), rtol=1e-10)
+
+
+@given(group_norm_problems(), st.floats(-3, 3), st.floats(0.5, 4))
+def test_group_norm_is_invariant_to_shift_and_scale(problem, shift, scale):
+    x, G, w, b = problem
+    np.testing.assert_allclose(F.group_norm(scale * x + shift, G, w, b, eps=0.0), F.group_norm(x, G, w, b, eps=0.0),
+                               rtol=1e-8, atol=1e-8)
+
+
+# ------------------------------------------------------------------ layer norm
+
+@st.composite
+def layer_norm_problems(draw, dtype=np.float64):
+    lead = tuple(draw(st.lists(st.integers(1, 3), min_size=0, max_size=2)))
+    normalized = tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)))
+    x = well_spread(draw(arrays(lead + normalized, dtype=dtype)))
+    w = draw(st.none() | arrays(normalized, dtype=dtype))
+    b = draw(st.none() | arrays(normalized, dtype=dtype))
+    return x.astype(dtype), normalized, w, b
+
+
+@given(layer_norm_problems())
+def test_layer_norm_gradcheck_and_composition(problem):
+    x, shape, w, b = problem
+    fast = _bind(lambda x, w, b: F.layer_norm(x, shape, w, b), w, b)
+    ref = _bind(lambda x, w, b: layer_norm_reference(x, shape, w, b), w, b)
+    gradcheck(fast, [x] + _present(w, b))
+    for a, r in zip(_value_and_grads(fast, [x] + _present(w, b)), _value_and_grads(ref, [x] + _present(w, b))):
+        assert rel_err(a, r) < 1e-12
+
+
+# ------------------------------------------------------------------ attention
+
+@given(attention_problems())
+def test_attention_gradcheck(problem):
+    q, k, v, mask, causal = problem
+    gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal), [q, k, v])
+
+
+@given(attention_problems(), st.one_of(st.none(), st.floats(0.1, 2.0)))
+def test_attention_fast_path_equals_composition(problem, scale):
+    q, k, v, mask, causal = problem
+    fast = _value_and_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask, causal, scale), [q, k, v])
+    ref = _value_and_grads(lambda q, k, v: attention_reference(q, k, v, mask, causal, scale), [q, k, v])
+    for a, r in zip(fast, ref):
+        assert rel_err(a, r) < 1e-12
+
+
+@given(attention_problems())
+def test_attention_rows_are_convex_combinations_of_values(problem):
+    """softmax rows sum to 1, so attending to constant values returns that constant; masked keys get weight 0."""
+    q, k, v, mask, causal = problem
+    const = np.full(v.shape, 0.7)
+    np.testing.assert_allclose(F.scaled_dot_product_attention(q, k, const, mask, causal), 0.7, rtol=1e-12)
+    if mask is not None and mask.dtype == bool:
+        spike = np.zeros(v.shape[:-2] + (v.shape[-2], 1))
+        spike[..., ~mask.any(axis=0), 0] = 1.0       # keys no query may see
+        np.testing.assert_allclose(F.scaled_dot_product_attention(q, k, spike, mask), 0.0, atol=1e-300)
+
+
+def test_attention_broadcasts_keys_over_heads():
+    """k, v shared by all heads (a size-1 head axis): gradients are summed back over the heads."""
+    rng = np.random.default_rng(1)
+    q, k, v = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 1, 6, 5)), rng.standard_normal((2, 1, 6, 2))
+    gradcheck(F.scaled_dot_product_attention, [q, k, v])
+
+
+# ------------------------------------------------------------------ PyTorch CPU
+
+torch = pytest.importorskip("torch")
+tF = torch.nn.functional
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(problem=group_norm_problems())
+def test_group_norm_matches_torch(dtype, problem):
+    x, G, w, b = problem
+
+    def torch_group_norm(x, w, b):  # torch 2.13's backward fails on float32 (B, C) input with weight=None
+        return tF.group_norm(x, G, torch.ones(x.shape[1], dtype=x.dtype) if w is None else w, b)
+    compare_with_torch(lambda x, w, b: F.group_norm(x, G, w, b), torch_group_norm, [x, w, b], dtype)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(problem=layer_norm_problems())
+def test_layer_norm_matches_torch(dtype, problem):
+    x, shape, w, b = problem
+    compare_with_torch(lambda x, w, b: F.layer_norm(x, shape, w, b), lambda x, w, b: tF.layer_norm(x, shape, w, b),
+                       [x, w, b], dtype)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(problem=attention_problems())
+def test_attention_matches_torch(dtype, problem):
+    q, k, v, mask, causal = problem
+    t_mask = None if mask is None else torch.tensor(mask if mask.dtype == bool else mask.astype(dtype))
+    compare_with_torch(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask, causal),
+                       lambda q, k, v: tF.scaled_dot_product_attention(q, k, v, attn_mask=t_mask, is_causal=causal),
+                       [q, k, v], dtype)
+
+
+# ------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: F.group_norm(np.ones((2, 6, 3)), 4), "6 channels"),
+    (lambda: F.group_norm(np.ones((2, 6, 3)), 3, np.ones(5)), "weight shape (5,)"),
+    (lambda: F.layer_norm(np.ones((2, 6)), (5,)), "normalized_shape"),
+    (lambda: F.layer_norm(np.ones((2, 6)), 6, np.ones(5)), "weight shape (5,)"),
+    (lambda: F.scaled_dot_product_attention(np.ones((3, 4)), np.ones((5, 3)), np.ones((5, 2))), "k (..., S, E)"),
+    (lambda: F.scaled_dot_product_attention(np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2)),
+                                            attn_mask=np.ones((3, 4), bool)), "mask shape (3, 4)"),
+])
+def test_bad_input_is_named(call, message):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert message in str(info.value)
