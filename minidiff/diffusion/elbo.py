@@ -1,0 +1,159 @@
+"""Training losses and the variational bound (VLB) in bits per dimension, docs/vlb_bits_per_dim.md.
+
+    -log p_theta(x_0) <= L_VLB = L_T + sum_{t>=2} L_{t-1} + L_0                       eq. (L1)
+        L_T     = KL(q(x_T | x_0) || N(0, I))                           prior_bpd
+        L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))   vb_terms_bpd, t >= 2
+        L_0     = -log p_theta(x_0 | x_1)  (discretised Gaussian)        vb_terms_bpd, t = 1
+
+Units: every *_bpd function returns bits per dimension per sample, shape (B,): nats summed over
+the D = C H W data dimensions, divided by D log 2. Losses on eps state their reduction.
+"""
+import math
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from minidiff import ops
+from minidiff.backend import to_numpy, xp_of
+from minidiff.diffusion.process import check_t, extract, p_mean_variance, q_posterior, q_sample
+from minidiff.distributions import discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
+
+DECODERS = ("discretized", "gaussian")
+
+
+def _mean_over_dims(x):
+    """(B, ...) -> (B,): mean over every axis but the batch axis."""
+    return ops.mean(x, axis=tuple(range(1, len(x.shape))))
+
+
+# ---------------------------------------------------------------- eps-prediction losses
+
+def l_simple(eps_hat, eps):
+    """L_simple = mean over all B x D elements of (eps - eps_hat)^2, eq. (E7) (Ho et al. 2020).
+
+    Squared noise units. Arrays in -> 0-d array; Tensors in -> scalar Tensor.
+    """
+    return eps_loss(eps_hat, eps)
+
+
+def eps_loss(eps_hat, eps, weights=None):
+    """(1/N) sum_{b,i} w_b (eps_hat_{b,i} - eps_{b,i})^2, N = B x D, w_b = 1 without weights, eq. (E8).
+
+    The composed reference that minidiff.ops.fused.eps_loss (one fused kernel) is tested against.
+    """
+    squared = (eps_hat - eps) ** 2
+    if weights is not None:
+        squared = squared * extract(weights, np.arange(eps.shape[0]), squared)
+    return ops.mean(squared)
+
+
+def elbo_weighted_loss(eps_hat, eps, t, schedule, variance="fixed_small"):
+    """(1/B) sum_b w_{t_b} mean_i (eps_{b,i} - eps_hat_{b,i})^2, eq. (E9): nats per dimension.
+
+    w_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) (Schedule.elbo_weight_table), so for
+    t >= 2 each sample's term is its KL term L_{t-1} per dimension minus a constant (eq. E6).
+    """
+    t = check_t(t, eps, schedule)
+    return eps_loss(eps_hat, eps, weights=schedule.elbo_weight_table(variance)[to_numpy(t)])
+
+
+# ---------------------------------------------------------------- VLB terms
+
+def vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance="fixed_small", clip_x0=False, prediction="eps",
+                 decoder="discretized", cdf="exact"):
+    """Per-sample VLB term at t in bits/dim, (B,): L_{t-1} (KL, eq. L2) for t >= 2, L_0 (eq. L3) for t = 1.
+
+        L_{t-1} = KL(N(mu_tilde_t, beta_tilde_t) || N(mu_theta, sigma_t^2)) / (D log 2)
+        L_0     = -log p_theta(x_0 | x_1) / (D log 2)
+
+    The decoder at t = 1 has mean mu_theta(x_1, 1) and log-scale 1/2 log sigma_1^2 (the clipped
+    log-variance, docs/posterior.md eq. P6); decoder="discretized" (256 bins, data on the grid of
+    [-1, 1]) or "gaussian" (a density, for continuous data). eps_hat: the network output
+    (see p_mean_variance's prediction).
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    t = check_t(t, x_t, schedule)
+    true_mean, _, true_log_variance = q_posterior(x0, x_t, t, schedule)
+    mean, _, log_variance, _ = p_mean_variance(eps_hat, x_t, t, schedule, variance, clip_x0, prediction)
+    kl = _mean_over_dims(normal_kl(true_mean, true_log_variance, mean, log_variance))
+    if decoder == "discretized":
+        log_lik = discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_variance, cdf=cdf)
+    else:
+        log_lik = gaussian_log_density(x0, mean, log_variance)
+    nll = -_mean_over_dims(log_lik)
+    return ops.where(t == 1, nll, kl) / math.log(2.0)
+
+
+def prior_bpd(x0, schedule):
+    """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, (B,), eq. (L4). Constant in theta."""
+    t = np.full(x0.shape[0], schedule.T)
+    mean = extract(schedule.sqrt_alpha_bars, t, x0) * x0
+    log_variance = extract(np.full(schedule.T + 1, np.log1p(-schedule.alpha_bars[-1])), t, x0)
+    return _mean_over_dims(normal_kl(mean, log_variance, 0.0 * mean, 0.0 * mean)) / math.log(2.0)
+
+
+# ---------------------------------------------------------------- the full bound
+
+def _model_t(schedule, t):
+    """The timesteps the network was trained on: schedule.timesteps maps a respaced step back."""
+    return xp_of(t).asarray(schedule.timesteps)[t]
+
+
+def _draw(rng, like):
+    return rng.standard_normal(like.shape, dtype=like.dtype)
+
+
+def nll_bpd(model, x0, schedule, rng, variance="fixed_small", clip_x0=False, decoder="discretized",
+            cdf="exact", progress=False):
+    """The VLB of eq. (L1) by the full loop over t = 1..T, bits/dim per sample, eq. (L5).
+
+    model(x_t, t) -> eps_hat on arrays (t the original timesteps); a fresh eps ~ N(0, I) per t.
+    Returns {"total_bpd": (B,), "prior_bpd": (B,), "vb_bpd": (B, T) with column t-1 = term t}.
+    """
+    xp, batch = xp_of(x0), x0.shape[0]
+    terms = []
+    for step in tqdm(range(1, schedule.T + 1), disable=not progress, desc="vlb", leave=False):
+        t = xp.full(batch, step)
+        x_t = q_sample(x0, t, _draw(rng, x0), schedule)
+        eps_hat = model(x_t, _model_t(schedule, t))
+        terms.append(vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance, clip_x0, decoder=decoder, cdf=cdf))
+    vb, prior = xp.stack(terms, axis=1), prior_bpd(x0, schedule)
+    return {"total_bpd": vb.sum(axis=1) + prior, "prior_bpd": prior, "vb_bpd": vb}
+
+
+def nll_bpd_importance(model, x0, schedule, rng, n_t=1, proposal=None, variance="fixed_small", clip_x0=False,
+                       decoder="discretized", cdf="exact"):
+    """Unbiased importance-sampled estimate of the VLB in bits/dim, (B,), eq. (L6).
+
+        L_VLB ~ L_T + (1/n_t) sum_j L_{t_j - 1} / p(t_j),   t_j ~ p over 1..T, eps_j ~ N(0, I)
+
+    proposal: probabilities p(1..T) (length T, positive, sum 1), uniform by default. Its
+    expectation equals that of `nll_bpd`'s total for the same model and x0.
+    """
+    p = _check_proposal(proposal, schedule.T)
+    xp, batch = xp_of(x0), x0.shape[0]
+    t_np = rng_choice(rng, schedule.T, p, (n_t, batch))
+    x_rep = xp.concatenate([x0] * n_t, axis=0)
+    t = xp.asarray(t_np.reshape(-1))
+    x_t = q_sample(x_rep, t, _draw(rng, x_rep), schedule)
+    eps_hat = model(x_t, _model_t(schedule, t))
+    terms = vb_terms_bpd(x_rep, x_t, t, eps_hat, schedule, variance, clip_x0, decoder=decoder, cdf=cdf)
+    weighted = terms.reshape(n_t, batch) / xp.asarray(p[t_np - 1])
+    return prior_bpd(x0, schedule) + weighted.mean(axis=0)
+
+
+def _check_proposal(proposal, T):
+    if proposal is None:
+        return np.full(T, 1.0 / T)
+    p = np.asarray(proposal, dtype=np.float64)
+    if p.shape != (T,) or not np.all(p > 0) or not np.isclose(p.sum(), 1.0):
+        raise ValueError(f"proposal must be T={T} positive probabilities summing to 1, got shape {p.shape}, "
+                         f"sum {p.sum() if p.size else 0}")
+    return p / p.sum()
+
+
+def rng_choice(rng, T, p, size):
+    """t in 1..T drawn with probabilities p, as a host int64 array (inverse CDF of one uniform draw)."""
+    u = to_numpy(rng.random(size))
+    return np.minimum(np.searchsorted(np.cumsum(p), u, side="right"), T - 1).astype(np.int64) + 1

@@ -1,0 +1,162 @@
+"""The forward process q, its posterior, and the reverse model p_theta, in paper notation.
+
+Shapes (docs/notation.md): x0, x_t, eps, eps_hat, v are (B, ...) arrays or Tensors; t is a
+(B,) integer array in 1..T; a schedule is a `minidiff.diffusion.Schedule` (tables indexed by t).
+Per-sample coefficients such as sqrt(alpha_bar_t) are gathered by t as (B, 1, ..., 1) arrays in
+the data's dtype and backend and broadcast over the trailing axes. Every formula is written with
+array/Tensor arithmetic and `minidiff.ops`, so it runs on float64 arrays in tests and on Tensors
+in training. Derivations: docs/forward_process.md, docs/posterior.md, docs/eps_parameterisation.md.
+"""
+import numpy as np
+
+import minidiff.kernels as kernels
+from minidiff import ops
+from minidiff.kernels import reference as kernel_reference
+
+PREDICTIONS = ("eps", "x0", "v")
+
+
+def check_t(t, x, schedule):
+    """t as an integer array of shape (B,) in 1..T on x's backend, or a clear ValueError/TypeError."""
+    xp = _xp(x)
+    t = xp.asarray(t)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"t must hold integer timesteps 1..T, got dtype {t.dtype}")
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t must have shape (B,) = ({x.shape[0]},) for data of shape {tuple(x.shape)}, "
+                         f"got shape {t.shape}")
+    if t.size and (int(t.min()) < 1 or int(t.max()) > schedule.T):
+        raise ValueError(f"t must lie in 1..T = 1..{schedule.T}, got values in {int(t.min())}..{int(t.max())}")
+    return t
+
+
+def extract(table, t, like):
+    """table[t_b] as a (B, 1, ..., 1) array with like's dtype and backend (like: array or Tensor)."""
+    data = like.data if hasattr(like, "requires_grad") else like
+    xp = _xp(data)
+    coef = xp.asarray(table)[xp.asarray(t)]
+    return coef.reshape((-1,) + (1,) * (data.ndim - 1)).astype(data.dtype)
+
+
+def _xp(a):
+    return kernel_reference.array_module(a)
+
+
+# ---------------------------------------------------------------- forward process, docs/forward_process.md
+
+def q_step_mean_variance(x_prev, t, schedule):
+    """Get q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I), eq. (F1). Returns (mean, variance)."""
+    t = check_t(t, x_prev, schedule)
+    return ops.sqrt(extract(schedule.alphas, t, x_prev)) * x_prev, extract(schedule.betas, t, x_prev)
+
+
+def q_step_sample(x_prev, t, eps, schedule):
+    """Sample q(x_t | x_{t-1}): x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps, eq. (F1)."""
+    mean, variance = q_step_mean_variance(x_prev, t, schedule)
+    return mean + ops.sqrt(variance) * eps
+
+
+def q_mean_variance(x0, t, schedule):
+    """Get q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), eq. (F5).
+
+    Returns (mean (B, ...), variance (B, 1..), log_variance (B, 1..)).
+    """
+    t = check_t(t, x0, schedule)
+    variance = extract(1.0 - schedule.alpha_bars, t, x0)
+    return extract(schedule.sqrt_alpha_bars, t, x0) * x0, variance, _xp(variance).log(variance)
+
+
+def q_sample(x0, t, eps, schedule, impl="auto"):
+    """Sample q(x_t | x_0): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, eq. (F5).
+
+    The equation's one home is kernels/reference.py; arrays go through the fused kernel
+    (`impl` as in minidiff.kernels), Tensors through the reference (differentiable in x0, eps).
+    """
+    t = check_t(t, x0, schedule)
+    if hasattr(x0, "requires_grad") or hasattr(eps, "requires_grad"):
+        return kernel_reference.q_sample(x0, t, eps, schedule)
+    return kernels.q_sample(x0, t, eps, schedule, impl=impl)
+
+
+# ---------------------------------------------------------------- posterior, docs/posterior.md
+
+def q_posterior(x0, x_t, t, schedule):
+    """Get q(x_{t-1} | x_t, x_0) = N(mu_tilde_t, beta_tilde_t I), eq. (P1)-(P4).
+
+        mu_tilde_t = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
+                   + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
+        beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
+
+    Returns (mean (B, ...), variance (B, 1..), log_variance (B, 1..)); the log-variance is the
+    clipped one (log beta_tilde_2 at t = 1, where beta_tilde_1 = 0), as in the DDPM code.
+    """
+    t = check_t(t, x_t, schedule)
+    mean = extract(schedule.posterior_mean_coef1, t, x_t) * x0 + extract(schedule.posterior_mean_coef2, t, x_t) * x_t
+    return (mean, extract(schedule.posterior_variance, t, x_t),
+            extract(schedule.posterior_log_variance_clipped, t, x_t))
+
+
+# ---------------------------------------------------------------- eps <-> x0 <-> v, docs/eps_parameterisation.md
+
+def x0_from_eps(x_t, t, eps, schedule):
+    """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), eq. (N1)."""
+    return (x_t - extract(schedule.sqrt_one_minus_alpha_bars, t, x_t) * eps) / extract(schedule.sqrt_alpha_bars, t, x_t)
+
+
+def eps_from_x0(x_t, t, x0, schedule):
+    """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t), eq. (N2)."""
+    return (x_t - extract(schedule.sqrt_alpha_bars, t, x_t) * x0) / extract(schedule.sqrt_one_minus_alpha_bars, t, x_t)
+
+
+def v_from_x0_eps(x0, eps, t, schedule):
+    """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0, eq. (N3) (Salimans & Ho 2022)."""
+    return extract(schedule.sqrt_alpha_bars, t, x0) * eps - extract(schedule.sqrt_one_minus_alpha_bars, t, x0) * x0
+
+
+def x0_from_v(x_t, t, v, schedule):
+    """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v, eq. (N4)."""
+    return extract(schedule.sqrt_alpha_bars, t, x_t) * x_t - extract(schedule.sqrt_one_minus_alpha_bars, t, x_t) * v
+
+
+def eps_from_v(x_t, t, v, schedule):
+    """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v, eq. (N5)."""
+    return extract(schedule.sqrt_one_minus_alpha_bars, t, x_t) * x_t + extract(schedule.sqrt_alpha_bars, t, x_t) * v
+
+
+def predict_x0(model_output, x_t, t, schedule, prediction="eps"):
+    """x0_hat from the network output: eps_hat (eq. N1), x0_hat itself, or v_hat (eq. N4)."""
+    if prediction == "eps":
+        return x0_from_eps(x_t, t, model_output, schedule)
+    if prediction == "x0":
+        return model_output
+    if prediction == "v":
+        return x0_from_v(x_t, t, model_output, schedule)
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+
+
+# ---------------------------------------------------------------- reverse model, docs/posterior.md
+
+def p_mean_variance(eps_hat, x_t, t, schedule, variance="fixed_small", clip_x0=False, prediction="eps"):
+    """Get p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I), eq. (P5)-(P6).
+
+        x0_hat   = predict_x0(network output)                  (clipped to [-1, 1] if clip_x0)
+        mu_theta = mu_tilde_t(x_t, x0_hat)                      (the posterior mean at x0_hat)
+        sigma_t^2 = beta_tilde_t (fixed_small) or beta_t (fixed_large); t = 1: Schedule.model_variance
+
+    eps_hat: the network output, eps_hat (default), x0_hat (prediction="x0") or v_hat ("v").
+    Returns (mean (B, ...), variance (B, 1..), log_variance (B, 1..), x0_hat (B, ...)).
+    Without clipping, mu_theta equals 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1 - alpha_bar_t) eps_hat),
+    the form kernels.reverse_step uses (eq. E2; tests/test_process.py::test_d_*).
+    """
+    t = check_t(t, x_t, schedule)
+    var_table, log_var_table = schedule.model_variance(variance)
+    x0_hat = predict_x0(eps_hat, x_t, t, schedule, prediction)
+    if clip_x0:
+        x0_hat = ops.clip(x0_hat, -1.0, 1.0)
+    mean, _, _ = q_posterior(x0_hat, x_t, t, schedule)
+    return mean, extract(var_table, t, x_t), extract(log_var_table, t, x_t), x0_hat
+
+
+def ddim_sigma(alpha_bar, alpha_bar_prev, eta):
+    """sigma_t(eta) = eta sqrt((1 - alpha_bar_prev)/(1 - alpha_bar)) sqrt(1 - alpha_bar/alpha_bar_prev), eq. (D3)."""
+    return eta * np.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar)) * np.sqrt(1.0 - alpha_bar / alpha_bar_prev)

@@ -1,0 +1,168 @@
+"""Gaussian (and Bernoulli) math shared by the VAE and diffusion objectives, docs/gaussian_kl.md.
+
+Every function is elementwise on arrays or Tensors (written with `minidiff.ops`, so gradients
+flow) and returns nats; the `DiagonalGaussian` methods sum over all axes but the first and
+return nats per sample, shape (B,). Shapes follow docs/notation.md.
+"""
+import math
+
+from minidiff import ops
+from minidiff.autograd import Function
+from minidiff.backend import xp_of
+
+LOG_2PI = math.log(2.0 * math.pi)
+BIN_HALF_WIDTH = 1.0 / 255.0  # 256 levels on [-1, 1]: bin centres k/127.5 - 1, half-width 1/255
+
+
+# ---------------------------------------------------------------- Gaussian densities and KL
+
+def gaussian_log_density(x, mean, logvar):
+    """log N(x; mu, sigma^2) = -1/2 (log 2 pi + log sigma^2 + (x - mu)^2 / sigma^2), eq. (K1), elementwise."""
+    return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * ops.exp(-logvar))
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mu1, s1^2) || N(mu2, s2^2)), elementwise, in nats, eq. (K2).
+
+        KL = 1/2 (log s2^2 - log s1^2 + (s1^2 + (mu1 - mu2)^2) / s2^2 - 1)
+    """
+    return 0.5 * (-1.0 + logvar2 - logvar1 + ops.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * ops.exp(-logvar2))
+
+
+def kl_standard_normal(mean, logvar):
+    """KL(N(mu, exp(s)) || N(0, 1)) = 1/2 (exp(s) - (1 + s) + mu^2), s the log-variance, eq. (K3).
+
+    The notes' VAE form (seeds/001), elementwise; summed over latent dims it is the VAE's KL term.
+    """
+    return 0.5 * (ops.exp(logvar) - (1.0 + logvar) + mean ** 2)
+
+
+def kl_standard_normal_std(mean, std):
+    """KL(N(mu, sigma^2) || N(0, 1)) = 1/2 (mu^2 + sigma^2 - 1 - log sigma^2), sigma the std, eq. (K4).
+
+    The notes' form with sigma as a standard deviation (seeds/000), elementwise.
+    """
+    return 0.5 * (mean ** 2 + std ** 2 - 1.0 - 2.0 * ops.log(std))
+
+
+def sum_except_batch(x):
+    """Sum over every axis but the first: (B, ...) -> (B,)."""
+    return ops.sum(x, axis=tuple(range(1, len(x.shape)))) if len(x.shape) > 1 else x
+
+
+class DiagonalGaussian:
+    """N(mu, diag(sigma^2)) parameterised by mean and log-variance (the VAE encoder's outputs)."""
+
+    def __init__(self, mean, logvar):
+        if tuple(mean.shape) != tuple(logvar.shape):
+            raise ValueError(f"mean and logvar must have one shape, got {tuple(mean.shape)} and {tuple(logvar.shape)}")
+        self.mean, self.logvar = mean, logvar
+
+    @property
+    def std(self):
+        return ops.exp(0.5 * self.logvar)
+
+    def rsample(self, eps=None, rng=None):
+        """z = mu + sigma (.) eps, eps ~ N(0, I): the reparameterised sample, eq. (V3)."""
+        if eps is None:
+            if rng is None:
+                raise ValueError("rsample needs eps or an rng (e.g. minidiff.default_rng(seed))")
+            data = self.mean.data if hasattr(self.mean, "requires_grad") else self.mean
+            eps = rng.standard_normal(data.shape, dtype=data.dtype)
+        if tuple(eps.shape) != tuple(self.mean.shape):
+            raise ValueError(f"eps shape {tuple(eps.shape)} != mean shape {tuple(self.mean.shape)}")
+        return self.mean + self.std * eps
+
+    def log_prob(self, x):
+        """log q(x) summed over all axes but the first: (B,) nats, eq. (K1)."""
+        return sum_except_batch(gaussian_log_density(x, self.mean, self.logvar))
+
+    def kl(self, other=None):
+        """KL(self || other) summed over all axes but the first, (B,) nats; other=None means N(0, I), eq. (K2)/(K3)."""
+        if other is None:
+            return sum_except_batch(kl_standard_normal(self.mean, self.logvar))
+        return sum_except_batch(normal_kl(self.mean, self.logvar, other.mean, other.logvar))
+
+
+# ---------------------------------------------------------------- discretised Gaussian decoder
+
+def _special(a):
+    if xp_of(a).__name__ == "cupy":
+        from cupyx.scipy import special
+    else:
+        from scipy import special
+    return special
+
+
+class LogNormalCDFDiff(Function):
+    """y = log(Phi(b) - Phi(a)) for a < b (a may be -inf, b +inf), Phi the standard normal CDF.
+
+    Forward is stable in both tails: for a >= 0 it uses Phi(b) - Phi(a) = Phi(-a) - Phi(-b), then
+    log(Phi(hi) - Phi(lo)) = log Phi(hi) + log(1 - exp(log Phi(lo) - log Phi(hi))), with lo < 0.
+    Saved: a, b, y. VJP: da = -g phi(a) e^{-y}, db = g phi(b) e^{-y} (phi the normal density).
+    """
+
+    def forward(self, a, b):
+        xp, special = xp_of(a), _special(a)
+        upper_tail = a >= 0
+        lo, hi = xp.where(upper_tail, -b, a), xp.where(upper_tail, -a, b)
+        log_hi = special.log_ndtr(hi)
+        self.a, self.b = a, b
+        self.y = log_hi + xp.log(-xp.expm1(special.log_ndtr(lo) - log_hi))
+        return self.y
+
+    def backward(self, g):
+        xp = xp_of(g)
+
+        def density_ratio(x):  # phi(x) / (Phi(b) - Phi(a)), 0 at x = +-inf
+            return xp.exp(-0.5 * x * x - 0.5 * LOG_2PI - self.y)
+        da = -g * density_ratio(self.a) if self.needs_grad[0] else None
+        db = g * density_ratio(self.b) if self.needs_grad[1] else None
+        return da, db
+
+
+def log_normal_cdf_diff(a, b):
+    """log(Phi(b) - Phi(a)), elementwise, a < b (exact CDF; see LogNormalCDFDiff)."""
+    return LogNormalCDFDiff.apply(a, b)
+
+
+def approx_standard_normal_cdf(x):
+    """Phi(x) ~ 1/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the DDPM code's approximation, eq. (B3)."""
+    return 0.5 * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="exact"):
+    """log P(x) for x on the 256-level grid of [-1, 1] under N(mean, exp(log_scale)^2), eq. (B1)-(B2).
+
+        P(x) = Phi((x + 1/255 - mu)/s) - Phi((x - 1/255 - mu)/s)
+    with the lowest bin's lower edge at -inf and the highest bin's upper edge at +inf, so the
+    256 probabilities sum to 1. Elementwise, nats. cdf: "exact" (default; the normal CDF in log
+    space, accurate in the tails) or "tanh" (the DDPM reference code's approximation, with its
+    1e-12 floors), see docs/vlb_bits_per_dim.md.
+    """
+    data = x.data if hasattr(x, "requires_grad") else x
+    if float(data.min()) < -1.0 - 1e-6 or float(data.max()) > 1.0 + 1e-6:
+        raise ValueError(f"x must lie in [-1, 1] (256 levels), got values in [{float(data.min())}, {float(data.max())}]")
+    inv_scale = ops.exp(-log_scale)
+    upper = (x - mean + BIN_HALF_WIDTH) * inv_scale
+    lower = (x - mean - BIN_HALF_WIDTH) * inv_scale
+    top, bottom = data > 0.999, data < -0.999
+    if cdf == "exact":
+        return log_normal_cdf_diff(ops.where(bottom, -math.inf, lower), ops.where(top, math.inf, upper))
+    if cdf != "tanh":
+        raise ValueError(f"cdf must be 'exact' or 'tanh', got {cdf!r}")
+    cdf_upper, cdf_lower = approx_standard_normal_cdf(upper), approx_standard_normal_cdf(lower)
+    log_cdf_upper = ops.log(ops.clip(cdf_upper, 1e-12, None))
+    log_one_minus_cdf_lower = ops.log(ops.clip(1.0 - cdf_lower, 1e-12, None))
+    log_bin = ops.log(ops.clip(cdf_upper - cdf_lower, 1e-12, None))
+    return ops.where(bottom, log_cdf_upper, ops.where(top, log_one_minus_cdf_lower, log_bin))
+
+
+# ---------------------------------------------------------------- Bernoulli decoder
+
+def bernoulli_log_likelihood(x, logits):
+    """log Bern(x; sigmoid(l)) = x l - softplus(l), elementwise nats, x in {0, 1}, eq. (K5).
+
+    softplus(l) = max(l, 0) + log(1 + exp(-|l|)) is evaluated without overflow.
+    """
+    return x * logits - (ops.relu(logits) + ops.log(1.0 + ops.exp(-ops.abs(logits))))
