@@ -27,10 +27,31 @@ class Schedule:
 
     def __init__(self, betas, timesteps=None):
         betas = _check_betas(betas)
+        alphas = 1.0 - betas                                                           # eq. (F2)
+        self._derive(betas, alphas, np.cumprod(alphas), timesteps)                     # eq. (F4)
+
+    @classmethod
+    def from_alpha_bars(cls, alpha_bars, timesteps=None):
+        """The schedule with alpha_bar_1..alpha_bar_T given (strictly decreasing in (0, 1)), eq. (F3).
+
+        alpha_t = alpha_bar_t / alpha_bar_{t-1} and beta_t = 1 - alpha_t; alpha_bar is kept exactly
+        (recomputing it as a product of 1 - beta_t would lose digits where beta_t is near 1).
+        """
+        alpha_bars = np.asarray(alpha_bars, dtype=np.float64)
+        if alpha_bars.ndim != 1 or alpha_bars.size < 1:
+            raise ValueError(f"alpha_bars must be a 1-D array alpha_bar_1..alpha_bar_T, got shape {alpha_bars.shape}")
+        alphas = alpha_bars / np.concatenate([[1.0], alpha_bars[:-1]])
+        _check_betas(1.0 - alphas)
+        schedule = cls.__new__(cls)
+        schedule._derive(1.0 - alphas, alphas, alpha_bars, timesteps)
+        return schedule
+
+    def _derive(self, betas, alphas, alpha_bars, timesteps):
+        """Every table from beta_t, alpha_t and alpha_bar_t for t = 1..T (index 0 prepended)."""
         self.T = len(betas)
         self.betas = np.concatenate([[0.0], betas])                                    # beta_0 = 0
-        self.alphas = 1.0 - self.betas                                                 # eq. (F2)
-        self.alpha_bars = np.cumprod(self.alphas)                                      # eq. (F4)
+        self.alphas = np.concatenate([[1.0], alphas])
+        self.alpha_bars = np.concatenate([[1.0], alpha_bars])
         if not self.alpha_bars[-1] > 0.0:
             raise ValueError(f"alpha_bar_T underflows to 0 in float64 (T={self.T}); use smaller betas")
         self.alpha_bars_prev = np.concatenate([[1.0], self.alpha_bars[:-1]])          # alpha_bar_{t-1}
@@ -49,8 +70,8 @@ class Schedule:
         self.posterior_mean_coef1 = np.concatenate([[1.0], np.sqrt(ab_prev) * b / (1.0 - ab)])
         self.posterior_mean_coef2 = np.concatenate([[0.0], np.sqrt(a) * (1.0 - ab_prev) / (1.0 - ab)])
         # DDPM reference convention: log-variance at t = 1 uses beta_tilde_2 (beta_1 if T = 1).
-        first = variance[1] if self.T > 1 else b[0]
-        clipped = np.concatenate([[first, first], variance[1:]])
+        self._t1_variance = variance[1] if self.T > 1 else b[0]
+        clipped = np.concatenate([[self._t1_variance] * 2, variance[1:]])
         self.posterior_log_variance_clipped = np.log(clipped)
 
     def model_variance(self, variance="fixed_small"):
@@ -65,7 +86,7 @@ class Schedule:
         if variance == "fixed_small":
             return self.posterior_variance, self.posterior_log_variance_clipped
         large = self.betas.copy()
-        large[:2] = np.exp(self.posterior_log_variance_clipped[1])
+        large[:2] = self._t1_variance
         return large, np.log(large)
 
     def elbo_weight_table(self, variance="fixed_small"):
@@ -90,9 +111,7 @@ class Schedule:
         """
         kept = spaced_timesteps(self.T, steps) if _is_int(steps) else _check_kept(steps, self.T)
         kept = np.sort(kept)
-        ab = self.alpha_bars[kept]
-        ab_prev = np.concatenate([[1.0], ab[:-1]])
-        return Schedule(1.0 - ab / ab_prev, timesteps=self.timesteps[kept])
+        return Schedule.from_alpha_bars(self.alpha_bars[kept], timesteps=self.timesteps[kept])
 
     # ------------------------------------------------------------ constructors
 

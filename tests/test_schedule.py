@@ -1,0 +1,179 @@
+"""Schedule tables (property a) and timestep respacing (property j), docs/forward_process.md, docs/ddim.md."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minidiff.diffusion import Schedule, spaced_timesteps
+from minidiff.diffusion.process import ddim_sigma
+from tests.strategies_diffusion import schedules
+
+TABLES = ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "sqrt_alpha_bars", "sqrt_one_minus_alpha_bars",
+          "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+          "elbo_weights", "snr")
+
+
+# ---------------------------------------------------------------- a. tables and their identities
+
+@given(schedules())
+def test_a_tables_are_float64_length_T_plus_1_with_clean_data_at_index_0(s):
+    for name in TABLES:
+        table = getattr(s, name)
+        assert table.dtype == np.float64 and table.shape == (s.T + 1,), name
+    assert s.betas[0] == 0.0 and s.alphas[0] == 1.0 and s.alpha_bars[0] == 1.0
+    assert s.sqrt_one_minus_alpha_bars[0] == 0.0 and s.snr[0] == np.inf
+
+
+@given(schedules())
+def test_a_alpha_bar_strictly_decreasing_and_sqrt_pair_is_unit(s):
+    assert np.all(np.diff(s.alpha_bars) < 0)
+    assert np.all((s.alpha_bars[1:] > 0) & (s.alpha_bars[1:] < 1))
+    np.testing.assert_allclose(s.sqrt_alpha_bars ** 2 + s.sqrt_one_minus_alpha_bars ** 2, 1.0, rtol=0, atol=1e-15)
+
+
+@given(schedules())
+def test_a_posterior_variance_between_0_and_beta(s):
+    assert s.posterior_variance[1] == 0.0
+    assert np.all(s.posterior_variance >= 0) and np.all(s.posterior_variance <= s.betas)
+
+
+@given(schedules())
+def test_a_every_table_satisfies_its_defining_identity(s):
+    t = np.arange(1, s.T + 1)
+    b, a, ab = s.betas[t], s.alphas[t], s.alpha_bars[t]
+    ab_prev = np.array([np.prod(1.0 - s.betas[1:k]) for k in t])  # prod_{s < t} alpha_s, from the betas
+    np.testing.assert_allclose(a, 1.0 - b, rtol=1e-15)
+    np.testing.assert_allclose(ab, [np.prod(1.0 - s.betas[1:k + 1]) for k in t], rtol=1e-12)
+    np.testing.assert_allclose(s.alpha_bars_prev[t], ab_prev, rtol=1e-12)
+    np.testing.assert_allclose(s.posterior_variance[t], (1 - ab_prev) / (1 - ab) * b, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(s.posterior_mean_coef1[t], np.sqrt(ab_prev) * b / (1 - ab), rtol=1e-12)
+    np.testing.assert_allclose(s.posterior_mean_coef2[t], np.sqrt(a) * (1 - ab_prev) / (1 - ab), rtol=1e-12)
+    np.testing.assert_allclose(s.snr[t], ab / (1 - ab), rtol=1e-12)
+    sigma2 = np.exp(s.posterior_log_variance_clipped[t])
+    np.testing.assert_allclose(s.elbo_weights[t], b ** 2 / (2 * sigma2 * a * (1 - ab)), rtol=1e-12)
+    # posterior mean coefficients: coef1 + coef2 sqrt(alpha_bar_t) = sqrt(alpha_bar_{t-1}) (x_0 = x_t = c fixed)
+    np.testing.assert_allclose(s.posterior_mean_coef1[t] + s.posterior_mean_coef2[t] * np.sqrt(ab),
+                               np.sqrt(ab_prev), rtol=1e-12)
+
+
+@given(schedules(min_T=2))
+def test_a_t1_log_variance_follows_the_ddpm_code(s):
+    """log-variance at t = 1 is log beta_tilde_2 (beta_tilde_1 = 0 has no log); t >= 2 the plain log."""
+    assert s.posterior_log_variance_clipped[1] == np.log(s.posterior_variance[2])
+    np.testing.assert_allclose(s.posterior_log_variance_clipped[2:], np.log(s.posterior_variance[2:]), rtol=1e-14)
+    large, log_large = s.model_variance("fixed_large")
+    assert large[1] == s.posterior_variance[2] and np.all(large[2:] == s.betas[2:])
+    np.testing.assert_allclose(log_large[1:], np.log(large[1:]), rtol=1e-14)
+
+
+# ---------------------------------------------------------------- constructors
+
+@given(st.integers(21, 4000))
+def test_linear_scales_endpoints_by_1000_over_T(T):
+    s = Schedule.linear(T)
+    np.testing.assert_allclose([s.betas[1], s.betas[T]], [1e-4 * 1000 / T, 0.02 * 1000 / T], rtol=1e-12)
+    np.testing.assert_allclose(np.diff(s.betas[1:]), np.diff(s.betas[1:])[0], rtol=1e-6, atol=1e-15)
+
+
+@given(st.integers(1, 20))
+def test_linear_refuses_T_so_small_that_a_beta_reaches_1(T):
+    with pytest.raises(ValueError, match=r"T > 20"):
+        Schedule.linear(T)
+
+
+@given(st.integers(1, 2000), st.sampled_from([0.008, 0.05]), st.sampled_from([0.999, 0.5]))
+def test_cosine_follows_f_t_over_f_0_until_the_clip(T, s_offset, max_beta):
+    s = Schedule.cosine(T, s=s_offset, max_beta=max_beta)
+    f = np.cos((np.arange(T + 1) / T + s_offset) / (1 + s_offset) * np.pi / 2) ** 2
+    raw = 1 - f[1:] / f[:-1]
+    assert np.all(s.betas[1:] <= max_beta)
+    unclipped = np.flatnonzero(np.cumsum(raw > max_beta) == 0)  # before the first clipped step
+    np.testing.assert_allclose(s.alpha_bars[unclipped + 1], (f / f[0])[unclipped + 1], rtol=1e-10)
+
+
+@given(st.integers(2, 500), st.floats(1e-3, 0.5))
+def test_quadratic_and_sigmoid_span_their_endpoints(T, beta_end):
+    q = Schedule.quadratic(T, beta_end=beta_end)
+    np.testing.assert_allclose([q.betas[1], q.betas[T]], [1e-4, beta_end], rtol=1e-12)
+    assert np.all(np.diff(np.sqrt(q.betas[1:])) > 0)
+    sg = Schedule.sigmoid(T, beta_end=beta_end)
+    assert np.all(np.diff(sg.betas[1:]) > 0) and 1e-4 < sg.betas[1] < sg.betas[T] < beta_end
+
+
+@pytest.mark.parametrize("betas, message", [
+    ([0.1, 0.0, 0.2], "beta_2"), ([0.1, 1.0], "beta_2"), ([-0.1], "beta_1"), ([0.1, np.nan], "NaN"),
+    ([np.inf], "NaN or inf"), ([], "T >= 1"), ([[0.1, 0.2]], "1-D"), ([0.1, 1e-18], "float64")])
+def test_bad_betas_raise_value_error_naming_the_problem(betas, message):
+    with pytest.raises(ValueError, match=message):
+        Schedule(betas)
+
+
+@pytest.mark.parametrize("T", [0, -3, 2.5, True, "10"])
+def test_bad_T_raises(T):
+    with pytest.raises(ValueError, match="T must be an integer"):
+        Schedule.cosine(T)
+
+
+# ---------------------------------------------------------------- j. respacing
+
+@given(st.integers(1, 1000).flatmap(lambda T: st.tuples(st.just(T), st.integers(min(2, T), T))))
+def test_j_spaced_timesteps_descend_unique_from_T_to_1(T_K):
+    T, K = T_K
+    steps = spaced_timesteps(T, K)
+    assert steps.shape == (K,) and steps[0] == T and steps[-1] == 1
+    assert np.all(np.diff(steps) < 0)  # strictly descending, hence unique
+
+
+@given(st.integers(2, 1000))
+def test_j_spaced_timesteps_refuse_K_out_of_range(T):
+    for K in (0, 1, T + 1):
+        with pytest.raises(ValueError, match="K"):
+            spaced_timesteps(T, K)
+
+
+@given(schedules(min_T=2), st.data())
+def test_j_respaced_chain_keeps_alpha_bar_at_the_kept_steps(s, data):
+    K = data.draw(st.integers(2, s.T))
+    r = s.respace(K)
+    kept = spaced_timesteps(s.T, K)[::-1]
+    assert r.T == K and list(r.timesteps) == [0] + list(kept)
+    np.testing.assert_allclose(r.alpha_bars[1:], s.alpha_bars[kept], rtol=1e-12)
+    # sub-respacing composes: the timesteps map all the way back to the original chain
+    r2 = r.respace([1, K])
+    assert list(r2.timesteps) == [0, kept[0], kept[-1]]
+    np.testing.assert_allclose(r2.alpha_bars[1:], s.alpha_bars[[kept[0], kept[-1]]], rtol=1e-12)
+
+
+@given(schedules())
+def test_j_respacing_every_step_is_the_identity(s):
+    r = s.respace(np.arange(1, s.T + 1))
+    for name in TABLES:
+        np.testing.assert_allclose(getattr(r, name), getattr(s, name), rtol=1e-10, atol=1e-300, err_msg=name)
+
+
+@given(schedules(min_T=2), st.data())
+def test_j_ddim_sigma_at_eta_1_is_the_respaced_posterior_std(s, data):
+    r = s.respace(data.draw(st.integers(2, s.T)))
+    k = np.arange(1, r.T + 1)
+    sigma = ddim_sigma(r.alpha_bars[k], r.alpha_bars[k - 1], 1.0)
+    np.testing.assert_allclose(sigma, np.sqrt(r.posterior_variance[k]), rtol=1e-10, atol=1e-300)
+
+
+def test_j_respace_rejects_duplicate_or_out_of_range_steps():
+    s = Schedule.cosine(10)
+    for bad in ([3, 3], [0, 5], [11], [2.5]):
+        with pytest.raises(ValueError, match="respace"):
+            s.respace(bad)
+
+
+@given(schedules())
+def test_from_alpha_bars_rebuilds_the_schedule(s):
+    r = Schedule.from_alpha_bars(s.alpha_bars[1:])
+    assert np.array_equal(r.alpha_bars, s.alpha_bars)
+    np.testing.assert_allclose(r.betas, s.betas, rtol=1e-8, atol=1e-300)
+
+
+@pytest.mark.parametrize("alpha_bars", [[0.9, 0.95], [1.0, 0.5], [0.5, 0.0], [[0.9]], [], [0.9, np.nan]])
+def test_from_alpha_bars_refuses_non_decreasing_or_out_of_range(alpha_bars):
+    with pytest.raises(ValueError):
+        Schedule.from_alpha_bars(alpha_bars)
