@@ -26,7 +26,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
 
         KL = 1/2 (log s2^2 - log s1^2 + (s1^2 + (mu1 - mu2)^2) / s2^2 - 1)
     """
-    return 0.5 * (-1.0 + logvar2 - logvar1 + ops.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * ops.exp(-logvar2))
+    return 0.5 * ((logvar2 - logvar1) + ops.exp(logvar1 - logvar2) - 1.0 + (mean1 - mean2) ** 2 * ops.exp(-logvar2))
 
 
 def kl_standard_normal(mean, logvar):

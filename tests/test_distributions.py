@@ -1,0 +1,184 @@
+"""Gaussian KL, densities, the discretised decoder and Bernoulli: properties e and f, docs/gaussian_kl.md."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
+from minidiff import Tensor
+from minidiff.distributions import (DiagonalGaussian, approx_standard_normal_cdf, bernoulli_log_likelihood,
+                                    discretized_gaussian_log_likelihood, gaussian_log_density, kl_standard_normal,
+                                    kl_standard_normal_std, log_normal_cdf_diff, normal_kl)
+from minidiff.testing import gradcheck
+from tests.strategies import arrays, shapes
+from tests.strategies_diffusion import seeds
+
+GRID = np.arange(256) / 127.5 - 1.0  # the 256 levels of [-1, 1]
+means = st.floats(-3, 3)
+logvars = st.floats(-6, 3)
+
+
+# ---------------------------------------------------------------- e. KL
+
+@given(means, logvars, means, logvars)
+def test_e_normal_kl_matches_monte_carlo(m1, lv1, m2, lv2):
+    """KL = E_{x ~ N1}[log N1(x) - log N2(x)]: mean of n draws within 5 standard errors."""
+    n = 20000
+    x = m1 + np.exp(0.5 * lv1) * np.random.default_rng(7).standard_normal(n)
+    log_ratio = stats.norm.logpdf(x, m1, np.exp(0.5 * lv1)) - stats.norm.logpdf(x, m2, np.exp(0.5 * lv2))
+    kl = normal_kl(np.array(m1), np.array(lv1), np.array(m2), np.array(lv2))
+    assert abs(log_ratio.mean() - kl) <= 5 * log_ratio.std(ddof=1) / np.sqrt(n) + 1e-12
+
+
+@given(shapes(min_dims=1), seeds())
+def test_e_kl_is_nonnegative_and_zero_exactly_for_equal_gaussians(shape, seed):
+    rng = np.random.default_rng(seed)
+    m1, m2 = rng.normal(size=shape), rng.normal(size=shape)
+    lv1, lv2 = rng.uniform(-4, 2, shape), rng.uniform(-4, 2, shape)
+    assert np.all(normal_kl(m1, lv1, m2, lv2) >= 0)
+    assert np.all(normal_kl(m1, lv1, m1, lv1) == 0)
+    differ = (m1 != m2) | (lv1 != lv2)
+    assert np.all(normal_kl(m1, lv1, m2, lv2)[differ] > 0)
+    assert np.all(normal_kl(m1, lv1, m1 + 1e-3, lv1)[...] > 0) and np.all(normal_kl(m1, lv1, m1, lv1 + 1e-3) > 0)
+
+
+@given(shapes(min_dims=1), seeds())
+def test_e_the_notes_two_vae_kl_forms_agree(shape, seed):
+    """1/2 (mu^2 + sigma^2 - 1 - log sigma^2) (seeds/000) = 1/2 (e^s - (1 + s) + mu^2) (seeds/001) = normal_kl to N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    mean, logvar = rng.normal(size=shape), rng.uniform(-5, 3, shape)
+    with_std = kl_standard_normal_std(mean, np.exp(0.5 * logvar))
+    with_logvar = kl_standard_normal(mean, logvar)
+    np.testing.assert_allclose(with_std, with_logvar, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(with_logvar, normal_kl(mean, logvar, 0.0, 0.0), rtol=1e-10, atol=1e-14)
+
+
+def test_e_normal_kl_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    m1, m2, lv1, lv2 = rng.normal(size=(4, 50))
+    p = torch.distributions.Normal(torch.tensor(m1), torch.tensor(np.exp(0.5 * lv1)))
+    q = torch.distributions.Normal(torch.tensor(m2), torch.tensor(np.exp(0.5 * lv2)))
+    np.testing.assert_allclose(normal_kl(m1, lv1, m2, lv2), torch.distributions.kl_divergence(p, q).numpy(),
+                               rtol=1e-12)
+
+
+@given(shapes(min_dims=1, max_dims=3), seeds())
+def test_kl_and_log_density_gradcheck(shape, seed):
+    rng = np.random.default_rng(seed)
+    m1, m2, lv1, lv2 = (rng.normal(size=shape) for _ in range(4))
+    gradcheck(lambda a, b, c, d: normal_kl(a, b, c, d), [m1, lv1, m2, lv2])
+    gradcheck(lambda x, m, lv: gaussian_log_density(x, m, lv), [m2, m1, lv1])
+    gradcheck(lambda m, lv: kl_standard_normal(m, lv), [m1, lv1])
+
+
+@given(shapes(min_dims=1), seeds())
+def test_gaussian_log_density_matches_scipy(shape, seed):
+    rng = np.random.default_rng(seed)
+    x, mean, logvar = rng.normal(size=shape), rng.normal(size=shape), rng.uniform(-5, 3, shape)
+    np.testing.assert_allclose(gaussian_log_density(x, mean, logvar),
+                               stats.norm.logpdf(x, mean, np.exp(0.5 * logvar)), rtol=1e-12)
+
+
+@given(st.integers(1, 4), st.integers(1, 5), seeds())
+def test_diagonal_gaussian_rsample_log_prob_and_kl(batch, dim, seed):
+    rng = np.random.default_rng(seed)
+    q = DiagonalGaussian(rng.normal(size=(batch, dim)), rng.uniform(-3, 1, (batch, dim)))
+    eps = rng.standard_normal((batch, dim))
+    z = q.rsample(eps)
+    np.testing.assert_allclose(z, q.mean + np.exp(0.5 * q.logvar) * eps, rtol=1e-14)
+    np.testing.assert_allclose(q.log_prob(z), stats.norm.logpdf(z, q.mean, q.std).sum(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(q.kl(), kl_standard_normal(q.mean, q.logvar).sum(axis=1), rtol=1e-14)
+    p = DiagonalGaussian(np.zeros_like(q.mean), np.zeros_like(q.mean))
+    np.testing.assert_allclose(q.kl(p), q.kl(), rtol=1e-12, atol=1e-14)
+    draws = DiagonalGaussian(np.full((20000, 1), q.mean[0, 0]), np.full((20000, 1), q.logvar[0, 0])).rsample(
+        rng=np.random.default_rng(3))
+    assert abs(draws.mean() - q.mean[0, 0]) < 5 * q.std[0, 0] / np.sqrt(20000)
+    with pytest.raises(ValueError, match="eps or an rng"):
+        q.rsample()
+    with pytest.raises(ValueError, match="one shape"):
+        DiagonalGaussian(np.zeros(3), np.zeros(2))
+
+
+# ---------------------------------------------------------------- f. the discretised decoder
+
+@given(st.floats(-5, 5), st.floats(-12, 4), st.sampled_from(["exact", "tanh"]))
+def test_f_256_bin_probabilities_sum_to_one(mean, log_scale, cdf):
+    log_p = discretized_gaussian_log_likelihood(GRID, np.full(256, mean), np.full(256, log_scale), cdf=cdf)
+    total = np.exp(log_p).sum()
+    assert abs(total - 1.0) < (1e-12 if cdf == "exact" else 256 * 1e-12 + 1e-12)
+    assert np.all(log_p <= 0)
+
+
+@given(st.floats(-1.5, 1.5), st.floats(-6, 1))
+def test_f_exact_bins_match_scipy_cdf_and_tanh_is_close(mean, log_scale):
+    scale = np.exp(log_scale)
+    upper = np.where(GRID > 0.999, np.inf, GRID + 1 / 255)
+    lower = np.where(GRID < -0.999, -np.inf, GRID - 1 / 255)
+    p = stats.norm.cdf(upper, mean, scale) - stats.norm.cdf(lower, mean, scale)
+    exact = np.exp(discretized_gaussian_log_likelihood(GRID, np.full(256, mean), np.full(256, log_scale)))
+    np.testing.assert_allclose(exact, p, rtol=1e-9, atol=1e-15)
+    approx = np.exp(discretized_gaussian_log_likelihood(GRID, np.full(256, mean), np.full(256, log_scale), "tanh"))
+    assert np.abs(approx - p).max() < 1e-3  # the tanh CDF is off by up to ~2e-4 per edge
+
+
+@given(st.floats(-40, 40), st.floats(1e-3, 5))
+def test_log_normal_cdf_diff_is_accurate_in_both_tails(a, width):
+    """log(Phi(b) - Phi(a)) against 50-digit mpmath, far into both tails (where Phi(b) - Phi(a) cancels)."""
+    mpmath = pytest.importorskip("mpmath")
+    b = a + width
+    with mpmath.workdps(60):  # Phi(b) - Phi(a) = Phi(-a) - Phi(-b): subtract the two small numbers
+        reference = float(mpmath.log(mpmath.ncdf(b) - mpmath.ncdf(a) if a < 0 else mpmath.ncdf(-a) - mpmath.ncdf(-b)))
+    y = log_normal_cdf_diff(np.array(a), np.array(b))
+    np.testing.assert_allclose(y, reference, rtol=1e-10)
+
+
+@given(shapes(min_dims=1, max_dims=3), seeds())
+def test_log_normal_cdf_diff_and_decoder_gradcheck(shape, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(-4, 4, shape)
+    b = a + rng.uniform(0.05, 2, shape)
+    gradcheck(lambda u, v: log_normal_cdf_diff(u, v), [a, b])
+    x = GRID[rng.integers(0, 256, shape)]
+    x.flat[0] = 1.0  # an edge bin: +inf upper edge
+    for cdf in ("exact", "tanh"):
+        gradcheck(lambda m, s: discretized_gaussian_log_likelihood(x, m, s, cdf=cdf),
+                  [x + rng.uniform(-0.2, 0.2, shape), rng.uniform(-3, -1, shape)], rtol=1e-4, atol=1e-6)
+
+
+def test_decoder_refuses_data_outside_minus_one_one():
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        discretized_gaussian_log_likelihood(np.array([1.5]), np.zeros(1), np.zeros(1))
+    with pytest.raises(ValueError, match="cdf"):
+        discretized_gaussian_log_likelihood(np.array([0.5]), np.zeros(1), np.zeros(1), cdf="erf")
+
+
+def test_tanh_cdf_is_the_ddpm_approximation():
+    x = np.linspace(-6, 6, 101)
+    assert np.abs(approx_standard_normal_cdf(x) - stats.norm.cdf(x)).max() < 3e-4
+
+
+# ---------------------------------------------------------------- Bernoulli
+
+@given(arrays((3, 4), -30.0, 30.0), seeds())
+def test_bernoulli_log_likelihood_matches_the_textbook_form_and_is_stable(logits, seed):
+    x = (np.random.default_rng(seed).random(logits.shape) < 0.5).astype(float)
+    got = bernoulli_log_likelihood(x, logits)
+    p = stats.logistic.cdf(logits)
+    expected = x * stats.logistic.logcdf(logits) + (1 - x) * stats.logistic.logsf(logits)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    assert np.all(np.isfinite(got)) and np.all(got <= 0) and p.shape == got.shape
+    gradcheck(lambda lg: bernoulli_log_likelihood(x, lg), [np.clip(logits, -5, 5) + 0.01])
+
+
+def test_bernoulli_matches_torch_bce_with_logits():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    logits, x = rng.normal(size=(5, 7)) * 4, (rng.random((5, 7)) < 0.3).astype(float)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(logits), torch.tensor(x), reduction="none")
+    np.testing.assert_allclose(bernoulli_log_likelihood(x, logits), -bce.numpy(), rtol=1e-12, atol=1e-15)
+    t = Tensor(logits, requires_grad=True)
+    bernoulli_log_likelihood(x, t).sum().backward()
+    tl = torch.tensor(logits, requires_grad=True)
+    (-torch.nn.functional.binary_cross_entropy_with_logits(tl, torch.tensor(x), reduction="sum")).backward()
+    np.testing.assert_allclose(t.grad, tl.grad.numpy(), rtol=1e-10)
