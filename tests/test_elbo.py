@@ -1,0 +1,242 @@
+"""Losses, VLB terms and bits/dim: properties d (KL = w_t ||eps - eps_hat||^2 + c), g (the oracle) and i.
+
+docs/eps_parameterisation.md, docs/vlb_bits_per_dim.md.
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minidiff.kernels as kernels
+from minidiff import Tensor
+from minidiff.diffusion import (GaussianDataOracle, Schedule, elbo_weighted_loss, eps_loss, l_simple, nll_bpd,
+                                nll_bpd_importance, p_mean_variance, prior_bpd, q_sample, q_step_sample,
+                                vb_terms_bpd)
+from minidiff.distributions import discretized_gaussian_log_likelihood
+from minidiff.ops.fused import eps_loss as fused_eps_loss
+from minidiff.testing import gradcheck
+from tests.strategies_diffusion import problems, schedules, seeds
+
+GRID = np.arange(256) / 127.5 - 1.0
+variances = st.sampled_from(["fixed_small", "fixed_large"])
+
+
+def _on_grid(x0):
+    """Snap data in [-1, 1] to the 256 levels the discretised decoder expects."""
+    return np.round((x0 + 1.0) * 127.5) / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------- eps losses
+
+@given(problems(), seeds())
+def test_l_simple_is_the_mean_squared_noise_error_on_arrays_and_tensors(problem, seed):
+    _, _, _, eps, _ = problem
+    eps_hat = np.random.default_rng(seed).standard_normal(eps.shape)
+    np.testing.assert_allclose(l_simple(eps_hat, eps), np.mean((eps - eps_hat) ** 2), rtol=1e-13)
+    gradcheck(lambda e: l_simple(e, eps), [eps_hat])
+
+
+@given(problems(), seeds())
+def test_eps_loss_with_weights_matches_the_fused_kernels(problem, seed):
+    _, _, _, eps, _ = problem
+    rng = np.random.default_rng(seed)
+    eps_hat, weights = rng.standard_normal(eps.shape), rng.uniform(0.1, 3.0, len(eps))
+    ours = eps_loss(eps_hat, eps, weights)
+    for impl in ("numpy", "numba"):
+        if impl in kernels.available():
+            np.testing.assert_allclose(kernels.eps_loss(eps_hat, eps, weights, impl=impl)[0], ours, rtol=1e-10)
+    t = Tensor(eps_hat, requires_grad=True)
+    fused = fused_eps_loss(t, eps, weights)
+    fused.backward()
+    np.testing.assert_allclose(fused.item(), ours, rtol=1e-10)
+    gradcheck(lambda e: eps_loss(e, eps, weights), [eps_hat])
+
+
+# ---------------------------------------------------------------- d. each KL term is w_t ||eps - eps_hat||^2 + c_t
+
+@given(problems(), seeds(), variances)
+def test_d_kl_term_is_w_t_times_squared_noise_error_plus_a_constant(problem, seed, variance):
+    schedule, t, x0, eps, _ = problem
+    if schedule.T < 2:
+        return
+    t = np.maximum(t, 2)
+    eps_hat = eps + np.random.default_rng(seed).standard_normal(eps.shape)
+    x_t = q_sample(x0, t, eps, schedule)
+    dims = x0[0].size
+    nats = math.log(2.0) * dims
+    kl = vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance) * nats
+    constant = vb_terms_bpd(x0, x_t, t, eps, schedule, variance) * nats  # eps_hat = eps: the means coincide
+    w = schedule.elbo_weight_table(variance)[t]
+    squared = ((eps - eps_hat) ** 2).reshape(len(t), -1).sum(axis=1)
+    np.testing.assert_allclose(kl - constant, w * squared, rtol=1e-7, atol=1e-9 * (1 + constant.max()))
+    if variance == "fixed_small":
+        np.testing.assert_allclose(constant, 0.0, atol=1e-10)
+    loss = elbo_weighted_loss(eps_hat, eps, t, schedule, variance)
+    np.testing.assert_allclose(loss, np.mean((kl - constant) / dims), rtol=1e-7, atol=1e-12)
+
+
+@given(problems(), seeds(), variances, st.booleans(), st.sampled_from(["exact", "tanh"]))
+def test_vb_term_at_t1_is_the_discretised_decoder_nll(problem, seed, variance, clip_x0, cdf):
+    schedule, t, x0, eps, _ = problem
+    x0, t = _on_grid(x0), np.ones(len(t), dtype=int)
+    eps_hat = eps + 0.1 * np.random.default_rng(seed).standard_normal(eps.shape)
+    x_t = q_sample(x0, t, eps, schedule)
+    mean, _, log_var, _ = p_mean_variance(eps_hat, x_t, t, schedule, variance, clip_x0)
+    assert np.all(log_var.ravel() == schedule.posterior_log_variance_clipped[1])  # the t = 1 convention
+    log_lik = discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var, cdf=cdf)
+    expected = -log_lik.reshape(len(t), -1).mean(axis=1) / math.log(2.0)
+    got = vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance, clip_x0, cdf=cdf)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+@given(problems())
+def test_prior_bpd_is_the_kl_of_q_xT_to_the_standard_normal(problem):
+    schedule, _, x0, _, _ = problem
+    ab = schedule.alpha_bars[-1]
+    kl = 0.5 * (ab * x0 ** 2 + (1 - ab) - 1 - np.log1p(-ab))
+    np.testing.assert_allclose(prior_bpd(x0, schedule), kl.reshape(len(x0), -1).mean(axis=1) / math.log(2.0),
+                               rtol=1e-9, atol=1e-15)
+
+
+@given(problems(max_batch=3), seeds(), variances)
+def test_vb_terms_gradcheck_in_eps_hat(problem, seed, variance):
+    schedule, t, x0, eps, _ = problem
+    x0 = _on_grid(x0)
+    x_t = q_sample(x0, t, eps, schedule)
+    eps_hat = eps + 0.1 * np.random.default_rng(seed).standard_normal(eps.shape)
+    gradcheck(lambda e: vb_terms_bpd(x0, x_t, t, e, schedule, variance), [eps_hat], rtol=1e-4, atol=1e-7)
+
+
+def test_vb_terms_refuse_an_unknown_decoder():
+    s, x = Schedule.cosine(5), np.zeros((2, 3))
+    with pytest.raises(ValueError, match="decoder"):
+        vb_terms_bpd(x, x, np.array([1, 2]), x, s, decoder="logistic")
+
+
+# ---------------------------------------------------------------- g. the Gaussian-data oracle
+
+oracle_configs = st.tuples(
+    st.lists(st.floats(-2, 2), min_size=1, max_size=3),
+    st.lists(st.floats(0.05, 3.0), min_size=1, max_size=3)).map(
+    lambda ms: (np.array(ms[0][:min(len(ms[0]), len(ms[1]))]), np.array(ms[1][:min(len(ms[0]), len(ms[1]))])))
+
+
+@given(schedules(max_T=60), oracle_configs, st.integers(1, 40), seeds())
+def test_g_oracle_eps_hat_is_the_conditional_mean_of_the_noise(schedule, config, t_value, seed):
+    """E[eps | x_t] by Gaussian regression: Cov(eps, x_t) / Var(x_t) (x_t - E x_t), computed here."""
+    m, s = config
+    t_value = min(t_value, schedule.T)
+    oracle = GaussianDataOracle(m, s, schedule)
+    x_t = np.random.default_rng(seed).normal(size=(5, len(m)))
+    ab = schedule.alpha_bars[t_value]
+    expected = np.sqrt(1 - ab) / (ab * s ** 2 + 1 - ab) * (x_t - np.sqrt(ab) * m)
+    np.testing.assert_allclose(oracle(x_t, np.full(5, t_value)), expected, rtol=1e-12, atol=1e-14)
+
+
+@given(schedules(max_T=200), oracle_configs, variances)
+def test_g_vlb_never_exceeds_the_true_log_likelihood(schedule, config, variance):
+    """E_data[-L_VLB] <= E_data[log p(x_0)] = -H: the expected gap is >= 0 for any schedule and data scale."""
+    m, s = config
+    oracle = GaussianDataOracle(m, s, schedule)
+    gap = oracle.expected_vlb_terms(m.shape, variance).sum() - oracle.entropy(m.shape)
+    assert gap >= -1e-9 * (1 + oracle.entropy(m.shape) ** 2)
+
+
+@given(st.sampled_from(["linear", "cosine", "quadratic", "sigmoid"]), st.integers(21, 250),
+       st.lists(st.floats(-2, 2), min_size=1, max_size=3), st.floats(0.7, 3.0))
+def test_g_gap_shrinks_as_T_grows(kind, T, m, s):
+    """gap(2T) < gap(T) with fixed-small variance for data scale s >= 0.7. Not for every scale:
+    docs/vlb_bits_per_dim.md §5 lists counterexamples (cosine T = 21, s = 0.5; linear T = 216, s = 0.07)."""
+    m = np.array(m)
+    gaps = []
+    for steps in (T, 2 * T):
+        oracle = GaussianDataOracle(m, s, getattr(Schedule, kind)(steps))
+        gaps.append(oracle.expected_vlb_terms(m.shape).sum() - oracle.entropy(m.shape))
+    assert 0 <= gaps[1] < gaps[0]
+
+
+@given(schedules(max_T=40), oracle_configs, variances)
+def test_g_full_loop_bound_matches_the_analytic_expected_terms(schedule, config, variance):
+    """Monte Carlo over x_0 ~ data and the forward noise: mean of nll_bpd within 5 standard errors."""
+    m, s = config
+    oracle = GaussianDataOracle(m, s, schedule)
+    rng = np.random.default_rng(1234)
+    x0 = oracle.sample(rng, 3000, m.shape)
+    result = nll_bpd(oracle, x0, schedule, rng, variance=variance, decoder="gaussian")
+    nats = result["total_bpd"] * math.log(2.0) * m.size
+    expected = oracle.expected_vlb_terms(m.shape, variance).sum()
+    assert abs(nats.mean() - expected) < 5 * nats.std(ddof=1) / np.sqrt(len(nats))
+    np.testing.assert_allclose(result["total_bpd"], result["vb_bpd"].sum(axis=1) + result["prior_bpd"], rtol=1e-12)
+
+
+def _chain_log_ratio(oracle, schedule, n, rng):
+    """n draws of log p(x_{0:T}) - log q(x_{1:T} | x_0), the notes' chain form, by simulating q step by step."""
+    path = [oracle.sample(rng, n, oracle.mean.shape)]
+    log_ratio = np.zeros(n)
+    for t in range(1, schedule.T + 1):  # x_t ~ q(x_t | x_{t-1}); subtract log q(x_t | x_{t-1})
+        path.append(q_step_sample(path[-1], np.full(n, t), rng.standard_normal(path[-1].shape), schedule))
+        log_ratio -= _log_normal(path[t], np.sqrt(schedule.alphas[t]) * path[t - 1], schedule.betas[t])
+    log_ratio += _log_normal(path[-1], 0.0, 1.0)  # log p(x_T)
+    for t in range(schedule.T, 0, -1):  # log p_theta(x_{t-1} | x_t), the Gaussian decoder at t = 1
+        tt = np.full(n, t)
+        mean, _, log_var, _ = p_mean_variance(oracle(path[t], tt), path[t], tt, schedule)
+        log_ratio += _log_normal(path[t - 1], mean, np.exp(log_var))
+    return log_ratio
+
+
+@given(schedules(min_T=2, max_T=30), oracle_configs)
+def test_g_chain_form_of_the_elbo_equals_the_kl_form_with_the_reconstruction_term(schedule, config):
+    """E_q[log p(x_{0:T}) - log q(x_{1:T} | x_0)] = -(L_T + sum_{t>=2} L_{t-1} + L_0), within 5 standard errors."""
+    oracle = GaussianDataOracle(*config, schedule)
+    log_ratio = _chain_log_ratio(oracle, schedule, 2000, np.random.default_rng(99))
+    terms = oracle.expected_vlb_terms(config[0].shape)
+    assert abs(log_ratio.mean() + terms.sum()) < 5 * log_ratio.std(ddof=1) / np.sqrt(len(log_ratio))
+
+
+@given(st.integers(21, 40), oracle_configs)
+def test_g_errata_notes_kl_form_without_the_reconstruction_term_misses(T, config):
+    """seeds/000's KL form, -L_T - sum_{t>1} L_{t-1}, drops E[log p(x_0 | x_1)]: for the linear schedule it
+    misses the chain form by many standard errors."""
+    schedule = Schedule.linear(T)
+    oracle = GaussianDataOracle(*config, schedule)
+    log_ratio = _chain_log_ratio(oracle, schedule, 2000, np.random.default_rng(98))
+    terms = oracle.expected_vlb_terms(config[0].shape)
+    notes = -(terms[0] + terms[2:].sum())
+    assert abs(log_ratio.mean() - notes) > 5 * log_ratio.std(ddof=1) / np.sqrt(len(log_ratio))
+
+
+def _log_normal(x, mean, variance):
+    """sum over dims of log N(x; mean, variance), (n,)."""
+    variance = np.broadcast_to(variance, np.shape(x))
+    d = -0.5 * (np.log(2 * np.pi * variance) + (x - mean) ** 2 / variance)
+    return d.reshape(len(x), -1).sum(axis=1)
+
+
+# ---------------------------------------------------------------- i. importance sampling over t is unbiased
+
+@given(schedules(min_T=2, max_T=40), st.booleans(), seeds())
+def test_i_importance_sampled_bpd_is_unbiased_for_the_full_loop(schedule, uniform, proposal_seed):
+    oracle = GaussianDataOracle(np.array([0.2, -0.1]), np.array([0.5, 0.4]), schedule)
+    proposal = None
+    if not uniform:
+        w = np.random.default_rng(proposal_seed).uniform(0.2, 1.0, schedule.T)
+        proposal = w / w.sum()
+    x0 = _on_grid(np.clip(oracle.sample(np.random.default_rng(5), 2, (2,)), -1, 1))
+    reps = 1500
+    x_rep = np.repeat(x0, reps, axis=0)
+    rng = np.random.default_rng(2024)
+    estimates = nll_bpd_importance(oracle, x_rep, schedule, rng, n_t=1, proposal=proposal).reshape(2, reps)
+    loops = nll_bpd(oracle, np.repeat(x0, 300, axis=0), schedule, rng)["total_bpd"].reshape(2, 300)
+    for b in range(2):
+        se = np.hypot(estimates[b].std(ddof=1) / np.sqrt(reps), loops[b].std(ddof=1) / np.sqrt(300))
+        assert abs(estimates[b].mean() - loops[b].mean()) < 5 * se
+
+
+def test_i_importance_sampling_refuses_a_bad_proposal():
+    s = Schedule.cosine(4)
+    oracle = GaussianDataOracle(0.0, 0.5, s)
+    for bad in ([0.5, 0.5], [0.5, 0.5, 0.0, 0.0], [0.3, 0.3, 0.3, 0.3]):
+        with pytest.raises(ValueError, match="proposal"):
+            nll_bpd_importance(oracle, np.zeros((2, 2)), s, np.random.default_rng(0), proposal=bad)
