@@ -5,15 +5,17 @@ For queries Q (..., L, E), keys K (..., S, E), values V (..., S, Ev) and an addi
 
     A = τ Q Kᵀ + M,   P = softmax(A) along S,   O = P V,   τ = 1/√E by default      (docs eq. 8)
 
-Backward (docs eq. 9-10), with G = ∂L/∂O and the softmax Jacobian ∂P_ij/∂A_ik = P_ij(δ_jk − P_ik):
+Backward (docs eq. 9-11), with G = ∂L/∂O and the softmax Jacobian ∂P_ij/∂A_ik = P_ij(δ_jk − P_ik):
 
-    ∂L/∂V = Pᵀ G,   ∂L/∂P = G Vᵀ,   ∂L/∂A = P ⊙ (∂L/∂P − rowsum(∂L/∂P ⊙ P)),
-    ∂L/∂Q = τ (∂L/∂A) K,   ∂L/∂K = τ (∂L/∂A)ᵀ Q.
+    ∂L/∂V = Pᵀ G,   ∂L/∂P = G Vᵀ,   ∂L/∂A = P ⊙ (∂L/∂P − D),
+    D = rowsum(∂L/∂P ⊙ P) = rowsum(G ⊙ O)   (an (L, Ev) product instead of an (L, S) one, docs eq. 10),
+    ∂L/∂Q = τ (∂L/∂A) K,   ∂L/∂K = τ (∂L/∂A)ᵀ Q                                     (docs eq. 11)
 
 `attention_reference` composes eq. 8 from matmul/softmax/add (autograd derives the backward);
-`ScaledDotProductAttention` is one Function with eq. 9-10, tested against it. Leading (batch,
+`ScaledDotProductAttention` is one Function with eq. 9-11, tested against it. Leading (batch,
 head) axes broadcast like matmul's; gradients are summed back over broadcast axes.
 """
+import contextlib
 import math
 
 import numpy as np
@@ -55,33 +57,72 @@ def additive_mask(attn_mask, is_causal, L, S, like):
     return mask
 
 
+_blas = {}
+
+
+def one_blas_thread(xp):
+    """A context in which NumPy's BLAS runs single-threaded (a no-op on CuPy or without threadpoolctl).
+
+    NumPy's batched matmul calls BLAS once per (batch, head) slice. Each call of a multi-threaded
+    OpenBLAS hands work to its threads and waits for them; for slices this small (256 × 16 × 256)
+    the hand-off costs more than the product, and on a busy 2-core machine it can cost 10-50x
+    more (benchmarks/results/layers_cpu.json, docs/layers.md §5). One thread per slice avoids it.
+    """
+    if xp is not np:
+        return contextlib.nullcontext()
+    if "controller" not in _blas:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas["controller"] = ThreadpoolController()
+        except ImportError:
+            _blas["controller"] = None
+    controller = _blas["controller"]
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
 def _softmax_rows(a):
-    """softmax along the last axis, shifted by the row max (rows of all −∞ give NaN, as the math says)."""
+    """softmax along the last axis, in place, shifted by the row max (rows of all −∞ give NaN)."""
     xp = xp_of(a)
-    p = xp.exp(a - a.max(axis=-1, keepdims=True))
+    a -= a.max(axis=-1, keepdims=True)      # a is a fresh array: work in place
+    p = xp.exp(a, out=a)
     p /= p.sum(axis=-1, keepdims=True)
     return p
 
 
 class ScaledDotProductAttention(Function):
-    """O = softmax(τ Q Kᵀ + M) V (eq. 8).  Saved: Q, K, V, P.  VJP: eq. 9-10."""
+    """O = softmax(τ Q Kᵀ + M) V (eq. 8).  Saved: Q, K, V, P, O.  VJP: eq. 9-11.
+
+    Operands are made contiguous first: NumPy's batched matmul only calls BLAS per (L, E) slice
+    when each slice is laid out as a matrix, and the heads of a (B, N, 3, heads, d) projection are
+    not. τ is applied to Q (L·E values) rather than to the scores (L·S values).
+    """
 
     def forward(self, q, k, v, mask=None, scale=1.0):
         _check_qkv(q, k, v)
-        a = (q @ k.swapaxes(-1, -2)) * scale
-        if mask is not None:
-            a = a + mask
+        xp = xp_of(q)
+        q, k, v = xp.ascontiguousarray(q), xp.ascontiguousarray(k), xp.ascontiguousarray(v)
         self.q, self.k, self.v, self.scale = q, k, v, scale
-        self.p = _softmax_rows(a)
-        return self.p @ v
+        with one_blas_thread(xp):
+            a = (q * q.dtype.type(scale)) @ k.swapaxes(-1, -2)
+            if mask is not None:
+                a = a + mask                        # may broadcast a to the mask's leading axes
+            self.p = _softmax_rows(a)
+            self.o = self.p @ v
+            return self.o
 
     def backward(self, g):
-        q, k, v, p, scale = self.q, self.k, self.v, self.p, self.scale
+        with one_blas_thread(xp_of(g)):
+            return self._backward(xp_of(g).ascontiguousarray(g))
+
+    def _backward(self, g):
+        q, k, v, p = self.q, self.k, self.v, self.p
+        scale = q.dtype.type(self.scale)
         dv = unbroadcast(p.swapaxes(-1, -2) @ g, v.shape) if self.needs_grad[2] else None
         if not (self.needs_grad[0] or self.needs_grad[1]):
             return None, None, dv
-        dp = g @ v.swapaxes(-1, -2)
-        da = p * (dp - (dp * p).sum(axis=-1, keepdims=True))         # softmax Jacobian, eq. 9
+        da = g @ v.swapaxes(-1, -2)                                    # ∂L/∂P
+        da -= (g * self.o).sum(axis=-1, keepdims=True)                 # eq. 9-10: ∂L/∂A = P ⊙ (∂L/∂P − D),
+        da *= p                                                        # D = rowsum(∂L/∂P ⊙ P) = rowsum(G ⊙ O)
         dq = unbroadcast((da @ k) * scale, q.shape) if self.needs_grad[0] else None
         dk = unbroadcast((da.swapaxes(-1, -2) @ q) * scale, k.shape) if self.needs_grad[1] else None
         return dq, dk, dv
@@ -92,7 +133,7 @@ def _scale(q, scale):
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
-    """softmax(τ Q Kᵀ + M) V through the fused Function (eq. 8-10). q (..., L, E), k (..., S, E), v (..., S, Ev)."""
+    """softmax(τ Q Kᵀ + M) V through the fused Function (eq. 8-11). q (..., L, E), k (..., S, E), v (..., S, Ev)."""
     like = q.data if isinstance(q, Tensor) else q
     mask = additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], like)
     return ScaledDotProductAttention.apply(q, k, v, mask=mask, scale=_scale(q, scale))

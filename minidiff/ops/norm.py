@@ -48,30 +48,51 @@ def _check_group_norm(x, num_groups, weight, bias):
 class GroupNorm(Function):
     """y = γ_c x̂ + β_c with x̂ standardised over each (sample, group of C/G channels, spatial) block.
 
-    Inputs x (B, C, *S), γ (C,), β (C,). Saved: x̂ and 1/√(σ² + ε) per (b, group). VJP: docs eq. 7.
+    Inputs x (B, C, *S), γ (C,), β (C,). Saved: the centred x − μ and r = 1/√(σ² + ε) per (b, group).
+    Eq. 6-7 are evaluated through per-channel sums so that each pass over the (B, C, *S) data is one
+    NumPy call: with x viewed as (B, G, C/G, n_s), n = (C/G)·n_s elements per group,
+
+        y = (x − μ) · (r γ_c) + β_c,
+        S_c = Σ_s g,  T_c = Σ_s g (x − μ)       (per sample and channel)
+        mean(ĝ) = Σ_{c∈group} γ_c S_c / n,   mean(ĝ ⊙ x̂) = r Σ_{c∈group} γ_c T_c / n,
+        ∂L/∂x = g · (r γ_c) − (x − μ) · r² mean(ĝ ⊙ x̂) − r mean(ĝ),   (eq. 7 expanded)
+        ∂L/∂γ_c = Σ_b r T_c,   ∂L/∂β_c = Σ_b S_c.
     """
 
     def forward(self, x, weight, bias, num_groups=1, eps=1e-5):
         _check_group_norm(x, num_groups, weight, bias)
+        xp = xp_of(x)
         B, C = x.shape[:2]
-        self.shape = x.shape
-        self.channel = (1, C) + (1,) * (x.ndim - 2)
-        xg = x.reshape(B, num_groups, -1)
-        self.x_hat, self.inv_std = _standardize(xg, 2, eps)
-        self.weight = weight
-        y = self.x_hat.reshape(x.shape) * weight.reshape(self.channel)
-        return y + bias.reshape(self.channel)
+        G = num_groups
+        x4 = x.reshape(B, G, C // G, -1)
+        n = x4.shape[2] * x4.shape[3]
+        self.centered = x4 - x4.mean(axis=(2, 3), keepdims=True)                      # x − μ
+        var = xp.einsum("bgcs,bgcs->bg", self.centered, self.centered) / n
+        self.r = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)                          # (B, G)
+        self.shape, self.weight, self.n = x.shape, weight, n
+        gamma, beta = weight.reshape(1, G, C // G, 1), bias.reshape(1, G, C // G, 1)
+        y = self.centered * (self.r[:, :, None, None] * gamma)
+        y += beta
+        return y.reshape(x.shape)
 
     def backward(self, g):
-        B, G = self.x_hat.shape[:2]
-        sum_axes = (0,) + tuple(range(2, g.ndim))
-        x_hat = self.x_hat.reshape(self.shape)
+        xp = xp_of(g)
+        c, r, n = self.centered, self.r, self.n
+        B, G, Cg = c.shape[:3]
+        g4 = g.reshape(c.shape)
+        gamma = self.weight.reshape(1, G, Cg)
+        S = g4.sum(axis=3)                                                           # (B, G, C/G)
+        T = xp.einsum("bgcs,bgcs->bgc", g4, c)
         dx = None
         if self.needs_grad[0]:
-            g_hat = (g * self.weight.reshape(self.channel)).reshape(B, G, -1)
-            dx = _standardize_backward(g_hat, self.x_hat, self.inv_std, 2).reshape(self.shape)
-        dw = (g * x_hat).sum(axis=sum_axes) if self.needs_grad[1] else None
-        db = g.sum(axis=sum_axes) if self.needs_grad[2] else None
+            mean_g_hat = (gamma * S).sum(axis=2) / n                                 # (B, G)
+            mean_g_hat_x_hat = r * (gamma * T).sum(axis=2) / n
+            dx = g4 * (r[:, :, None] * gamma)[..., None]
+            dx -= c * (r * r * mean_g_hat_x_hat)[:, :, None, None]    # r x̂ = r² (x − μ)
+            dx -= (r * mean_g_hat)[:, :, None, None]
+            dx = dx.reshape(self.shape)
+        dw = (r[:, :, None] * T).sum(axis=0).reshape(-1) if self.needs_grad[1] else None
+        db = S.sum(axis=0).reshape(-1) if self.needs_grad[2] else None
         return dx, dw, db
 
 
