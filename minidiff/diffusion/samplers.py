@@ -5,6 +5,8 @@ always the step of the schedule the model was trained on (a respaced chain maps 
 with `Schedule.timesteps`). Noise is injectable for reproducibility and tests: `x_T` and
 `noise` (one z per step, in sampling order) override draws from `rng`.
 """
+import math
+
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -39,14 +41,14 @@ def ddim_step(x_t, k, eps_hat, z, chain, eta=0.0, clip_x0=False):
         x_{k-1} = sqrt(alpha_bar_{k-1}) x0_hat + sqrt(1 - alpha_bar_{k-1} - sigma_k^2) eps_hat + sigma_k z
     """
     t = xp_of(x_t).full(x_t.shape[0], k)
-    alpha_bar, alpha_bar_prev = chain.alpha_bars[k], chain.alpha_bars[k - 1]
-    sigma = ddim_sigma(alpha_bar, alpha_bar_prev, eta)
+    alpha_bar, alpha_bar_prev = float(chain.alpha_bars[k]), float(chain.alpha_bars[k - 1])  # Python floats keep
+    sigma = float(ddim_sigma(alpha_bar, alpha_bar_prev, eta))                                # float32 data float32
     x0_hat = x0_from_eps(x_t, t, eps_hat, chain)
     if clip_x0:
         x0_hat = ops.clip(x0_hat, -1.0, 1.0)
         eps_hat = eps_from_x0(x_t, t, x0_hat, chain)
-    direction = np.sqrt(max(1.0 - alpha_bar_prev - sigma ** 2, 0.0))
-    x_prev = np.sqrt(alpha_bar_prev) * x0_hat + direction * eps_hat
+    direction = math.sqrt(max(1.0 - alpha_bar_prev - sigma ** 2, 0.0))
+    x_prev = math.sqrt(alpha_bar_prev) * x0_hat + direction * eps_hat
     return x_prev + sigma * z if sigma > 0 else x_prev
 
 

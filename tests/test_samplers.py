@@ -1,0 +1,220 @@
+"""DDPM and DDIM samplers: properties h, j (respaced sampling), g (oracle moments) and g2 (memorisation).
+
+docs/ddim.md, docs/eps_parameterisation.md §4.
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+from scipy.special import logsumexp
+
+from minidiff.backend import default_rng
+from minidiff.diffusion import (EmpiricalDenoiser, GaussianDataOracle, Schedule, ddim_sample, ddpm_sample,
+                                p_mean_variance, spaced_timesteps)
+from tests.strategies_diffusion import batch_shapes, schedules, seeds
+
+
+def smooth_model(x_t, t):
+    """A deterministic nonlinear stand-in for a network: eps_hat depends on x_t and t."""
+    return np.tanh(x_t + 0.01 * t.reshape((-1,) + (1,) * (x_t.ndim - 1))) - 0.3 * x_t
+
+
+def _noise(rng, steps, shape):
+    return rng.standard_normal((steps,) + tuple(shape))
+
+
+# ---------------------------------------------------------------- h. DDIM at eta = 1 is DDPM
+
+@given(schedules(max_T=60), batch_shapes(), seeds(), st.booleans(), st.data())
+def test_h_ddim_eta_1_equals_ddpm_fixed_small_with_the_same_noise(schedule, shape, seed, clip_x0, data):
+    steps = data.draw(st.one_of(st.none(), st.integers(min(2, schedule.T), schedule.T)))
+    K = schedule.T if steps is None else steps
+    rng = np.random.default_rng(seed)
+    x_T, noise = rng.standard_normal(shape), _noise(rng, K, shape)
+    ddpm = ddpm_sample(smooth_model, shape, schedule, steps=steps, clip_x0=clip_x0, x_T=x_T, noise=noise,
+                       dtype=np.float64, impl="numpy")
+    ddim = ddim_sample(smooth_model, shape, schedule, steps=steps, eta=1.0, clip_x0=clip_x0, x_T=x_T, noise=noise,
+                       dtype=np.float64)
+    np.testing.assert_allclose(ddim, ddpm, rtol=1e-9, atol=1e-9)
+
+
+# ---------------------------------------------------------------- DDPM is Algorithm 2
+
+@given(schedules(max_T=40), batch_shapes(), seeds(), st.sampled_from(["fixed_small", "fixed_large"]), st.booleans())
+def test_ddpm_sample_is_algorithm_2_step_by_step(schedule, shape, seed, variance, clip_x0):
+    """A hand-written loop: x_{t-1} = mu_theta + sigma_t z (z ignored at t = 1), with p_mean_variance."""
+    rng = np.random.default_rng(seed)
+    x_T, noise = rng.standard_normal(shape), _noise(rng, schedule.T, shape)
+    x = x_T
+    for i, t in enumerate(range(schedule.T, 0, -1)):
+        tt = np.full(shape[0], t)
+        mean, var, _, _ = p_mean_variance(smooth_model(x, tt), x, tt, schedule, variance, clip_x0)
+        x = mean + (np.sqrt(var) * noise[i] if t > 1 else 0.0)
+        if t > 1 and variance == "fixed_large":
+            x = mean + np.sqrt(schedule.betas[t]) * noise[i]
+    for impl in ("numpy", "auto"):
+        got, trajectory = ddpm_sample(smooth_model, shape, schedule, variance=variance, clip_x0=clip_x0, x_T=x_T,
+                                      noise=noise, dtype=np.float64, return_trajectory=True, impl=impl)
+        np.testing.assert_allclose(got, x, rtol=1e-9, atol=1e-9)
+    assert len(trajectory) == schedule.T + 1 and trajectory[0] is not x_T
+    np.testing.assert_array_equal(trajectory[0], x_T)
+    np.testing.assert_array_equal(trajectory[-1], got)
+    noise[-1] += 100.0  # the z of the last step (t = 1) is never used
+    again = ddpm_sample(smooth_model, shape, schedule, variance=variance, clip_x0=clip_x0, x_T=x_T, noise=noise,
+                        dtype=np.float64, impl="numpy")
+    np.testing.assert_array_equal(again, got)
+
+
+# ---------------------------------------------------------------- j. respaced sampling visits the right steps
+
+@given(schedules(min_T=2, max_T=100), st.data(), st.sampled_from(["ddpm", "ddim"]))
+def test_j_respaced_samplers_call_the_model_on_descending_unique_steps_ending_at_1(schedule, data, which):
+    K = data.draw(st.integers(2, schedule.T))
+    calls = []
+
+    def spy(x_t, t):
+        assert np.all(t == t[0]) and t.shape == (3,)
+        calls.append(int(t[0]))
+        return 0.1 * x_t
+    sampler = ddpm_sample if which == "ddpm" else ddim_sample
+    sampler(spy, (3, 2), schedule, rng=np.random.default_rng(0), steps=K, dtype=np.float64)
+    assert calls == list(spaced_timesteps(schedule.T, K))
+    assert calls[0] == schedule.T and calls[-1] == 1 and len(set(calls)) == K
+
+
+def test_samplers_accept_minidiff_rng_progress_bar_and_float32():
+    s = Schedule.cosine(20)
+    a = ddim_sample(smooth_model, (4, 3), s, rng=default_rng(3), steps=5, eta=0.5, progress=True)
+    b = ddim_sample(smooth_model, (4, 3), s, rng=np.random.default_rng(3), steps=5, eta=0.5)
+    assert a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert ddpm_sample(smooth_model, (2, 2), s, rng=default_rng(0), progress=True).dtype == np.float32
+
+
+def test_samplers_refuse_bad_arguments():
+    s = Schedule.cosine(10)
+    with pytest.raises(ValueError, match="eta"):
+        ddim_sample(smooth_model, (2, 2), s, eta=1.5)
+    with pytest.raises(ValueError, match="one z per step"):
+        ddpm_sample(smooth_model, (2, 2), s, x_T=np.zeros((2, 2)), noise=np.zeros((9, 2, 2)))
+    with pytest.raises(ValueError, match="x_T has shape"):
+        ddpm_sample(smooth_model, (2, 2), s, x_T=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="K"):
+        ddim_sample(smooth_model, (2, 2), s, steps=11)
+
+
+# ---------------------------------------------------------------- g. oracle: samplers reproduce the data moments
+
+def exact_moments(chain, m, s, eta):
+    """Mean and variance of DDIM(eta) output with the Gaussian oracle, by the affine recursion (eta = 1: DDPM).
+
+    eps_hat = c (x - sqrt(ab) m), c = sqrt(1 - ab) / (ab s^2 + 1 - ab); each step is x' = A x + B + sigma z.
+    """
+    mean, var = np.zeros_like(m), np.ones_like(m)
+    for k in range(chain.T, 0, -1):
+        ab, ab_prev = chain.alpha_bars[k], chain.alpha_bars[k - 1]
+        c = np.sqrt(1 - ab) / (ab * s ** 2 + 1 - ab)
+        sigma2 = eta ** 2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
+        d = np.sqrt(max(1 - ab_prev - sigma2, 0.0))
+        A = np.sqrt(ab_prev / ab) * (1 - np.sqrt(1 - ab) * c) + d * c
+        B = (np.sqrt(ab_prev / ab) * np.sqrt(1 - ab) - d) * c * np.sqrt(ab) * m
+        mean, var = A * mean + B, A * A * var + sigma2
+    return mean, var
+
+
+oracle_data = st.tuples(st.lists(st.floats(-2, 2), min_size=1, max_size=2), st.floats(0.25, 2.0))
+
+
+@given(schedules(min_T=2, max_T=60), oracle_data, st.sampled_from([("ddpm", 1.0), ("ddim", 0.0), ("ddim", 0.5)]),
+       st.data())
+def test_g_sample_moments_match_the_exact_output_distribution(schedule, data_config, sampler, data):
+    """Monte Carlo mean and variance of n samples within 5 standard errors of the exact affine recursion."""
+    m, s = np.array(data_config[0]), data_config[1]
+    K = data.draw(st.integers(2, schedule.T))
+    chain = schedule.respace(K)
+    oracle = GaussianDataOracle(m, s, schedule)
+    n = 4000
+    name, eta = sampler
+    if name == "ddpm":
+        x = ddpm_sample(oracle, (n, len(m)), schedule, rng=np.random.default_rng(11), steps=K, dtype=np.float64)
+    else:
+        x = ddim_sample(oracle, (n, len(m)), schedule, rng=np.random.default_rng(11), steps=K, eta=eta,
+                        dtype=np.float64)
+    mean, var = exact_moments(chain, m, s, eta)
+    assert np.all(np.abs(x.mean(axis=0) - mean) < 5 * np.sqrt(var / n))
+    assert np.all(np.abs(x.var(axis=0, ddof=1) - var) < 5 * var * np.sqrt(2.0 / (n - 1)))
+
+
+@given(st.sampled_from(["linear", "cosine"]), oracle_data, st.sampled_from([1.0, 0.0]))
+def test_g_with_T_1000_samplers_reproduce_the_data_mean_and_variance(kind, data_config, eta):
+    """Stated tolerance, full T = 1000 chain, s in [0.25, 2]: |mean - m| <= 0.02 s and |std / s - 1| <= 0.02."""
+    m, s = np.array(data_config[0]), data_config[1]
+    mean, var = exact_moments(getattr(Schedule, kind)(1000), m, s, eta)
+    assert np.all(np.abs(mean - m) <= 0.02 * s)
+    assert np.all(np.abs(np.sqrt(var) / s - 1) <= 0.02)
+
+
+def test_g_ddpm_and_ddim_samples_at_T_1000_have_the_data_moments():
+    """One Monte Carlo run per sampler: tolerance 5 standard errors plus the stated 2% bias."""
+    m, s, n = np.array([0.5, -1.0]), 0.6, 3000
+    schedule = Schedule.linear(1000)
+    oracle = GaussianDataOracle(m, s, schedule)
+    for x in (ddpm_sample(oracle, (n, 2), schedule, rng=np.random.default_rng(1), dtype=np.float64, impl="numpy"),
+              ddim_sample(oracle, (n, 2), schedule, rng=np.random.default_rng(2), dtype=np.float64)):
+        assert np.all(np.abs(x.mean(axis=0) - m) < 5 * s / np.sqrt(n) + 0.02 * s)
+        assert np.all(np.abs(x.std(axis=0, ddof=1) / s - 1) < 5 / np.sqrt(2 * (n - 1)) + 0.02)
+
+
+# ---------------------------------------------------------------- g2. the empirical-optimal denoiser memorises
+
+train_sets = st.tuples(st.integers(1, 6), st.integers(1, 4), seeds()).map(
+    lambda nds: np.random.default_rng(nds[2]).uniform(-1, 1, (nds[0], nds[1])))
+
+
+@given(train_sets, schedules(max_T=100), st.data(), seeds())
+def test_g2_weights_are_the_bayes_posterior_over_training_points(train, schedule, data, seed):
+    t = data.draw(st.integers(1, schedule.T))
+    x_t = np.random.default_rng(seed).normal(size=(3, train.shape[1]))
+    ab = schedule.alpha_bars[t]
+    log_lik = np.stack([stats.norm.logpdf(x_t, np.sqrt(ab) * xi, np.sqrt(1 - ab)).sum(axis=1) for xi in train], 1)
+    posterior = np.exp(log_lik - logsumexp(log_lik, axis=1, keepdims=True))  # uniform prior over the x_i
+    denoiser = EmpiricalDenoiser(train, schedule)
+    np.testing.assert_allclose(denoiser.weights(x_t, np.full(3, t)), posterior, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(denoiser.x0_hat(x_t, np.full(3, t)), posterior @ train, rtol=1e-8, atol=1e-12)
+
+
+@given(train_sets, schedules(max_T=100), st.data(), seeds(), st.floats(1e-3, 1.0))
+def test_g2_posterior_mean_beats_every_perturbation_in_expected_mse(train, schedule, data, seed, size):
+    """For x_t ~ q: E[||x_0 - f(x_t)||^2 | x_t] = sum_i P(x_i | x_t) ||x_i - f||^2 is least at f = x0_hat,
+    and a perturbation by delta adds exactly ||delta||^2."""
+    t = np.full(64, data.draw(st.integers(1, schedule.T)))
+    rng = np.random.default_rng(seed)
+    x0 = train[rng.integers(0, len(train), 64)]
+    x_t = np.sqrt(schedule.alpha_bars[t][:, None]) * x0 + np.sqrt(1 - schedule.alpha_bars[t][:, None]) * \
+        rng.standard_normal(x0.shape)
+    denoiser = EmpiricalDenoiser(train, schedule)
+    w, best = denoiser.weights(x_t, t), denoiser.x0_hat(x_t, t)
+    delta = size * rng.standard_normal(best.shape)
+
+    def risk(f):
+        return (w * ((train[None, :, :] - f[:, None, :]) ** 2).sum(axis=2)).sum(axis=1)
+    np.testing.assert_allclose(risk(best + delta) - risk(best), (delta ** 2).sum(axis=1), rtol=1e-6, atol=1e-12)
+    assert np.all(risk(best + delta) > risk(best))
+
+
+separated_train_sets = st.integers(1, 4).flatmap(lambda d: st.sets(
+    st.tuples(*[st.integers(-3, 3)] * d), min_size=1, max_size=6)).map(lambda points: 0.3 * np.array(sorted(points)))
+
+
+@given(separated_train_sets, st.sampled_from(["linear", "cosine"]), seeds())
+def test_g2_ddpm_with_the_empirical_denoiser_returns_copies_of_training_points(train, kind, seed):
+    """Memorisation: every sample is a training point. The last step returns x0_hat(x_1), a convex combination
+    of the x_i whose weights are one-hot once the points are many sqrt(1 - alpha_bar_1) apart (here >= 0.3,
+    over 10 times sqrt(1 - alpha_bar_1) for T = 200)."""
+    schedule = getattr(Schedule, kind)(200)
+    denoiser = EmpiricalDenoiser(train, schedule)
+    x = ddpm_sample(denoiser, (50, train.shape[1]), schedule, rng=np.random.default_rng(seed), dtype=np.float64,
+                    impl="numpy")  # small arrays: the NumPy reference step has the least per-call overhead
+    nearest = np.sqrt(((x[:, None, :] - train[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+    assert np.all(nearest < 1e-6)
