@@ -16,9 +16,14 @@ BIN_HALF_WIDTH = 1.0 / 255.0  # 256 levels on [-1, 1]: bin centres k/127.5 - 1, 
 
 # ---------------------------------------------------------------- Gaussian densities and KL
 
+def _exp(a):
+    """e^a; a Python number stays a float64 number (ops would make it a float32 array)."""
+    return math.exp(a) if isinstance(a, (int, float)) else ops.exp(a)
+
+
 def gaussian_log_density(x, mean, logvar):
     """log N(x; mu, sigma^2) = -1/2 (log 2 pi + log sigma^2 + (x - mu)^2 / sigma^2), eq. (K1), elementwise."""
-    return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * ops.exp(-logvar))
+    return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * _exp(-logvar))
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
@@ -26,7 +31,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
 
         KL = 1/2 (log s2^2 - log s1^2 + (s1^2 + (mu1 - mu2)^2) / s2^2 - 1)
     """
-    return 0.5 * ((logvar2 - logvar1) + ops.exp(logvar1 - logvar2) - 1.0 + (mean1 - mean2) ** 2 * ops.exp(-logvar2))
+    return 0.5 * ((logvar2 - logvar1) + _exp(logvar1 - logvar2) - 1.0 + (mean1 - mean2) ** 2 * _exp(-logvar2))
 
 
 def kl_standard_normal(mean, logvar):
@@ -34,7 +39,7 @@ def kl_standard_normal(mean, logvar):
 
     The notes' VAE form (seeds/001), elementwise; summed over latent dims it is the VAE's KL term.
     """
-    return 0.5 * (ops.exp(logvar) - (1.0 + logvar) + mean ** 2)
+    return 0.5 * (_exp(logvar) - (1.0 + logvar) + mean ** 2)
 
 
 def kl_standard_normal_std(mean, std):
@@ -143,7 +148,7 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="exact"):
     data = x.data if hasattr(x, "requires_grad") else x
     if float(data.min()) < -1.0 - 1e-6 or float(data.max()) > 1.0 + 1e-6:
         raise ValueError(f"x must lie in [-1, 1] (256 levels), got values in [{float(data.min())}, {float(data.max())}]")
-    inv_scale = ops.exp(-log_scale)
+    inv_scale = _exp(-log_scale)
     upper = (x - mean + BIN_HALF_WIDTH) * inv_scale
     lower = (x - mean - BIN_HALF_WIDTH) * inv_scale
     top, bottom = data > 0.999, data < -0.999
