@@ -147,7 +147,8 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="exact"):
     """
     data = x.data if hasattr(x, "requires_grad") else x
     if float(data.min()) < -1.0 - 1e-6 or float(data.max()) > 1.0 + 1e-6:
-        raise ValueError(f"x must lie in [-1, 1] (256 levels), got values in [{float(data.min())}, {float(data.max())}]")
+        raise ValueError(f"x must lie in [-1, 1] (256 levels), got values in "
+                         f"[{float(data.min())}, {float(data.max())}]")
     inv_scale = _exp(-log_scale)
     upper = (x - mean + BIN_HALF_WIDTH) * inv_scale
     lower = (x - mean - BIN_HALF_WIDTH) * inv_scale

@@ -23,7 +23,9 @@ def _col(a, t):
 
 @given(problems(max_T=200))
 def test_b_t_one_step_kernels_compose_to_the_closed_form_algebraically(problem):
-    """Push (mean, variance) through q(x_s | x_{s-1}), s = 1..t: mean' = sqrt(alpha_s) mean, var' = alpha_s var + beta_s."""
+    """Push (mean, variance) through q(x_s | x_{s-1}), s = 1..t.
+
+    mean' = sqrt(alpha_s) mean, var' = alpha_s var + beta_s; compare with q(x_t | x_0)."""
     schedule, t, x0, _, _ = problem
     mean, variance = x0.copy(), np.zeros((len(x0),) + (1,) * (x0.ndim - 1))
     for s in range(1, t.max() + 1):
