@@ -22,6 +22,7 @@ Timing: ours and PyTorch alternate within each repeat (this machine is shared an
 median of each is reported, and the ratio is ours/PyTorch of the medians.
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -144,7 +145,7 @@ def main():
         torch.set_num_threads(args.threads)
         from threadpoolctl import threadpool_limits
         limits = threadpool_limits(args.threads)
-    rows = {}
+    rows, load_before = {}, os.getloadavg()
     print(f"{'layer':22s} {'fwd ours':>9s} {'torch':>8s} {'ratio':>6s} | {'f+b ours':>9s} {'torch':>8s} "
           f"{'ratio':>6s} | ours GFLOP/s (f+b) or GB/s")
     for name, (ours, theirs, shapes, flops, nbytes) in cases(torch).items():
@@ -177,7 +178,9 @@ def main():
         pass
     if limits is not None:
         limits.restore_original_limits()
-    path = write_result(args.name, {"dtype": "float32", "repeats": args.repeats, "threads": threads,
+    load = {"before": load_before, "after": os.getloadavg(), "note": "1/5/15-minute load averages; "
+            "above the core count, other processes competed for the CPU during the run"}
+    path = write_result(args.name, {"dtype": "float32", "repeats": args.repeats, "threads": threads, "load_average": load,
                                     "target": "forward+backward within 3x of PyTorch CPU", "layers": rows})
     print(f"wrote {path}")
 

@@ -157,7 +157,9 @@ class Conv2d(Function):
         self.geometry, self.x_shape, self.w = (stride, padding, dilation), x.shape, w
         self.cols = im2col(x, kernel, stride, padding, dilation, out_hw)
         y = conv2d_from_cols(self.cols, w, x.shape[0], out_hw)
-        return y if b is None else y + b.reshape(1, -1, 1, 1)
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)                               # y is a fresh array
+        return y
 
     def backward(self, g):
         dx = conv2d_input_grad(g, self.w, self.x_shape, *self.geometry) if self.needs_grad[0] else None
@@ -189,7 +191,7 @@ class ConvTranspose2d(Function):
             raise ValueError(f"conv_transpose2d: output size {out_hw} is not positive for input {tuple(x.shape)}")
         self.geometry, self.x, self.w = (stride, padding, dilation), x, w
         y = conv2d_input_grad(x, w, (x.shape[0], w.shape[1]) + out_hw, stride, padding, dilation)
-        return y if b is None else y + b.reshape(1, -1, 1, 1)
+        return xp_of(y).ascontiguousarray(y) if b is None else y + b.reshape(1, -1, 1, 1)  # y: a cropped view
 
     def backward(self, g):
         x, w = self.x, self.w
