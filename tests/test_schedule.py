@@ -177,3 +177,10 @@ def test_from_alpha_bars_rebuilds_the_schedule(s):
 def test_from_alpha_bars_refuses_non_decreasing_or_out_of_range(alpha_bars):
     with pytest.raises(ValueError):
         Schedule.from_alpha_bars(alpha_bars)
+
+
+@given(st.sampled_from(["linear", "cosine"]), st.integers(50, 2000))
+def test_errata_elbo_weights_are_far_from_constant_so_l_simple_reweights_the_bound(kind, T):
+    """w_t spans more than an order of magnitude over t = 2..T: dropping it (L_simple) is not 'equivalent'."""
+    w = getattr(Schedule, kind)(T).elbo_weights[2:]
+    assert w.max() / w.min() > 10

@@ -41,7 +41,10 @@ class Schedule:
         if alpha_bars.ndim != 1 or alpha_bars.size < 1:
             raise ValueError(f"alpha_bars must be a 1-D array alpha_bar_1..alpha_bar_T, got shape {alpha_bars.shape}")
         alphas = alpha_bars / np.concatenate([[1.0], alpha_bars[:-1]])
-        _check_betas(1.0 - alphas)
+        bad = np.flatnonzero(~((alphas > 0.0) & (alphas < 1.0)))  # NaN fails too
+        if bad.size:  # (beta_t = 1 - alpha_t may round to 1 where alpha_t < 1e-16: that is allowed here)
+            raise ValueError(f"alpha_bars must decrease strictly inside (0, 1); alpha_bar_{bad[0] + 1} = "
+                             f"{alpha_bars[bad[0]]!r} after {alpha_bars[bad[0] - 1] if bad[0] else 1.0!r}")
         schedule = cls.__new__(cls)
         schedule._derive(1.0 - alphas, alphas, alpha_bars, timesteps)
         return schedule
