@@ -87,6 +87,12 @@ def test_dropout_keeps_expectation_and_masks_gradient(p, seed):
     assert F.dropout(X, p, training=False) is X
 
 
+@given(shapes(min_dims=1, max_dims=3).flatmap(arrays), st.floats(0.0, 0.9), st.integers(0, 99))
+def test_dropout_gradcheck(x, p, seed):
+    """With the mask fixed (the same seed on every call), dropout is linear: y = x ⊙ m/(1 − p)."""
+    gradcheck(lambda x: F.dropout(x, p, rng=np.random.default_rng(seed)), [x])
+
+
 def test_dropout_is_seeded_by_manual_seed():
     md.manual_seed(3)
     a = F.dropout(np.ones(50), 0.5)

@@ -123,6 +123,16 @@ def test_double_converts_parameters_for_gradchecks():
     assert nn.Linear(2, 3, dtype=np.float64).weight.dtype == np.float64
 
 
+def test_parameters_follow_the_default_dtype():
+    md.set_default_dtype(np.float64)
+    try:
+        assert nn.Conv2d(1, 2, 3).weight.dtype == np.float64
+        assert nn.SinusoidalTimeEmbedding(4)(np.arange(3)).dtype == np.float64
+    finally:
+        md.set_default_dtype(np.float32)
+    assert nn.Conv2d(1, 2, 3).weight.dtype == np.float32
+
+
 def test_manual_seed_makes_initialisation_reproducible():
     md.manual_seed(11)
     a = Net().state_dict()

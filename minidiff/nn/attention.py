@@ -5,7 +5,7 @@ import numpy as np
 
 from minidiff import functional as F
 from minidiff import ops
-from minidiff.autograd import Tensor
+from minidiff.autograd import Tensor, get_default_dtype
 from minidiff.backend import xp, xp_of
 from minidiff.nn.layers import GroupNorm, Linear
 from minidiff.nn.module import Module
@@ -50,11 +50,12 @@ class SelfAttention2d(Module):
         return f"{self.channels}, num_heads={self.num_heads}"
 
 
-def sinusoidal_embedding(t, dim, max_period=10000.0, dtype=np.float32):
+def sinusoidal_embedding(t, dim, max_period=10000.0, dtype=None):
     """e(t) = [sin(t ω_0), ..., sin(t ω_{h−1}), cos(t ω_0), ..., cos(t ω_{h−1})], ω_i = P^(−i/h), h = ⌊dim/2⌋.
 
     The transformer positional encoding (frequencies P^(−2i/dim)) with its sin channels first;
-    an odd dim gets a final zero column. t: (B,) timesteps (ints or floats). Returns (B, dim).
+    an odd dim gets a final zero column. t: (B,) timesteps (ints or floats). Returns (B, dim) in
+    `dtype` (default: minidiff's default float dtype), computed in float64.
     """
     a = xp_of(t).asarray(t, dtype=np.float64)
     if a.ndim != 1:
@@ -67,13 +68,13 @@ def sinusoidal_embedding(t, dim, max_period=10000.0, dtype=np.float32):
     parts = [xp_of(a).sin(args), xp_of(a).cos(args)]
     if dim % 2:
         parts.append(xp_of(a).zeros((len(a), 1)))
-    return xp_of(a).concatenate(parts, axis=1).astype(dtype)
+    return xp_of(a).concatenate(parts, axis=1).astype(get_default_dtype() if dtype is None else dtype)
 
 
 class SinusoidalTimeEmbedding(Module):
     """t (B,) -> the constant (B, dim) sinusoidal embedding of the timesteps (no parameters)."""
 
-    def __init__(self, dim, max_period=10000.0, dtype=np.float32):
+    def __init__(self, dim, max_period=10000.0, dtype=None):
         super().__init__()
         self.dim, self.max_period, self.dtype = dim, max_period, dtype
 

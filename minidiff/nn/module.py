@@ -9,7 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from minidiff.autograd import Tensor
+from minidiff.autograd import Tensor, get_default_dtype
 from minidiff.backend import to_numpy, xp, xp_of
 
 
@@ -264,5 +264,6 @@ class Identity(Module):
 
 
 def new_array(shape, dtype):
-    """An uninitialised array on the current backend (init functions fill it)."""
-    return xp().empty(shape, dtype=np.float32 if dtype is None else dtype)
+    """An uninitialised array on the current backend (init functions fill it); dtype None means the
+    default float dtype (float32 unless minidiff.set_default_dtype changed it)."""
+    return xp().empty(shape, dtype=get_default_dtype() if dtype is None else dtype)
