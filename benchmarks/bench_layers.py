@@ -180,7 +180,8 @@ def main():
         limits.restore_original_limits()
     load = {"before": load_before, "after": os.getloadavg(), "note": "1/5/15-minute load averages; "
             "above the core count, other processes competed for the CPU during the run"}
-    path = write_result(args.name, {"dtype": "float32", "repeats": args.repeats, "threads": threads, "load_average": load,
+    path = write_result(args.name, {"dtype": "float32", "repeats": args.repeats, "threads": threads,
+                                    "load_average": load,
                                     "target": "forward+backward within 3x of PyTorch CPU", "layers": rows})
     print(f"wrote {path}")
 
