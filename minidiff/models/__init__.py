@@ -1,0 +1,28 @@
+"""Models trained by minidiff.train.Trainer: each has loss(batch, rng) -> (loss, metrics), name, hparams.
+
+    ae.py          MLP / conv autoencoder (+ denoising option) and nearest-neighbour retrieval
+    pca.py         PCA by SVD, the linear baseline; reconstruction error against latent size
+    vae.py         convolutional VAE (Gaussian or Bernoulli decoder, beta) and the conditional VAE
+    unet.py        the DDPM noise-prediction U-Net
+    ddpm.py        the DDPM: fused eps-loss training, VLB evaluation, DDPM / DDIM sampling
+    classifier.py  a digits classifier whose features score sample quality
+    base.py        the registry (name -> class) and what every model shares (figures, sampling to images)
+Derivations and architecture: docs/training.md.
+"""
+from minidiff import checkpoint
+from minidiff.models.base import REGISTRY, build, register
+
+
+def load(path, use_ema=True):
+    """(model in eval mode, checkpoint state) from a training checkpoint; the EMA weights if it has them."""
+    groups, state = checkpoint.load_checkpoint(path)
+    model = build(state["model"], state["hparams"])
+    model.load_state_dict(groups["params"])
+    if use_ema and groups["ema"]:
+        model.load_state_dict(groups["ema"], strict=False)
+    return model.eval(), state
+
+
+from minidiff.models import ae, classifier, ddpm, vae  # noqa: E402,F401  (importing a model module registers it)
+
+__all__ = ["REGISTRY", "build", "register", "load"]

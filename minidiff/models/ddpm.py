@@ -1,0 +1,111 @@
+"""The DDPM (Ho et al. 2020): a U-Net eps_theta trained with the fused eps-loss (docs/training.md §5).
+
+Training step (Algorithm 1), with the fused kernels of minidiff.kernels:
+    t ~ U{1..T}, eps ~ N(0, I)
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps        kernels.q_sample (fused, eq. F5)
+    L   = mean over B x D of (eps_hat(x_t, t) - eps)^2             ops.fused.eps_loss (squared noise units)
+Evaluation: the VLB of the test images in bits/dim by the full loop over t (diffusion.nll_bpd).
+Sampling: diffusion.ddpm_sample (fused reverse step) or ddim_sample, on a respaced chain if asked.
+"""
+import os
+
+import numpy as np
+
+import minidiff.kernels as kernels
+from minidiff import diffusion, nn, plots
+from minidiff.autograd import Tensor, no_grad
+from minidiff.backend import to_numpy, xp_of
+from minidiff.models.base import as_images, loss_figure, register
+from minidiff.models.unet import UNet
+from minidiff.ops.fused import eps_loss
+
+SCHEDULES = {"linear": diffusion.Schedule.linear, "cosine": diffusion.Schedule.cosine}
+
+
+@register
+class DDPM(nn.Module):
+    name = "ddpm"
+    TRAIN_DEFAULTS = dict(steps=1000, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.995)
+
+    def __init__(self, image_shape=(1, 8, 8), T=200, schedule="cosine", base_channels=32, channel_mults=(1, 2),
+                 num_res_blocks=1, attention_resolutions=(4,), dropout=0.1, eval_images=64, dtype=None):
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+        c, h, w = image_shape
+        if h != w:
+            raise ValueError(f"DDPM: square images only, got {h}x{w}")
+        self.hparams = {"image_shape": list(image_shape), "T": T, "schedule": schedule,
+                        "base_channels": base_channels, "channel_mults": list(channel_mults),
+                        "num_res_blocks": num_res_blocks, "attention_resolutions": list(attention_resolutions),
+                        "dropout": dropout, "eval_images": eval_images}
+        self.image_shape, self.T = tuple(image_shape), T
+        self.schedule = SCHEDULES[schedule](T)
+        self.unet = UNet(c, h, base_channels, tuple(channel_mults), num_res_blocks, tuple(attention_resolutions),
+                         dropout, dtype=dtype)
+
+    @classmethod
+    def default_hparams(cls, dataset):
+        return {"image_shape": dataset.image_shape}
+
+    def forward(self, x_t, t):
+        """eps_hat = eps_theta(x_t, t) (a Tensor)."""
+        return self.unet(x_t, t)
+
+    def loss(self, batch, rng):
+        """L_simple on a batch, through the fused q_sample and eps-loss kernels (squared noise units)."""
+        x0 = batch[0]
+        xp = xp_of(x0)
+        t = xp.asarray(rng.integers(1, self.T + 1, size=x0.shape[0]))
+        eps = rng.standard_normal(x0.shape, dtype=x0.dtype)
+        x_t = kernels.q_sample(x0, t, eps, self.schedule)
+        return eps_loss(self(Tensor(x_t), t), eps), {}
+
+    def eps_array(self, x_t, t):
+        """eps_theta on arrays, no graph: the `model(x_t, t)` callable the samplers and the VLB take."""
+        with no_grad():
+            return self(Tensor(x_t), t).data
+
+    def evaluate(self, x, y, rng):
+        """Test VLB in bits/dim (full loop over t) on the first `eval_images` images, and the test eps-loss."""
+        x = x[:self.hparams["eval_images"]]
+        vlb = diffusion.nll_bpd(self.eps_array, x, self.schedule, rng)
+        loss, _ = self.loss((x, y), rng)
+        return {"test_bits_per_dim": float(to_numpy(vlb["total_bpd"]).mean()),
+                "test_prior_bits_per_dim": float(to_numpy(vlb["prior_bpd"]).mean()),
+                "test_eps_loss": float(to_numpy(loss.data))}
+
+    def sample(self, n, rng, sampler="ddpm", steps=None, eta=0.0, return_trajectory=False, progress=False):
+        """n images (n, C, H, W) from x_T ~ N(0, I); sampler 'ddpm' (ancestral) or 'ddim' (eta), on K steps."""
+        self.eval()
+        shape = (n,) + self.image_shape
+        if sampler == "ddpm":
+            return diffusion.ddpm_sample(self.eps_array, shape, self.schedule, rng, steps=steps,
+                                         return_trajectory=return_trajectory, progress=progress)
+        if sampler == "ddim":
+            return diffusion.ddim_sample(self.eps_array, shape, self.schedule, rng, steps=steps, eta=eta,
+                                         return_trajectory=return_trajectory, progress=progress)
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+
+    def sample_images(self, n, rng, sampler="ddpm", steps=None, eta=0.0, label=None):
+        """n samples as a NumPy array in [-1, 1], (n, C, H, W)."""
+        return as_images(self.sample(n, rng, sampler, steps, eta))
+
+    # ------------------------------------------------------------ figures
+    def figures(self, out, dataset, trainer, rng):
+        """Samples, the forward-noising strip, the reverse trajectory, alpha_bar/SNR curves, the loss curve."""
+        paths = [loss_figure(trainer, out, "eps-loss (squared noise units)")] if trainer else []
+        x0, trajectory = self.sample(64, rng, return_trajectory=True)
+        paths.append(plots.save_sample_grid(as_images(x0), os.path.join(out, "samples.png"), nrow=8,
+                                            title=f"DDPM samples (T={self.T}, {self.hparams['schedule']})"))
+        keep = np.unique(np.linspace(0, self.T, 9).round().astype(int))     # trajectory[k] is x_{T-k}
+        paths.append(plots.save_trajectory([as_images(trajectory[k][:6]) for k in keep], [self.T - k for k in keep],
+                                           os.path.join(out, "reverse_process.png")))
+        paths.append(plots.save_forward_strip(dataset.x_test[:6], self.schedule, os.path.join(out, "forward_process.png"),
+                                              n_frames=9))
+        schedules = {name: make(self.T) for name, make in SCHEDULES.items()}
+        paths.append(plots.save_schedule_curves(schedules, os.path.join(out, "schedules.png")))
+        if trainer and trainer.evals:
+            curve = {"test VLB": ([e["step"] for e in trainer.evals], [e["test_bits_per_dim"] for e in trainer.evals])}
+            paths.append(plots.save_curves(curve, os.path.join(out, "test_bits_per_dim.png"), ylabel="bits/dim"))
+        return paths

@@ -1,0 +1,119 @@
+"""The DDPM noise-prediction U-Net eps_theta(x_t, t) (docs/training.md §5).
+
+    e     = MLP(sinusoidal(t))                                   time embedding, (B, 4C), in x's dtype
+    h     = Conv3x3(x_t)                                         (B, C, H, W)
+    down: per level l (channels C m_l): num_res_blocks ResBlocks (+ attention at the listed
+          resolutions), keep h as a skip, then a stride-2 Conv3x3 (all but the last level)
+    mid:  ResBlock, SelfAttention2d, ResBlock                    at the lowest resolution
+    up:   per level, last to first: concatenate the skip, ResBlocks (+ attention), then a
+          ConvTranspose2d(4x4, stride 2) up (all but the first level)
+    out   = Conv3x3(SiLU(GroupNorm(h)))                          zero-initialised, so eps_hat = 0 at start
+
+ResBlock(x, e) = skip(x) + Conv3x3(Dropout(SiLU(GN(Conv3x3(SiLU(GN(x))) + Linear(SiLU(e))))))
+with skip a 1x1 conv when the channel count changes (the DDPM / improved-diffusion block).
+GroupNorm uses gcd(groups, channels) groups, so any channel count works.
+"""
+import math
+
+
+from minidiff import nn, ops
+from minidiff.autograd import Tensor
+from minidiff.nn import init
+
+
+class ResBlock(nn.Module):
+    """Two GroupNorm -> SiLU -> Conv3x3 stages with the projected time embedding added in between."""
+
+    def __init__(self, c_in, c_out, emb_dim, dropout=0.0, groups=8, dtype=None):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(math.gcd(groups, c_in), c_in, dtype=dtype)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, dtype=dtype)
+        self.emb = nn.Linear(emb_dim, c_out, dtype=dtype)
+        self.norm2 = nn.GroupNorm(math.gcd(groups, c_out), c_out, dtype=dtype)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, dtype=dtype)
+        self.skip = nn.Conv2d(c_in, c_out, 1, dtype=dtype) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, e):
+        B = x.shape[0]
+        h = self.conv1(ops.silu(self.norm1(x)))                            # (B, c_out, H, W)
+        h = ops.add(h, ops.reshape(self.emb(ops.silu(e)), (B, -1, 1, 1)))  # + time embedding per channel
+        h = self.conv2(self.dropout(ops.silu(self.norm2(h))))
+        return ops.add(self.skip(x), h)
+
+
+class Level(nn.Module):
+    """ResBlocks of one resolution, each optionally followed by self-attention."""
+
+    def __init__(self, c_in, c_out, n_blocks, emb_dim, attention, dropout, groups, heads, dtype):
+        super().__init__()
+        self.blocks = nn.ModuleList([ResBlock(c_in if i == 0 else c_out, c_out, emb_dim, dropout, groups, dtype)
+                                     for i in range(n_blocks)])
+        self.attn = nn.ModuleList([nn.SelfAttention2d(c_out, heads, math.gcd(groups, c_out), dtype=dtype)
+                                   for _ in range(n_blocks)]) if attention else None
+
+    def forward(self, h, e):
+        for i, block in enumerate(self.blocks):
+            h = block(h, e)
+            if self.attn is not None:
+                h = self.attn[i](h)
+        return h
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t): (B, C_img, H, W), (B,) -> (B, C_img, H, W). H, W divisible by 2^(levels-1)."""
+
+    def __init__(self, in_channels=1, image_size=8, base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(4,), dropout=0.1, groups=8, heads=1, dtype=None):
+        super().__init__()
+        self.in_channels, self.image_size = in_channels, image_size
+        if image_size % 2 ** (len(channel_mults) - 1):
+            raise ValueError(f"UNet: image size {image_size} must be divisible by 2^{len(channel_mults) - 1} "
+                             f"for {len(channel_mults)} levels")
+        C, emb = base_channels, 4 * base_channels
+        self.base_channels = C
+        self.time_embedding = nn.Sequential(nn.Linear(C, emb, dtype=dtype), nn.SiLU(), nn.Linear(emb, emb, dtype=dtype))
+        self.conv_in = nn.Conv2d(in_channels, C, 3, padding=1, dtype=dtype)
+        chans = [C * m for m in channel_mults]
+        sizes = [image_size // 2 ** i for i in range(len(chans))]
+        args = dict(emb_dim=emb, dropout=dropout, groups=groups, heads=heads, dtype=dtype)
+        self.down = nn.ModuleList([Level(C if i == 0 else chans[i - 1], c, num_res_blocks,
+                                         attention=sizes[i] in attention_resolutions, **args)
+                                   for i, c in enumerate(chans)])
+        self.downsample = nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1, dtype=dtype) for c in chans[:-1]])
+        self.mid1 = ResBlock(chans[-1], chans[-1], emb, dropout, groups, dtype)
+        self.mid_attn = nn.SelfAttention2d(chans[-1], heads, math.gcd(groups, chans[-1]), dtype=dtype)
+        self.mid2 = ResBlock(chans[-1], chans[-1], emb, dropout, groups, dtype)
+        ups = []
+        for i in reversed(range(len(chans))):
+            c_in = (chans[-1] if i == len(chans) - 1 else chans[i + 1]) + chans[i]  # h + skip
+            ups.append(Level(c_in, chans[i], num_res_blocks, attention=sizes[i] in attention_resolutions, **args))
+        self.up = nn.ModuleList(ups)
+        self.upsample = nn.ModuleList([nn.ConvTranspose2d(c, c, 4, stride=2, padding=1, dtype=dtype)
+                                       for c in reversed(chans[1:])])
+        self.norm_out = nn.GroupNorm(math.gcd(groups, C), C, dtype=dtype)
+        self.conv_out = nn.Conv2d(C, in_channels, 3, padding=1, dtype=dtype)
+        init.zeros_(self.conv_out.weight)
+        init.zeros_(self.conv_out.bias)
+
+    def forward(self, x, t):
+        if len(x.shape) != 4 or x.shape[1] != self.in_channels or x.shape[2] % 2 ** (len(self.down) - 1):
+            raise ValueError(f"UNet: input shape {tuple(x.shape)} must be (B, {self.in_channels}, H, W) with H, W "
+                             f"divisible by {2 ** (len(self.down) - 1)}")
+        if len(t.shape) != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(f"UNet: timesteps shape {tuple(t.shape)} must be ({x.shape[0]},)")
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        t = t.data if isinstance(t, Tensor) else t
+        e = self.time_embedding(Tensor(nn.sinusoidal_embedding(t, self.base_channels, dtype=x.dtype)))  # (B, 4C)
+        h, skips = self.conv_in(x), []
+        for i, level in enumerate(self.down):
+            h = level(h, e)
+            skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+        h = self.mid2(self.mid_attn(self.mid1(h, e)), e)
+        for k, level in enumerate(self.up):
+            h = level(ops.cat([h, skips.pop()], axis=1), e)
+            if k < len(self.upsample):
+                h = self.upsample[k](h)
+        return self.conv_out(ops.silu(self.norm_out(h)))

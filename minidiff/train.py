@@ -1,0 +1,246 @@
+"""One Trainer for every model (docs/training.md §3).
+
+A model is a minidiff.nn.Module with
+    loss(batch, rng) -> (loss, metrics)      batch = (x, y) arrays on the backend; loss a scalar Tensor
+    evaluate(x, y, rng) -> {name: float}     held-out metrics (optional)
+    name, hparams                            how checkpoints rebuild it (minidiff.models.build)
+The Trainer runs Adam or AdamW with linear warm-up and cosine decay of the learning rate, global
+gradient-norm clipping, an EMA of the weights (evaluation and sampling use the EMA copy), a tqdm bar
+showing the loss, held-out evaluation every `eval_every` steps, checkpoints every
+`checkpoint_every` steps and at the end, and resume.
+
+Determinism: before step k it calls manual_seed(step_seed(seed, k)); the batch (data.BatchStream),
+the loss's noise and every dropout mask are then functions of (seed, k) alone, so a run resumed
+from a checkpoint at step k repeats the uninterrupted run bit for bit (on NumPy).
+A loss or gradient norm that is NaN or Inf stops training with TrainingDiverged; nothing is
+saved after that point, so the last checkpoint on disk is the last good one.
+"""
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+
+from minidiff import checkpoint, optim
+from minidiff.autograd import no_grad
+from minidiff.backend import default_rng, get_backend, manual_seed, to_numpy, xp
+from minidiff.data import BatchStream
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or Inf."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
+    optimizer: str = "adam"          # "adam" | "adamw"
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1         # cosine decay ends at lr * min_lr_ratio
+    grad_clip: float = 1.0            # max global gradient norm (0: off)
+    ema_decay: float = 0.995          # 0: no EMA; warmed up as min(decay, (1 + k) / (10 + k))
+    eval_every: int = 0               # 0: only at the end
+    checkpoint_every: int = 500       # 0: only at the end
+    log_every: int = 0                # print a loss line every N steps (0: ten lines per run)
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"need steps >= 0, batch_size >= 1 and lr > 0; got {self.steps}, "
+                             f"{self.batch_size}, {self.lr}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+
+
+def step_seed(seed, step):
+    """The 63-bit seed of training step `step` of a run seeded `seed`."""
+    return int(np.random.SeedSequence([int(seed), int(step)]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class Trainer:
+    """Trains `model` on arrays x_train (N, ...) and labels y_train (N,); writes checkpoints to `out_dir`."""
+
+    CHECKPOINT = "model.safetensors"
+
+    def __init__(self, model, config, x_train, y_train, x_eval=None, y_eval=None, out_dir=None, meta=None):
+        self.model, self.config, self.out_dir = model, config, out_dir
+        self.meta = dict(meta or {})  # JSON-able facts saved with every checkpoint (e.g. the data set)
+        self.x_train, self.y_train = np.asarray(x_train), np.asarray(y_train)
+        self.x_eval, self.y_eval = x_eval, y_eval
+        self.stream = BatchStream(len(self.x_train), config.batch_size, config.seed)
+        params = list(model.parameters())
+        opt_cls = optim.AdamW if config.optimizer == "adamw" else optim.Adam
+        self.optimizer = opt_cls(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.lr_schedule = optim.WarmupCosine(config.lr, min(config.warmup_steps, config.steps),
+                                              max(config.steps, 1), config.lr * config.min_lr_ratio)
+        self.ema = optim.EMA(model, config.ema_decay) if config.ema_decay > 0 else None
+        self.step = 0
+        self.history = {"step": [], "loss": [], "lr": [], "grad_norm": []}
+        self.evals = []          # [{"step": k, name: value, ...}]
+        self.last_checkpoint = None
+
+    # ------------------------------------------------------------ one update
+    def batch(self, step):
+        idx = self.stream.indices(step)
+        return xp().asarray(self.x_train[idx]), xp().asarray(self.y_train[idx])
+
+    def train_step(self):
+        """One optimiser update at self.step; returns (loss value, metrics)."""
+        k = self.step
+        manual_seed(step_seed(self.config.seed, k))
+        rng = default_rng()
+        self.model.train()
+        lr = self.lr_schedule.apply(self.optimizer, k)
+        loss, metrics = self.model.loss(self.batch(k), rng)
+        value = float(to_numpy(loss.data))
+        self._guard("loss", value)
+        self.optimizer.zero_grad()
+        loss.backward()
+        params = self.optimizer.params
+        grad_norm = optim.clip_grad_norm(params, self.config.grad_clip) if self.config.grad_clip else \
+            optim.clip_grad_norm(params, math.inf)
+        self._guard("gradient norm", grad_norm)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.decay = min(self.config.ema_decay, (1 + k) / (10 + k))
+            self.ema.update(self.model)
+        self.step = k + 1
+        for key, v in (("step", self.step), ("loss", value), ("lr", lr), ("grad_norm", grad_norm), *metrics.items()):
+            self.history.setdefault(key, []).append(float(v))
+        return value, metrics
+
+    def _guard(self, what, value):
+        if not math.isfinite(value):
+            last = (f"the last good checkpoint is {self.last_checkpoint!r} (step {self._last_saved_step})"
+                    if self.last_checkpoint else "no checkpoint was written yet")
+            raise TrainingDiverged(f"training stopped: the {what} is {value} at step {self.step} "
+                                   f"(lr {self.optimizer.lr:.3g}); nothing was saved after it and {last}. "
+                                   "Lower --lr or raise the gradient clipping.")
+
+    # ------------------------------------------------------------ the loop
+    def fit(self):
+        """Train until config.steps; evaluates and checkpoints on schedule. Returns self."""
+        cfg = self.config
+        bar = _progress(self.step, cfg.steps, cfg.progress, type(self.model).__name__)
+        while self.step < cfg.steps:
+            value, _ = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            if self.step % (cfg.log_every or max(1, cfg.steps // 10)) == 0:
+                self.log(bar)
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                bar.write(f"step {self.step:>6}  held-out: " + _format(self.evaluate()))
+            if self.out_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
+                    and self.step < cfg.steps:
+                self.save()
+        bar.close()
+        if hasattr(self.model, "on_fit_end"):  # e.g. the AE fits a Gaussian to its training codes
+            with self.averaged_weights(), no_grad():
+                self.model.eval()
+                self.model.on_fit_end(self.x_train)
+        if self.x_eval is not None and hasattr(self.model, "evaluate"):
+            bar.write(f"step {self.step:>6}  held-out: " + _format(self.evaluate()))
+        if self.out_dir:
+            self.save()
+        return self
+
+    def log(self, bar):
+        """One line: step, the mean loss since the last line, the learning rate."""
+        every = self.config.log_every or max(1, self.config.steps // 10)
+        recent = self.history["loss"][-every:]
+        bar.write(f"step {self.step:>6}/{self.config.steps}  loss {np.mean(recent):.5f} (mean of last "
+                  f"{len(recent)})  lr {self.history['lr'][-1]:.2e}")
+
+    def evaluate(self):
+        """Held-out metrics with the EMA weights, a fixed eval noise seed; appended to self.evals."""
+        if self.x_eval is None or not hasattr(self.model, "evaluate"):
+            return {}
+        with self.averaged_weights(), no_grad():
+            self.model.eval()
+            result = self.model.evaluate(xp().asarray(self.x_eval), xp().asarray(self.y_eval),
+                                         default_rng(seed=(self.config.seed, 2 ** 31)))
+        result = {"step": self.step, **{k: float(v) for k, v in result.items()}}
+        if self.evals and self.evals[-1]["step"] == self.step:
+            self.evals[-1] = result
+        else:
+            self.evals.append(result)
+        return result
+
+    def averaged_weights(self):
+        """Context manager: the model carries the EMA weights inside, its own weights after."""
+        return _SwapWeights(self.model, self.ema)
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_path(self):
+        if self.out_dir is None:
+            raise ValueError("this Trainer has no out_dir to write checkpoints to")
+        return os.path.join(self.out_dir, self.CHECKPOINT)
+
+    def state(self):
+        return {**self.meta, "model": self.model.name, "hparams": self.model.hparams, "step": self.step,
+                "train_config": dataclasses.asdict(self.config), "backend": get_backend(),
+                "optimizer": {"step": self.optimizer.step_count, "lr": self.optimizer.lr},
+                "ema_num_updates": self.ema.num_updates if self.ema else 0,
+                "history": self.history, "evals": self.evals}
+
+    def save(self, path=None):
+        path = path or self.checkpoint_path()
+        opt_arrays = {k: v for k, v in self.optimizer.state_dict().items() if k not in ("step", "lr")}
+        checkpoint.save_checkpoint(path, self.model.state_dict(), self.state(),
+                                   ema=self.ema.state_dict() if self.ema else None, optim=opt_arrays)
+        self.last_checkpoint, self._last_saved_step = path, self.step
+        return path
+
+    def resume(self, path=None):
+        """Restore weights, EMA, optimiser, step, history from a checkpoint of the same model."""
+        path = path or self.checkpoint_path()
+        groups, state = checkpoint.load_checkpoint(path)
+        if state.get("model") != self.model.name or state.get("hparams") != _as_json(self.model.hparams):
+            raise checkpoint.CheckpointError(
+                f"{path} holds model {state.get('model')!r} with {state.get('hparams')}, not "
+                f"{self.model.name!r} with {self.model.hparams}")
+        self.model.load_state_dict(groups["params"])
+        self.optimizer.load_state_dict({**groups["optim"], **state["optimizer"]})
+        if self.ema is not None:
+            self.ema.load_state_dict(groups["ema"])
+            self.ema.num_updates = state["ema_num_updates"]
+        self.step, self.history, self.evals = state["step"], state["history"], state["evals"]
+        self.last_checkpoint, self._last_saved_step = path, self.step
+        return self
+
+
+class _SwapWeights:
+    """Parameters only are swapped; buffers written inside the block (fitted statistics) stay."""
+
+    def __init__(self, model, ema):
+        self.model, self.ema, self.saved = model, ema, None
+
+    def __enter__(self):
+        if self.ema is not None:
+            self.saved = {name: p.data.copy() for name, p in self.model.named_parameters()}
+            self.ema.copy_to(self.model)
+        return self.model
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.model.load_state_dict(self.saved, strict=False)
+
+
+def _format(metrics):
+    return "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step")
+
+
+def _as_json(value):
+    """value as it reads back from a checkpoint's JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _progress(start, total, enabled, name):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=start, disable=not enabled, desc=f"train {name}", dynamic_ncols=True,
+                mininterval=0.5)
