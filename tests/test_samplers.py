@@ -11,7 +11,7 @@ from scipy.special import logsumexp
 
 from minidiff.backend import default_rng
 from minidiff.diffusion import (EmpiricalDenoiser, GaussianDataOracle, Schedule, ddim_sample, ddpm_sample,
-                                p_mean_variance, spaced_timesteps)
+                                nll_bpd_importance, p_mean_variance, prior_bpd, spaced_timesteps, vb_terms_bpd)
 from tests.strategies_diffusion import batch_shapes, schedules, seeds
 
 
@@ -219,3 +219,29 @@ def test_g2_ddpm_with_the_empirical_denoiser_returns_copies_of_training_points(t
                     impl="numpy")  # small arrays: the NumPy reference step has the least per-call overhead
     nearest = np.sqrt(((x[:, None, :] - train[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
     assert np.all(nearest < 1e-6)
+
+
+@pytest.mark.gpu
+def test_samplers_and_bound_run_on_cupy_and_match_numpy():
+    cp = pytest.importorskip("cupy")
+    s = Schedule.cosine(30)
+    oracle = GaussianDataOracle(np.array([0.1, -0.2]), 0.5, s)
+    rng = np.random.default_rng(0)
+    x_T, noise = rng.standard_normal((8, 2)), rng.standard_normal((30, 8, 2))
+    for sampler in (ddpm_sample, ddim_sample):
+        host = sampler(oracle, (8, 2), s, x_T=x_T, noise=noise, dtype=np.float64)
+        device = sampler(oracle, (8, 2), s, x_T=cp.asarray(x_T), noise=cp.asarray(noise), dtype=np.float64)
+        assert isinstance(device, cp.ndarray)
+        np.testing.assert_allclose(cp.asnumpy(device), host, rtol=1e-9, atol=1e-12)
+    drawn = ddpm_sample(oracle, (8, 2), s, rng=default_rng(1, backend="cupy"), steps=7)
+    assert isinstance(drawn, cp.ndarray) and drawn.dtype == np.float32
+    x0 = np.round((np.clip(rng.normal(size=(8, 2)), -1, 1) + 1) * 127.5) / 127.5 - 1
+    t = np.arange(1, 9)
+    eps = rng.standard_normal((8, 2))
+    x_t = np.sqrt(s.alpha_bars[t])[:, None] * x0 + np.sqrt(1 - s.alpha_bars[t])[:, None] * eps
+    host = vb_terms_bpd(x0, x_t, t, oracle(x_t, t), s)
+    device = vb_terms_bpd(cp.asarray(x0), cp.asarray(x_t), cp.asarray(t), oracle(cp.asarray(x_t), cp.asarray(t)), s)
+    np.testing.assert_allclose(cp.asnumpy(device), host, rtol=1e-9)
+    np.testing.assert_allclose(cp.asnumpy(prior_bpd(cp.asarray(x0), s)), prior_bpd(x0, s), rtol=1e-12)
+    estimate = nll_bpd_importance(oracle, cp.asarray(x0), s, default_rng(2, backend="cupy"))
+    assert isinstance(estimate, cp.ndarray) and estimate.shape == (8,)
