@@ -25,7 +25,7 @@ SCHEDULES = {"linear": diffusion.Schedule.linear, "cosine": diffusion.Schedule.c
 @register
 class DDPM(nn.Module):
     name = "ddpm"
-    TRAIN_DEFAULTS = dict(steps=1000, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.995)
+    TRAIN_DEFAULTS = dict(steps=1500, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.995)
 
     def __init__(self, image_shape=(1, 8, 8), T=200, schedule="cosine", base_channels=32, channel_mults=(1, 2),
                  num_res_blocks=1, attention_resolutions=(4,), dropout=0.1, eval_images=64, dtype=None):
