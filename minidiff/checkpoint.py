@@ -1,4 +1,4 @@
-"""Checkpoints in the safetensors format, written atomically, never pickled (docs/training.md §4).
+"""Checkpoints in the safetensors format, written atomically, never pickled (docs/training.md §9).
 
 File layout (the public safetensors format, written here by hand):
 
@@ -125,6 +125,7 @@ def atomic_write_bytes(path, payload):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -140,6 +141,12 @@ def atomic_write_bytes(path, payload):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_file(path, tensors, metadata=None):

@@ -84,11 +84,11 @@ def _common(p):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    if args.backend:
-        backend.set_backend(args.backend)
     try:
+        if args.backend:
+            backend.set_backend(args.backend)
         return {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
-    except (TrainingDiverged, ValueError, FileNotFoundError) as e:
+    except (TrainingDiverged, backend.BackendError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

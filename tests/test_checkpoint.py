@@ -119,3 +119,12 @@ def test_load_errors(tmp_path):
         checkpoint.encode({"c": np.ones(2, complex)})
     with pytest.raises(TypeError, match="strings to strings"):
         checkpoint.encode({"a": np.ones(1)}, {"step": 3})
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        checkpoint.save_file(tmp_path / "m.safetensors", {"a": np.ones(1)})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from minidiff import checkpoint
+from minidiff import backend, checkpoint
 from minidiff.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -98,6 +98,9 @@ def test_user_errors_are_clear(tmp_path, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "gan"])
+    if not backend.cupy_available():
+        assert main(["train", "ddpm", "--backend", "cupy", "--steps", "1", "--out", str(tmp_path / "c")]) == 1
+        assert "backend 'cupy' requested" in capsys.readouterr().err
 
 
 def test_plot_schedules(tmp_path):

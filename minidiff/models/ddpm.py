@@ -105,7 +105,7 @@ class DDPM(nn.Module):
                                               n_frames=9))
         schedules = {name: make(self.T) for name, make in SCHEDULES.items()}
         paths.append(plots.save_schedule_curves(schedules, os.path.join(out, "schedules.png")))
-        if trainer and trainer.evals:
+        if trainer and len(trainer.evals) > 1:
             curve = {"test VLB": ([e["step"] for e in trainer.evals], [e["test_bits_per_dim"] for e in trainer.evals])}
             paths.append(plots.save_curves(curve, os.path.join(out, "test_bits_per_dim.png"), ylabel="bits/dim"))
         return paths
