@@ -60,18 +60,22 @@ def save_sample_grid(images, path, nrow=None, title=None):
 
 
 def save_strip(frames, labels, path, title=None):
-    """Rows = samples, columns = frames: frames is a list of (N, C, H, W) arrays, one per label."""
+    """Rows = samples, columns = frames: frames is a list of (N, C, H, W) arrays, one per label.
+
+    Drawn as one tiled image (one imshow), with the labels as column ticks.
+    """
     columns = [to_numpy(f) for f in frames]
-    n = columns[0].shape[0]
-    fig = _figure(0.9 * len(columns) + 0.4, 0.9 * n + 0.4)
-    for j, (frame, label) in enumerate(zip(columns, labels)):
-        for i in range(n):
-            ax = fig.add_subplot(n, len(columns), i * len(columns) + j + 1)
-            _show(ax, image_grid(frame[i:i + 1], nrow=1))
-            if i == 0:
-                ax.set_title(str(label), fontsize=8)
+    n, (h, w) = columns[0].shape[0], columns[0].shape[-2:]
+    stacked = np.stack(columns, axis=1).reshape((-1,) + columns[0].shape[1:])   # row-major: sample, frame
+    grid = image_grid(stacked, nrow=len(columns))
+    fig = _figure(0.75 * len(columns) + 0.6, 0.75 * n + 0.6)
+    ax = fig.add_subplot()
+    _show(ax, grid)
+    ax.set_xticks([(w + 1) * j + (w - 1) / 2 for j in range(len(columns))])
+    ax.set_xticklabels([str(label) for label in labels], fontsize=8)
+    ax.xaxis.tick_top()
     if title:
-        fig.suptitle(title, fontsize=9)
+        ax.set_title(title, fontsize=9, pad=22)
     return _save(fig, path)
 
 

@@ -60,13 +60,16 @@ def test_sample_writes_npy_and_png(ddpm_run):
     assert _is_png(cwd / "s" / "x.png")
 
 
-def test_resume_continues_the_run(ddpm_run):
-    cwd, _ = ddpm_run
-    done = _run("train", "ddpm", "--out", "runs/ddpm", "--steps", "5", "--resume", "--no-progress", cwd=cwd)
+def test_resume_continues_the_run(tmp_path):
+    tiny = ["--set", "T=10", "--set", "base_channels=8", "--set", "eval_images=4", "--no-progress"]
+    first = _run("train", "ddpm", "--out", "runs/tiny", "--steps", "5", "--checkpoint-every", "3", *tiny,
+                 cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    done = _run("train", "ddpm", "--out", "runs/tiny", "--steps", "7", "--resume", *tiny, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resumed" in done.stdout and "at step 3" in done.stdout
-    metrics = json.loads((cwd / "runs" / "ddpm" / "metrics.json").read_text())
-    assert metrics["steps"] == 5
+    assert "resumed" in done.stdout and "at step 5" in done.stdout
+    metrics = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
+    assert metrics["steps"] == 7 and len(metrics["evals"]) == 2  # one evaluation per session, both kept
 
 
 def test_classifier_vae_cvae_ae_and_eval_with_sample_quality(tmp_path, capsys):

@@ -103,9 +103,19 @@ class DDPM(nn.Module):
                                            os.path.join(out, "reverse_process.png")))
         paths.append(plots.save_forward_strip(dataset.x_test[:6], self.schedule, os.path.join(out, "forward_process.png"),
                                               n_frames=9))
-        schedules = {name: make(self.T) for name, make in SCHEDULES.items()}
-        paths.append(plots.save_schedule_curves(schedules, os.path.join(out, "schedules.png")))
+        paths.append(plots.save_schedule_curves(schedules_at(self.T), os.path.join(out, "schedules.png")))
         if trainer and len(trainer.evals) > 1:
             curve = {"test VLB": ([e["step"] for e in trainer.evals], [e["test_bits_per_dim"] for e in trainer.evals])}
             paths.append(plots.save_curves(curve, os.path.join(out, "test_bits_per_dim.png"), ylabel="bits/dim"))
         return paths
+
+
+def schedules_at(T):
+    """Every named schedule that exists at this T (the linear one needs T > 20, see Schedule.linear)."""
+    out = {}
+    for name, make in SCHEDULES.items():
+        try:
+            out[name] = make(T)
+        except ValueError:
+            continue
+    return out
