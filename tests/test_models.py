@@ -243,3 +243,14 @@ def test_nearest_neighbours_equal_brute_force(seed, n, d, k):
     np.testing.assert_allclose(np.take_along_axis(dist, idx, 1), np.sort(dist, axis=1)[:, :k], rtol=1e-9)
     labels = rng.integers(0, 3, n)
     assert retrieval_precision(db, labels, db, labels, k=1) == 1.0  # every point finds itself
+
+
+def test_recon_vs_latent_writes_the_figure_and_its_numbers(tmp_path):
+    import json
+    from minidiff.models.pca import recon_vs_latent_figure
+    path = recon_vs_latent_figure(str(tmp_path / "r.png"), sizes=(1, 3), steps=3)
+    numbers = json.loads((tmp_path / "r.json").read_text())
+    assert set(numbers) == {"PCA", "AE (MLP)", "VAE (conv)"} and set(numbers["PCA"]) == {"1", "3"}
+    assert numbers["PCA"]["3"] < numbers["PCA"]["1"]
+    with open(path, "rb") as f:
+        assert f.read(4) == b"\x89PNG"

@@ -4,6 +4,9 @@ With centred data X - m = U S V^T (rows are images), the best rank-d linear code
 is z = (x - m) V_d and x_hat = m + z V_d^T (Eckart-Young): an AE whose encoder and decoder are
 tied linear maps. Its test error against d is the baseline the AE and VAE curves are drawn beside.
 """
+import json
+import os
+
 import numpy as np
 
 from minidiff import data, plots
@@ -73,6 +76,10 @@ def recon_vs_latent(sizes=(2, 4, 8, 16, 32), steps=600, seed=0, progress=False):
 
 
 def recon_vs_latent_figure(path, sizes=(2, 4, 8, 16, 32), steps=600, seed=0, progress=False):
-    """The recon-error-vs-latent-size plot (PCA, AE, VAE on the digits test split); returns the path."""
-    return plots.save_recon_vs_latent(recon_vs_latent(sizes, steps, seed, progress), path)
+    """The recon-error-vs-latent-size plot (PCA, AE, VAE on the digits test split) and its numbers
+    as JSON beside it (same name, .json); returns the figure's path."""
+    results = recon_vs_latent(sizes, steps, seed, progress)
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump({name: dict(zip(map(str, s), e)) for name, (s, e) in results.items()}, f, indent=2)
+    return plots.save_recon_vs_latent(results, path)
 
