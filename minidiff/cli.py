@@ -175,7 +175,8 @@ def cmd_sample(args):
         raise ValueError(f"--out must name a .npy file, got {args.out!r}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.save(args.out, images)
-    png = plots.save_sample_grid(images, args.out[:-4] + ".png", title=f"{model.name} samples")
+    png = plots.save_sample_grid(images, args.out[:-4] + ".png", title=f"{model.name} samples" + (
+        f" ({args.sampler}, {args.steps or 'all'} steps)" if model.name == "ddpm" else ""))
     print(f"wrote {args.out} {images.shape} in [{images.min():.2f}, {images.max():.2f}] and {png}")
     return 0
 

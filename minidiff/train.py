@@ -133,7 +133,7 @@ class Trainer:
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             if self.step % (cfg.log_every or max(1, cfg.steps // 10)) == 0:
                 self.log(bar)
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps and self._can_evaluate():
                 bar.write(f"step {self.step:>6}  held-out: " + _format(self.evaluate()))
             if self.out_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
                     and self.step < cfg.steps:
@@ -143,7 +143,7 @@ class Trainer:
             with self.averaged_weights(), no_grad():
                 self.model.eval()
                 self.model.on_fit_end(self.x_train)
-        if self.x_eval is not None and hasattr(self.model, "evaluate"):
+        if self._can_evaluate():
             bar.write(f"step {self.step:>6}  held-out: " + _format(self.evaluate()))
         if self.out_dir:
             self.save()
@@ -156,9 +156,12 @@ class Trainer:
         bar.write(f"step {self.step:>6}/{self.config.steps}  loss {np.mean(recent):.5f} (mean of last "
                   f"{len(recent)})  lr {self.history['lr'][-1]:.2e}")
 
+    def _can_evaluate(self):
+        return self.x_eval is not None and hasattr(self.model, "evaluate")
+
     def evaluate(self):
         """Held-out metrics with the EMA weights, a fixed eval noise seed; appended to self.evals."""
-        if self.x_eval is None or not hasattr(self.model, "evaluate"):
+        if not self._can_evaluate():
             return {}
         with self.averaged_weights(), no_grad():
             self.model.eval()

@@ -113,6 +113,8 @@ def test_ddpm_sample_and_evaluate_shapes():
     for sampler, steps in (("ddpm", None), ("ddim", 4)):
         images = model.sample_images(5, rng, sampler=sampler, steps=steps)
         assert images.shape == (5, 1, 4, 4) and np.all(np.abs(images) <= 1)
+        raw = model.sample(5, rng, sampler=sampler, steps=steps)  # the last step returns the clipped x0_hat
+        assert np.abs(raw).max() <= 1 + 1e-6
     x = np.random.default_rng(1).uniform(-1, 1, (4, 1, 4, 4)).astype(np.float32)
     result = model.evaluate(x, None, np.random.default_rng(2))
     assert result["test_bits_per_dim"] > 0 and np.isfinite(result["test_eps_loss"])

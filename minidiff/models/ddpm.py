@@ -75,16 +75,23 @@ class DDPM(nn.Module):
                 "test_prior_bits_per_dim": float(to_numpy(vlb["prior_bpd"]).mean()),
                 "test_eps_loss": float(to_numpy(loss.data))}
 
-    def sample(self, n, rng, sampler="ddpm", steps=None, eta=0.0, return_trajectory=False, progress=False):
-        """n images (n, C, H, W) from x_T ~ N(0, I); sampler 'ddpm' (ancestral) or 'ddim' (eta), on K steps."""
+    def sample(self, n, rng, sampler="ddpm", steps=None, eta=0.0, clip_x0=True, return_trajectory=False,
+               progress=False):
+        """n images (n, C, H, W) from x_T ~ N(0, I); sampler 'ddpm' (ancestral) or 'ddim' (eta), on K steps.
+
+        clip_x0 clips the predicted x_0 to the data range [-1, 1] at every step. DDIM (eta = 0) needs
+        it here: the cosine schedule's last step has beta_T = 0.999, so x0_hat = (x_T - sqrt(1 - alpha_bar_T)
+        eps_hat) / sqrt(alpha_bar_T) multiplies the error of eps_hat by about 1/sqrt(alpha_bar_T), and
+        without fresh noise DDIM never washes it out (docs/training.md §5).
+        """
         self.eval()
         shape = (n,) + self.image_shape
         if sampler == "ddpm":
-            return diffusion.ddpm_sample(self.eps_array, shape, self.schedule, rng, steps=steps,
+            return diffusion.ddpm_sample(self.eps_array, shape, self.schedule, rng, steps=steps, clip_x0=clip_x0,
                                          return_trajectory=return_trajectory, progress=progress)
         if sampler == "ddim":
             return diffusion.ddim_sample(self.eps_array, shape, self.schedule, rng, steps=steps, eta=eta,
-                                         return_trajectory=return_trajectory, progress=progress)
+                                         clip_x0=clip_x0, return_trajectory=return_trajectory, progress=progress)
         raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
 
     def sample_images(self, n, rng, sampler="ddpm", steps=None, eta=0.0, label=None):

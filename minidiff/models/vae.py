@@ -27,7 +27,7 @@ from minidiff.models.classifier import one_hot
 @register
 class VAE(nn.Module):
     name = "vae"
-    TRAIN_DEFAULTS = dict(steps=3000, batch_size=128, lr=2e-3, warmup_steps=100, ema_decay=0.995, eval_every=500)
+    TRAIN_DEFAULTS = dict(steps=1500, batch_size=128, lr=2e-3, warmup_steps=100, ema_decay=0.995, eval_every=250)
 
     def __init__(self, image_shape=(1, 8, 8), latent_dim=8, channels=32, likelihood="gaussian", beta=1.0,
                  num_classes=0, iw_samples=50, dtype=None):
