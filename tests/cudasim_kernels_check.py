@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 import minidiff.kernels as K
 from minidiff.kernels import numba_cuda
 from tests.kernel_checks import check_all
-from tests.strategies_kernels import Schedule, problems
+from tests.strategies_kernels import Schedule, unscaled_linear, problems
 
 pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
                                 reason="run by test_kernels_cudasim.py with NUMBA_ENABLE_CUDASIM=1")
@@ -57,4 +57,4 @@ def test_numba_cuda_philox_noise_is_the_reference_bit_for_bit(p, seed, offset):
 def test_auto_stays_on_numba_for_host_arrays():
     assert "numba_cuda" in K.available()
     x, t = np.zeros((1, 2)), np.array([1])
-    np.testing.assert_array_equal(K.q_sample(x, t, x, Schedule.linear(5)), x)
+    np.testing.assert_array_equal(K.q_sample(x, t, x, unscaled_linear(5)), x)

@@ -10,33 +10,14 @@ from hypothesis import strategies as st
 
 from minidiff.kernels.numba_cpu import CHUNK
 
-try:  # TEMPORARY until minidiff.diffusion.Schedule lands (then this block goes)
-    from minidiff.diffusion import Schedule
-except ImportError:
-    class Schedule:
-        def __init__(self, betas):
-            b = np.concatenate([[0.0], np.asarray(betas, dtype=np.float64)])
-            self.T, self.betas, self.alphas = len(b) - 1, b, 1.0 - b
-            self.alpha_bars = np.cumprod(self.alphas)
-            self.alpha_bars_prev = np.concatenate([[1.0], self.alpha_bars[:-1]])
-            self.sqrt_alpha_bars = np.sqrt(self.alpha_bars)
-            self.sqrt_one_minus_alpha_bars = np.sqrt(1.0 - self.alpha_bars)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                one_m = 1.0 - self.alpha_bars
-                self.posterior_variance = np.nan_to_num(b * (1.0 - self.alpha_bars_prev) / one_m)
-                self.posterior_mean_coef1 = np.nan_to_num(b * np.sqrt(self.alpha_bars_prev) / one_m)
-                self.posterior_mean_coef2 = np.nan_to_num((1.0 - self.alpha_bars_prev) * np.sqrt(self.alphas) / one_m)
-
-        @classmethod
-        def linear(cls, T, beta_start=1e-4, beta_end=0.02):
-            return cls(np.linspace(beta_start, beta_end, T))
-
-        @classmethod
-        def cosine(cls, T, s=0.008, max_beta=0.999):
-            f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2) ** 2
-            return cls(np.minimum(1 - f[1:] / f[:-1], max_beta))
+from minidiff.diffusion import Schedule
 
 DTYPES = (np.float32, np.float64)
+
+
+def unscaled_linear(T):
+    """beta_t evenly from 1e-4 to 0.02 over any T (no 1000/T scaling), for tiny fixed schedules."""
+    return Schedule(np.linspace(1e-4, 0.02, T))
 
 
 def tolerance(dtype):
@@ -45,10 +26,14 @@ def tolerance(dtype):
 
 @st.composite
 def schedules(draw, max_T=1000):
-    """A linear or cosine Schedule with T in 1..max_T (T = 1 and T = max_T included)."""
+    """A linear or cosine Schedule with T in 1..max_T (T = 1 and T = max_T included).
+
+    Schedule.linear scales its end points by 1000/T and refuses T <= 20 (a beta would reach 1),
+    so linear schedules draw T from 21..max_T; cosine covers the small T, T = 1 included.
+    """
     T = draw(st.one_of(st.just(1), st.just(max_T), st.integers(1, max_T)))
     kind = draw(st.sampled_from(["linear", "cosine"]))
-    return Schedule.linear(T) if kind == "linear" else Schedule.cosine(T)
+    return Schedule.linear(max(T, 21)) if kind == "linear" else Schedule.cosine(T)
 
 
 def small_shapes(max_batch=4, max_side=7):

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 import minidiff.kernels as K
 from minidiff.kernels import numba_cpu, reference as R
 from tests.kernel_checks import check_eps_loss, check_q_sample, check_reverse_step
-from tests.strategies_kernels import Schedule, problems, schedules, small_shapes, tolerance
+from tests.strategies_kernels import Schedule, unscaled_linear, problems, schedules, small_shapes, tolerance
 
 CPU_IMPLS = ["numpy", "numba"]
 
@@ -116,7 +116,7 @@ def test_numba_loss_does_not_depend_on_thread_count():
 
 @pytest.mark.parametrize("impl", CPU_IMPLS)
 def test_out_argument_is_written_and_returned(impl):
-    s = Schedule.linear(20)
+    s = unscaled_linear(20)
     rng = np.random.default_rng(0)
     x, eps, z = (rng.standard_normal((2, 3, 4)).astype(np.float32) for _ in range(3))
     t = np.array([1, 20])
@@ -146,7 +146,7 @@ def test_unknown_impl():
 # ---------------------------------------------------------------- bad input: early, named errors
 
 def _call(op, impl, x=None, t=None, eps=None, z=None, schedule=None, weights=None, variance="fixed_small"):
-    s = schedule or Schedule.linear(10)
+    s = schedule or unscaled_linear(10)
     x = np.zeros((2, 3)) if x is None else x
     eps = np.zeros_like(x) if eps is None else eps
     z = np.zeros_like(x) if z is None else z

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 import minidiff.kernels as K
 from tests.kernel_checks import check_all
-from tests.strategies_kernels import Schedule, problems
+from tests.strategies_kernels import Schedule, unscaled_linear, problems
 
 pytestmark = pytest.mark.gpu
 
@@ -68,4 +68,4 @@ def test_mixed_backends_rejected_on_gpu():
     cp = _cupy()
     x = np.zeros((2, 3), np.float32)
     with pytest.raises(TypeError, match="different backends"):
-        K.q_sample(cp.asarray(x), np.array([1, 2]), x, Schedule.linear(4))
+        K.q_sample(cp.asarray(x), np.array([1, 2]), x, unscaled_linear(4))
