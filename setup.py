@@ -17,6 +17,7 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "scipy>=1.10",
+        "threadpoolctl>=3",  # single-threaded BLAS for the many small per-head attention products
         "scikit-learn>=1.2",
     ],
     extras_require={

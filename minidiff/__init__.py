@@ -7,8 +7,9 @@ from minidiff.autograd import Function, Tensor, enable_grad, get_default_dtype, 
     set_default_dtype, tensor
 from minidiff.backend import default_rng, get_backend, manual_seed, set_backend, use_backend, xp_of
 from minidiff import ops
+from minidiff import functional, nn, optim  # noqa: E402  (layers on top of ops)
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled", "set_default_dtype",
            "get_default_dtype", "set_backend", "get_backend", "use_backend", "manual_seed", "default_rng",
-           "xp_of", "ops"]
+           "xp_of", "ops", "functional", "nn", "optim"]
