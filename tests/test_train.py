@@ -14,7 +14,7 @@ from minidiff.models.ddpm import DDPM
 from minidiff.train import TrainConfig, Trainer, TrainingDiverged, step_seed
 
 
-def _digits(n=256, size=8):
+def _digits(n=256):
     ds = data.digits()
     return ds.x_train[:n], ds.y_train[:n], ds.x_test[:32], ds.y_test[:32]
 

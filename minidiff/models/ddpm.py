@@ -108,8 +108,8 @@ class DDPM(nn.Module):
         keep = np.unique(np.linspace(0, self.T, 9).round().astype(int))     # trajectory[k] is x_{T-k}
         paths.append(plots.save_trajectory([as_images(trajectory[k][:6]) for k in keep], [self.T - k for k in keep],
                                            os.path.join(out, "reverse_process.png")))
-        paths.append(plots.save_forward_strip(dataset.x_test[:6], self.schedule, os.path.join(out, "forward_process.png"),
-                                              n_frames=9))
+        paths.append(plots.save_forward_strip(dataset.x_test[:6], self.schedule,
+                                              os.path.join(out, "forward_process.png"), n_frames=9))
         paths.append(plots.save_schedule_curves(schedules_at(self.T), os.path.join(out, "schedules.png")))
         if trainer and len(trainer.evals) > 1:
             curve = {"test VLB": ([e["step"] for e in trainer.evals], [e["test_bits_per_dim"] for e in trainer.evals])}
