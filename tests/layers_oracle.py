@@ -17,7 +17,7 @@ def rel_err(ours, theirs):
     return float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1.0))
 
 
-def compare_with_torch(ours_fn, torch_fn, inputs, dtype=np.float64, seed=0, tol=None):
+def assert_matches_torch(ours_fn, torch_fn, inputs, dtype=np.float64, seed=0, tol=None):
     """Assert ours_fn(*Tensors) and torch_fn(*torch tensors) agree in value and in every gradient.
 
     inputs: arrays or None (passed through as None, e.g. an absent bias). Returns the errors.

@@ -9,7 +9,7 @@ import minidiff as md
 import minidiff.functional as F
 from minidiff.ops import conv as conv_ops
 from minidiff.testing import gradcheck
-from tests.layers_oracle import compare_with_torch
+from tests.layers_oracle import assert_matches_torch
 from tests.strategies_layers import conv_problems, conv_transpose_problems, pool_problems
 
 
@@ -101,8 +101,8 @@ tF = torch.nn.functional
 @given(problem=conv_problems(max_channels=4, max_side=9))
 def test_conv2d_matches_torch(dtype, problem):
     x, w, b, geo = problem
-    compare_with_torch(lambda x, w, b: F.conv2d(x, w, b, **geo),
-                       lambda x, w, b: tF.conv2d(x, w, b, **geo), [x, w, b], dtype)
+    assert_matches_torch(lambda x, w, b: F.conv2d(x, w, b, **geo),
+                         lambda x, w, b: tF.conv2d(x, w, b, **geo), [x, w, b], dtype)
 
 
 @pytest.mark.torch
@@ -110,10 +110,10 @@ def test_conv2d_matches_torch(dtype, problem):
 @given(problem=conv_transpose_problems(max_channels=4, max_side=6))
 def test_conv_transpose2d_matches_torch(dtype, problem):
     x, w, b, geo = problem
-    compare_with_torch(lambda x, w, b: F.conv_transpose2d(x, w, b, **geo),
-                       lambda x, w, b: tF.conv_transpose2d(x, w, b, geo["stride"], geo["padding"],
-                                                           geo["output_padding"], 1, geo["dilation"]),
-                       [x, w, b], dtype)
+    assert_matches_torch(lambda x, w, b: F.conv_transpose2d(x, w, b, **geo),
+                         lambda x, w, b: tF.conv_transpose2d(x, w, b, geo["stride"], geo["padding"],
+                                                             geo["output_padding"], 1, geo["dilation"]),
+                         [x, w, b], dtype)
 
 
 @pytest.mark.torch
@@ -121,8 +121,8 @@ def test_conv_transpose2d_matches_torch(dtype, problem):
 @given(problem=pool_problems())
 def test_avg_pool2d_matches_torch(dtype, problem):
     x, kernel, stride, padding = problem
-    compare_with_torch(lambda x: F.avg_pool2d(x, kernel, stride, padding),
-                       lambda x: tF.avg_pool2d(x, kernel, stride, padding), [x], dtype)
+    assert_matches_torch(lambda x: F.avg_pool2d(x, kernel, stride, padding),
+                         lambda x: tF.avg_pool2d(x, kernel, stride, padding), [x], dtype)
 
 
 @pytest.mark.torch
@@ -134,12 +134,12 @@ def test_ddpm_sized_convs_match_torch_float32(shape, seed):
     B, C, H, W = shape
     x = rng.standard_normal(shape)
     w3, w4 = rng.standard_normal((C, C, 3, 3)) / 24, rng.standard_normal((C, C, 4, 4)) / 32
-    compare_with_torch(lambda x, w: F.conv2d(x, w, padding=1), lambda x, w: tF.conv2d(x, w, padding=1),
-                       [x, w3], np.float32)
-    compare_with_torch(lambda x, w: F.conv2d(x, w, stride=2, padding=1),
-                       lambda x, w: tF.conv2d(x, w, stride=2, padding=1), [x, w4], np.float32)
-    compare_with_torch(lambda x, w: F.conv_transpose2d(x, w, stride=2, padding=1),
-                       lambda x, w: tF.conv_transpose2d(x, w, stride=2, padding=1), [x, w4], np.float32)
+    assert_matches_torch(lambda x, w: F.conv2d(x, w, padding=1), lambda x, w: tF.conv2d(x, w, padding=1),
+                         [x, w3], np.float32)
+    assert_matches_torch(lambda x, w: F.conv2d(x, w, stride=2, padding=1),
+                         lambda x, w: tF.conv2d(x, w, stride=2, padding=1), [x, w4], np.float32)
+    assert_matches_torch(lambda x, w: F.conv_transpose2d(x, w, stride=2, padding=1),
+                         lambda x, w: tF.conv_transpose2d(x, w, stride=2, padding=1), [x, w4], np.float32)
 
 
 # ------------------------------------------------------------------ bad input

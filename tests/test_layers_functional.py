@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 import minidiff as md
 import minidiff.functional as F
 from minidiff.testing import gradcheck
-from tests.layers_oracle import compare_with_torch
+from tests.layers_oracle import assert_matches_torch
 from tests.strategies import arrays, shapes
 
 
@@ -110,7 +110,7 @@ tF = torch.nn.functional
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @given(problem=linear_problems())
 def test_linear_matches_torch(dtype, problem):
-    compare_with_torch(F.linear, tF.linear, list(problem), dtype)
+    assert_matches_torch(F.linear, tF.linear, list(problem), dtype)
 
 
 @pytest.mark.torch
@@ -119,14 +119,14 @@ def test_linear_matches_torch(dtype, problem):
 def test_interpolate_matches_torch(dtype, problem):
     x, kw = problem
     if _resize_ok(x, kw):
-        compare_with_torch(lambda x: F.interpolate(x, **kw), lambda x: tF.interpolate(x, mode="nearest", **kw),
-                           [x], dtype)
+        assert_matches_torch(lambda x: F.interpolate(x, **kw), lambda x: tF.interpolate(x, mode="nearest", **kw),
+                             [x], dtype)
 
 
 @pytest.mark.torch
 @given(shapes(min_dims=1, max_dims=3).flatmap(arrays), st.integers(-1, 0))
 def test_softmax_matches_torch(x, dim):
-    compare_with_torch(lambda x: F.softmax(x, dim), lambda x: tF.softmax(x, dim), [x])
+    assert_matches_torch(lambda x: F.softmax(x, dim), lambda x: tF.softmax(x, dim), [x])
 
 
 @pytest.mark.torch
@@ -134,7 +134,7 @@ def test_softmax_matches_torch(x, dim):
 def test_embedding_matches_torch(n, d, data):
     w = data.draw(arrays((n, d)))
     idx = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=6)))
-    compare_with_torch(lambda w: F.embedding(idx, w), lambda w: tF.embedding(torch.tensor(idx), w), [w])
+    assert_matches_torch(lambda w: F.embedding(idx, w), lambda w: tF.embedding(torch.tensor(idx), w), [w])
 
 
 @pytest.mark.parametrize("call, error, message", [

@@ -18,7 +18,7 @@ from tests.strategies_layers import attention_problems, conv_problems, conv_tran
 pytestmark = pytest.mark.gpu
 
 
-def _both(fn, arrays, seed=0):
+def assert_cupy_equals_numpy(fn, arrays, seed=0):
     """Value and input gradients of fn on NumPy and on CuPy copies of the same float64 arrays."""
     import cupy
     results = []
@@ -35,40 +35,40 @@ def _both(fn, arrays, seed=0):
 @given(conv_problems(max_channels=4, max_side=9))
 def test_conv2d_cupy_equals_numpy(problem):
     x, w, b, geo = problem
-    _both(lambda x, w, b: F.conv2d(x, w, b, **geo), [x, w, b])
+    assert_cupy_equals_numpy(lambda x, w, b: F.conv2d(x, w, b, **geo), [x, w, b])
 
 
 @given(conv_transpose_problems())
 def test_conv_transpose2d_cupy_equals_numpy(problem):
     x, w, b, geo = problem
-    _both(lambda x, w, b: F.conv_transpose2d(x, w, b, **geo), [x, w, b])
+    assert_cupy_equals_numpy(lambda x, w, b: F.conv_transpose2d(x, w, b, **geo), [x, w, b])
 
 
 @given(pool_problems())
 def test_avg_pool2d_cupy_equals_numpy(problem):
     x, kernel, stride, padding = problem
-    _both(lambda x: F.avg_pool2d(x, kernel, stride, padding), [x])
+    assert_cupy_equals_numpy(lambda x: F.avg_pool2d(x, kernel, stride, padding), [x])
 
 
 @given(group_norm_problems())
 def test_group_norm_cupy_equals_numpy(problem):
     x, G, w, b = problem
-    _both(lambda x, w, b: F.group_norm(x, G, w, b), [x, w, b])
+    assert_cupy_equals_numpy(lambda x, w, b: F.group_norm(x, G, w, b), [x, w, b])
 
 
 @given(attention_problems())
 def test_attention_cupy_equals_numpy(problem):
     q, k, v, mask, causal = problem
-    _both(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask, causal), [q, k, v])
+    assert_cupy_equals_numpy(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask, causal), [q, k, v])
 
 
 @settings(max_examples=5)
 @given(conv_problems(max_channels=1, max_side=4))
 def test_interpolate_and_linear_cupy_equal_numpy(problem):
     x = problem[0]
-    _both(lambda x: F.interpolate(x, scale_factor=2), [x])
-    _both(lambda x: F.interpolate(x, size=(3, 5)), [x])
-    _both(lambda x, w: F.linear(x, w), [x, np.ones((2, x.shape[-1]))])
+    assert_cupy_equals_numpy(lambda x: F.interpolate(x, scale_factor=2), [x])
+    assert_cupy_equals_numpy(lambda x: F.interpolate(x, size=(3, 5)), [x])
+    assert_cupy_equals_numpy(lambda x, w: F.linear(x, w), [x, np.ones((2, x.shape[-1]))])
 
 
 def test_module_stack_and_optimizer_on_cupy():

@@ -2,7 +2,7 @@
 and values; autograd must match float64 central differences, and the forward must match NumPy."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import minidiff as md
@@ -122,8 +122,7 @@ def test_sum_over_size_zero_axes(x):
 def test_var(xa, keepdims, ddof):
     x, axis = xa
     n = x.size if axis is None else np.prod([x.shape[a] for a in np.atleast_1d(axis)])
-    if n - ddof <= 0:
-        return
+    assume(n - ddof > 0)
     np.testing.assert_allclose(ops.var(md.Tensor(x), axis, keepdims, ddof).numpy(),
                                np.var(x, axis=axis, keepdims=keepdims, ddof=ddof), rtol=1e-10, atol=1e-13)
     gradcheck(lambda a: ops.var(a, axis, keepdims, ddof), [x])
