@@ -29,7 +29,7 @@ def test_frechet_matches_the_general_matrix_square_root(seed, d):
 def test_frechet_is_a_symmetric_nonnegative_distance(seed, d):
     a, b = _features(seed, 30, d), _features(seed + 7, 30, d, shift=1.0)
     scale = np.trace(np.cov(a, rowvar=False).reshape(d, d))  # round-off is relative to the traces
-    assert quality.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-10 * scale)
+    assert quality.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-12 * scale)
     assert quality.frechet_distance(a, b) == pytest.approx(quality.frechet_distance(b, a), rel=1e-8, abs=1e-10)
     assert quality.frechet_distance(a, b) >= -1e-9
 
