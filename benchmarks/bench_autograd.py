@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--name", default="autograd_chain", help="results file name (e.g. per machine)")
     args = ap.parse_args()
 
     x = md.Tensor(np.random.default_rng(0).standard_normal(args.size), requires_grad=True)
@@ -58,7 +59,7 @@ def main():
         "model": "per-op time is engine overhead: each op touches 2 x size x 8 bytes, negligible at size 16",
         "target": "backward_over_forward < 2",
     }
-    path = write_result("autograd_chain", result)
+    path = write_result(args.name, result)
     print(f"{n_ops} ops on a ({args.size},) tensor: forward {1e3 * forward['median_s']:.1f} ms, "
           f"backward {1e3 * backward['median_s']:.1f} ms, ratio {ratio:.2f} (target < 2); "
           f"no_grad forward {1e3 * no_graph['median_s']:.1f} ms -> {path}")

@@ -372,6 +372,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--malloc", choices=["default", "tuned"], default="default")
     ap.add_argument("--quick", action="store_true", help="smallest shape, 3 rounds (a smoke test)")
+    ap.add_argument("--name", default="kernels_cpu", help="results file stem (e.g. per machine)")
     args = ap.parse_args()
     if args.malloc == "tuned" and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
         os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
@@ -400,7 +401,7 @@ def main():
     lines = summary(results)
     print("\n".join(["largest shape:"] + lines))
     print(markdown_table(results))
-    name = "kernels_cpu" + ("_quick" if args.quick else "") + ("_malloc-tuned" if args.malloc == "tuned" else "")
+    name = args.name + ("_quick" if args.quick else "") + ("_malloc-tuned" if args.malloc == "tuned" else "")
     payload = {"dtype": "float32", "threads": THREADS, "rounds": rounds, "allocator": allocator_setting(),
                "gpu": gpu and "measured" or "no GPU on this machine: GPU rows not measured",
                "bytes_model": {op: f"{k} arrays x 4 bytes x n (inputs read once, outputs written once)"
