@@ -71,8 +71,8 @@ def test_q_sample_is_the_closed_form_and_differentiable(problem):
 def test_c_posterior_equals_bayes_product_of_the_two_gaussians(problem):
     """q(x_{t-1} | x_t, x_0) ∝ N(x_t; sqrt(alpha_t) x_{t-1}, beta_t) N(x_{t-1}; sqrt(ab_{t-1}) x_0, 1 - ab_{t-1})."""
     schedule, t, x0, eps, _ = problem
-    t = np.maximum(t, 2)
     assume(schedule.T >= 2)
+    t = np.maximum(t, 2)
     x_t = q_sample(x0, t, eps, schedule)
     shape = (-1,) + (1,) * (x0.ndim - 1)
     a, b = schedule.alphas[t].reshape(shape), schedule.betas[t].reshape(shape)
@@ -143,8 +143,8 @@ def test_d_p_mean_variance_agrees_with_the_kernels_reverse_step(problem, seed, c
 def test_d_errata_notes_model_mean_with_sqrt_alpha_bar_is_wrong(problem):
     """seeds/000 writes mu_theta = 1/sqrt(alpha_bar_t)(x_t - ...): it differs from the true mean for t >= 2."""
     schedule, t, x0, eps, _ = problem
-    t = np.maximum(t, 2)
     assume(schedule.T >= 2)
+    t = np.maximum(t, 2)
     x_t = q_sample(x0, t, eps, schedule)
     shape = (-1,) + (1,) * (x0.ndim - 1)
     notes = (x_t - (schedule.betas[t] / np.sqrt(1 - schedule.alpha_bars[t])).reshape(shape) * eps) \
