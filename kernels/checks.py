@@ -25,7 +25,7 @@ def data_arrays(**arrays):
     for name, a in arrays.items():
         if hasattr(a, "requires_grad"):
             raise TypeError(f"{name} is a minidiff.Tensor; the kernels take raw arrays (pass {name}.data), "
-                            "or use minidiff.ops.fused.eps_loss for a differentiable loss")
+                            "or use minidiff.diffusion.fused_eps_loss for a differentiable loss")
         if not (hasattr(a, "dtype") and hasattr(a, "shape") and hasattr(a, "ndim")):
             raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__}")
         if a.dtype not in FLOAT_DTYPES:

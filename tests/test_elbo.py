@@ -15,7 +15,7 @@ from minidiff.diffusion import (GaussianDataOracle, Schedule, elbo_weighted_loss
                                 nll_bpd_importance, p_mean_variance, prior_bpd, q_sample, q_step_sample,
                                 vb_terms_bpd)
 from minidiff.distributions import discretized_gaussian_log_likelihood
-from minidiff.ops.fused import eps_loss as fused_eps_loss
+from minidiff.diffusion.elbo import fused_eps_loss
 from minidiff.testing import gradcheck
 from tests.strategies_diffusion import problems, schedules, seeds
 

@@ -1,4 +1,4 @@
-"""minidiff.ops.fused.eps_loss: the fused loss as an autograd Function.
+"""minidiff.diffusion.fused_eps_loss: the fused loss as an autograd Function.
 
 Its value and gradients equal the unfused composition mean(w (eps_hat - eps)^2) built from
 primitive ops, and pass float64 central-difference gradchecks, for every CPU implementation.
@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from minidiff import Tensor, ops
-from minidiff.ops.fused import EpsLoss, eps_loss
+from minidiff.diffusion.elbo import EpsLoss, fused_eps_loss as eps_loss
 from minidiff.testing import gradcheck
 
 IMPLS = ["numpy", "numba"]

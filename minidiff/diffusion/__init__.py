@@ -6,7 +6,7 @@
     samplers.py   DDPM ancestral sampling, DDIM (eta), respaced steps
     oracle.py     models with an analytic optimum: Gaussian data, the empirical MMSE denoiser
 """
-from minidiff.diffusion.elbo import (elbo_weighted_loss, eps_loss, l_simple, nll_bpd, nll_bpd_importance,
+from minidiff.diffusion.elbo import (EpsLoss, elbo_weighted_loss, eps_loss, fused_eps_loss, l_simple, nll_bpd, nll_bpd_importance,
                                      prior_bpd, vb_terms_bpd)
 from minidiff.diffusion.oracle import EmpiricalDenoiser, GaussianDataOracle
 from minidiff.diffusion.process import (eps_from_v, eps_from_x0, p_mean_variance, predict_x0, q_mean_variance,
@@ -17,6 +17,6 @@ from minidiff.diffusion.schedule import Schedule, spaced_timesteps
 
 __all__ = ["Schedule", "spaced_timesteps", "q_step_mean_variance", "q_step_sample", "q_mean_variance", "q_sample",
            "q_posterior", "x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_from_v", "eps_from_v", "predict_x0",
-           "p_mean_variance", "l_simple", "eps_loss", "elbo_weighted_loss", "vb_terms_bpd", "prior_bpd", "nll_bpd",
+           "p_mean_variance", "l_simple", "eps_loss", "fused_eps_loss", "EpsLoss", "elbo_weighted_loss", "vb_terms_bpd", "prior_bpd", "nll_bpd",
            "nll_bpd_importance", "ddpm_sample", "ddim_sample", "ddim_step", "GaussianDataOracle",
            "EmpiricalDenoiser"]

@@ -13,7 +13,9 @@ import math
 import numpy as np
 from tqdm.auto import tqdm
 
+import minidiff.kernels as kernels
 from minidiff import ops
+from minidiff.autograd import Function, Tensor
 from minidiff.backend import to_numpy, xp_of
 from minidiff.diffusion.process import check_t, extract, p_mean_variance, q_posterior, q_sample
 from minidiff.distributions import discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
@@ -39,12 +41,46 @@ def l_simple(eps_hat, eps):
 def eps_loss(eps_hat, eps, weights=None):
     """(1/N) sum_{b,i} w_b (eps_hat_{b,i} - eps_{b,i})^2, N = B x D, w_b = 1 without weights, eq. (E8).
 
-    The composed reference that minidiff.ops.fused.eps_loss (one fused kernel) is tested against.
+    The composed reference that `fused_eps_loss` (one fused kernel) is tested against.
     """
     squared = (eps_hat - eps) ** 2
     if weights is not None:
         squared = squared * extract(weights, np.arange(eps.shape[0]), squared)
     return ops.mean(squared)
+
+
+# The fused fast path of eq. (E8): forward runs minidiff.kernels.eps_loss, which computes the loss
+# and its gradient in one pass over memory; backward only scales that saved gradient. The composed
+# eps_loss above records four nodes and re-reads eps_hat and eps in backward.
+
+class EpsLoss(Function):
+    """L = (1/N) sum_{b,i} w_b (eps_hat_{b,i} - eps_{b,i})^2, a scalar (squared noise units, mean over all N).
+
+    Inputs: eps_hat, eps (B, ...); params: weights (B,) or None (w_b = 1), impl.
+    Saved for backward: G = dL/d eps_hat = (2/N) w_b (eps_hat - eps), from the same kernel pass.
+    VJP: d eps_hat = g G, d eps = -g G (g the upstream scalar gradient).
+    """
+
+    def forward(self, eps_hat, eps, weights=None, impl="auto"):
+        loss, self.grad_eps_hat = kernels.eps_loss(eps_hat, eps, weights, impl=impl)
+        return loss
+
+    def backward(self, g):
+        d_eps_hat = g * self.grad_eps_hat if self.needs_grad[0] else None
+        d_eps = -g * self.grad_eps_hat if self.needs_grad[1] else None
+        return d_eps_hat, d_eps
+
+
+def fused_eps_loss(eps_hat, eps, weights=None, impl="auto"):
+    """Eq. (E8) as a scalar Tensor whose backward is the fused gradient of one kernel pass (docs/kernels.md eq. 2-3).
+
+    eps_hat: the network's noise prediction (a Tensor, or an array); eps: the true noise;
+    weights: per-sample w_b of shape (B,) (array or Tensor, treated as a constant) or None.
+    With no Tensor among eps_hat and eps the result is a plain 0-d array, like every op.
+    """
+    if isinstance(weights, Tensor):
+        weights = weights.data
+    return EpsLoss.apply(eps_hat, eps, weights=weights, impl=impl)
 
 
 def elbo_weighted_loss(eps_hat, eps, t, schedule, variance="fixed_small"):

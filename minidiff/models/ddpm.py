@@ -3,7 +3,7 @@
 Training step (Algorithm 1), with the fused kernels of minidiff.kernels:
     t ~ U{1..T}, eps ~ N(0, I)
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps        kernels.q_sample (fused, eq. F5)
-    L   = mean over B x D of (eps_hat(x_t, t) - eps)^2             ops.fused.eps_loss (squared noise units)
+    L   = mean over B x D of (eps_hat(x_t, t) - eps)^2             diffusion.fused_eps_loss (squared noise units)
 Evaluation: the VLB of the test images in bits/dim by the full loop over t (diffusion.nll_bpd).
 Sampling: diffusion.ddpm_sample (fused reverse step) or ddim_sample, on a respaced chain if asked.
 """
@@ -17,7 +17,7 @@ from minidiff.autograd import Tensor, no_grad
 from minidiff.backend import to_numpy, xp_of
 from minidiff.models.base import as_images, loss_figure, register
 from minidiff.models.unet import UNet
-from minidiff.ops.fused import eps_loss
+
 
 SCHEDULES = {"linear": diffusion.Schedule.linear, "cosine": diffusion.Schedule.cosine}
 
@@ -59,7 +59,7 @@ class DDPM(nn.Module):
         t = xp.asarray(rng.integers(1, self.T + 1, size=x0.shape[0]))
         eps = rng.standard_normal(x0.shape, dtype=x0.dtype)
         x_t = kernels.q_sample(x0, t, eps, self.schedule)
-        return eps_loss(self(Tensor(x_t), t), eps), {}
+        return diffusion.fused_eps_loss(self(Tensor(x_t), t), eps), {}
 
     def eps_array(self, x_t, t):
         """eps_theta on arrays, no graph: the `model(x_t, t)` callable the samplers and the VLB take."""
