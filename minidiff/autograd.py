@@ -41,6 +41,7 @@ def no_grad():
 
 @contextlib.contextmanager
 def enable_grad():
+    """Within this block graphs are recorded again, even inside no_grad (the previous mode comes back after)."""
     previous = _grad_enabled[0]
     _grad_enabled[0] = True
     try:
@@ -50,14 +51,19 @@ def enable_grad():
 
 
 def is_grad_enabled():
+    """Whether ops now record the graph (False inside no_grad, unless an enable_grad block is nested in it)."""
     return _grad_enabled[0]
+
+
+def unwrap(x):
+    """The array inside a Tensor; anything else (an array, a number, None) unchanged."""
+    return x.data if isinstance(x, Tensor) else x
 
 
 def _as_array(data, dtype=None):
     """Data as an array: arrays keep their backend and dtype; Python numbers and lists go to the
     current backend, floats in the default dtype (float32), integers and booleans as they are."""
-    if isinstance(data, Tensor):
-        data = data.data
+    data = unwrap(data)
     if hasattr(data, "dtype") and hasattr(data, "shape"):  # a NumPy/CuPy array or NumPy scalar
         return xp_of(data).asarray(data, dtype=dtype)
     arr = np.asarray(data)
@@ -173,10 +179,10 @@ class Tensor:
     def __getitem__(self, index): return _ops.getitem(self, index)
 
     # comparisons return plain boolean tensors (no gradient)
-    def __lt__(self, o): return Tensor(self.data < _raw(o))
-    def __le__(self, o): return Tensor(self.data <= _raw(o))
-    def __gt__(self, o): return Tensor(self.data > _raw(o))
-    def __ge__(self, o): return Tensor(self.data >= _raw(o))
+    def __lt__(self, o): return Tensor(self.data < unwrap(o))
+    def __le__(self, o): return Tensor(self.data <= unwrap(o))
+    def __gt__(self, o): return Tensor(self.data > unwrap(o))
+    def __ge__(self, o): return Tensor(self.data >= unwrap(o))
 
     # ------------------------------------------------------------ method forms
     def sum(self, axis=None, keepdims=False): return _ops.sum(self, axis, keepdims)
@@ -193,19 +199,12 @@ class Tensor:
     def clip(self, lo=None, hi=None): return _ops.clip(self, lo, hi)
     def reshape(self, *shape): return _ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
     def transpose(self, *axes): return _ops.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
-    def permute(self, *axes): return self.transpose(*axes)
-    def expand(self, *shape): return _ops.broadcast_to(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
-    def flatten(self, start=0): return _ops.reshape(self, self.shape[:start] + (-1,))
     def softmax(self, axis=-1): return _ops.softmax(self, axis)
     def log_softmax(self, axis=-1): return _ops.log_softmax(self, axis)
 
     @property
     def T(self):
         return _ops.transpose(self, None)
-
-
-def _raw(x):
-    return x.data if isinstance(x, Tensor) else x
 
 
 def _topological_order(root):
@@ -272,8 +271,7 @@ class Function:
 
 def _raw_inputs(inputs):
     """Raw arrays for an op's inputs; Python numbers take the float dtype of the array they meet."""
-    ref = next((x.data if isinstance(x, Tensor) else x for x in inputs
-                if isinstance(x, Tensor) or hasattr(x, "dtype")), None)
+    ref = next((unwrap(x) for x in inputs if isinstance(x, Tensor) or hasattr(x, "dtype")), None)
     out = []
     for x in inputs:
         if isinstance(x, Tensor):

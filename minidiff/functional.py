@@ -8,7 +8,7 @@ closed-form backward in minidiff.ops.{conv,norm,attention}; the rest are composi
 import numpy as np
 
 from minidiff import ops
-from minidiff.autograd import Tensor
+from minidiff.autograd import unwrap
 from minidiff.backend import backend_name_of, default_rng, xp_of
 from minidiff.ops.attention import scaled_dot_product_attention
 from minidiff.ops.conv import avg_pool2d, conv2d, conv_transpose2d
@@ -19,10 +19,6 @@ __all__ = ["linear", "conv2d", "conv_transpose2d", "group_norm", "layer_norm", "
            "sigmoid", "tanh"]
 
 silu, gelu, relu, sigmoid, tanh = ops.silu, ops.gelu, ops.relu, ops.sigmoid, ops.tanh
-
-
-def _data(x):
-    return x.data if isinstance(x, Tensor) else x
 
 
 def linear(x, weight, bias=None):
@@ -55,7 +51,7 @@ def dropout(x, p=0.5, training=True, rng=None):
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    data = _data(x)
+    data = unwrap(x)
     if p == 1.0:
         return ops.mul(x, xp_of(data).zeros((), dtype=data.dtype))
     rng = default_rng(backend=backend_name_of(data)) if rng is None else rng
@@ -101,8 +97,8 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest"):
     if min(size) < 1:
         raise ValueError(f"interpolate: output size {size} must be positive")
     fh, fw = (None, None) if factors is None else factors
-    r_h = _select_matrix(_nearest_index(H, size[0], fh), H, _data(x))
-    r_w = _select_matrix(_nearest_index(W, size[1], fw), W, _data(x))
+    r_h = _select_matrix(_nearest_index(H, size[0], fh), H, unwrap(x))
+    r_w = _select_matrix(_nearest_index(W, size[1], fw), W, unwrap(x))
     return ops.matmul(ops.matmul(r_h, x), ops.transpose(r_w))
 
 
@@ -111,7 +107,7 @@ def embedding(indices, weight):
 
     VJP: each picked row's gradient is added into ∂L/∂W (repeated indices accumulate), via getitem.
     """
-    idx = xp_of(_data(weight)).asarray(_data(indices))
+    idx = xp_of(unwrap(weight)).asarray(unwrap(indices))
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
     n = weight.shape[0]

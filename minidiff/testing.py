@@ -6,7 +6,7 @@ compare the autograd gradient of L = ⟨f(x), r⟩ with the central difference
 """
 import numpy as np
 
-from minidiff.autograd import Tensor
+from minidiff.autograd import Tensor, unwrap
 from minidiff.backend import to_numpy, xp_of
 
 
@@ -31,8 +31,7 @@ def numerical_grad(f, arrays, i, r, h):
 
 
 def _value(f, arrays):
-    out = f(*[Tensor(a) for a in arrays])
-    return out.data if isinstance(out, Tensor) else out
+    return unwrap(f(*[Tensor(a) for a in arrays]))
 
 
 def gradcheck(f, inputs, wrt=None, h=1e-6, atol=1e-6, rtol=1e-5, seed=0):

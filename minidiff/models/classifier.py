@@ -7,14 +7,14 @@ cross-entropy -log softmax(logits)_y in nats per image (docs/training.md §7).
 import numpy as np
 
 from minidiff import nn, ops
-from minidiff.autograd import Tensor, no_grad
+from minidiff.autograd import Tensor, no_grad, unwrap
 from minidiff.backend import to_numpy, xp
 from minidiff.models.base import loss_figure, register
 
 
 def one_hot(labels, num_classes, dtype):
     """(B,) integer labels -> (B, K) one-hot array on the labels' backend."""
-    labels = labels.data if isinstance(labels, Tensor) else labels
+    labels = unwrap(labels)
     return (labels[:, None] == xp().arange(num_classes)[None, :]).astype(dtype)
 
 

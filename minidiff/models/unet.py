@@ -17,7 +17,7 @@ import math
 
 
 from minidiff import nn, ops
-from minidiff.autograd import Tensor
+from minidiff.autograd import Tensor, unwrap
 from minidiff.nn import init
 
 
@@ -103,7 +103,7 @@ class UNet(nn.Module):
         if len(t.shape) != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"UNet: timesteps shape {tuple(t.shape)} must be ({x.shape[0]},)")
         x = x if isinstance(x, Tensor) else Tensor(x)
-        t = t.data if isinstance(t, Tensor) else t
+        t = unwrap(t)
         e = self.time_embedding(Tensor(nn.sinusoidal_embedding(t, self.base_channels, dtype=x.dtype)))  # (B, 4C)
         h, skips = self.conv_in(x), []
         for i, level in enumerate(self.down):
@@ -113,7 +113,7 @@ class UNet(nn.Module):
                 h = self.downsample[i](h)
         h = self.mid2(self.mid_attn(self.mid1(h, e)), e)
         for k, level in enumerate(self.up):
-            h = level(ops.cat([h, skips.pop()], axis=1), e)
+            h = level(ops.concatenate([h, skips.pop()], axis=1), e)
             if k < len(self.upsample):
                 h = self.upsample[k](h)
         return self.conv_out(ops.silu(self.norm_out(h)))

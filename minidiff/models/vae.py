@@ -55,7 +55,7 @@ class VAE(nn.Module):
             return h
         if y is None:
             raise ValueError("the conditional VAE needs labels y")
-        return ops.cat([h, one_hot(y, self.num_classes, h.dtype)], axis=1)
+        return ops.concatenate([h, one_hot(y, self.num_classes, h.dtype)], axis=1)
 
     def posterior(self, x, y=None):
         """q(z | x[, y]) as a DiagonalGaussian of (B, d) mean and log-variance."""

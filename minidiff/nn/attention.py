@@ -5,7 +5,7 @@ import numpy as np
 
 from minidiff import functional as F
 from minidiff import ops
-from minidiff.autograd import Tensor, get_default_dtype
+from minidiff.autograd import Tensor, get_default_dtype, unwrap
 from minidiff.backend import xp, xp_of
 from minidiff.nn.layers import GroupNorm, Linear
 from minidiff.nn.module import Module
@@ -50,38 +50,38 @@ class SelfAttention2d(Module):
         return f"{self.channels}, num_heads={self.num_heads}"
 
 
-def sinusoidal_embedding(t, dim, max_period=10000.0, dtype=None):
-    """e(t) = [sin(t ω_0), ..., sin(t ω_{h−1}), cos(t ω_0), ..., cos(t ω_{h−1})], ω_i = P^(−i/h), h = ⌊dim/2⌋.
+def sinusoidal_embedding(t, embedding_dim, max_period=10000.0, dtype=None):
+    """e(t) = [sin(t ω_0), ..., sin(t ω_{h−1}), cos(t ω_0), ..., cos(t ω_{h−1})], ω_i = P^(−i/h) (eq. 13).
 
-    The transformer positional encoding (frequencies P^(−2i/dim)) with its sin channels first;
-    an odd dim gets a final zero column. t: (B,) timesteps (ints or floats). Returns (B, dim) in
-    `dtype` (default: minidiff's default float dtype), computed in float64.
+    h = ⌊embedding_dim/2⌋: the transformer positional encoding (frequencies P^(−2i/embedding_dim)) with
+    its sin channels first; an odd embedding_dim gets a final zero column. t: (B,) timesteps (ints or
+    floats). Returns (B, embedding_dim) in `dtype` (default: minidiff's default float dtype), computed in float64.
     """
     a = xp_of(t).asarray(t, dtype=np.float64)
     if a.ndim != 1:
         raise ValueError(f"sinusoidal_embedding: timesteps must be 1-D (B,), got shape {tuple(a.shape)}")
-    if dim < 2:
-        raise ValueError(f"sinusoidal_embedding: dim must be >= 2, got {dim}")
-    half = dim // 2
+    if embedding_dim < 2:
+        raise ValueError(f"sinusoidal_embedding: embedding_dim must be >= 2, got {embedding_dim}")
+    half = embedding_dim // 2
     omega = xp_of(a).exp(-math.log(max_period) * xp_of(a).arange(half) / half)
     args = a[:, None] * omega[None, :]
     parts = [xp_of(a).sin(args), xp_of(a).cos(args)]
-    if dim % 2:
+    if embedding_dim % 2:
         parts.append(xp_of(a).zeros((len(a), 1)))
     return xp_of(a).concatenate(parts, axis=1).astype(get_default_dtype() if dtype is None else dtype)
 
 
 class SinusoidalTimeEmbedding(Module):
-    """t (B,) -> the constant (B, dim) sinusoidal embedding of the timesteps (no parameters)."""
+    """t (B,) -> the constant (B, embedding_dim) sinusoidal embedding of the timesteps (no parameters)."""
 
-    def __init__(self, dim, max_period=10000.0, dtype=None):
+    def __init__(self, embedding_dim, max_period=10000.0, dtype=None):
         super().__init__()
-        self.dim, self.max_period, self.dtype = dim, max_period, dtype
+        self.embedding_dim, self.max_period, self.dtype = embedding_dim, max_period, dtype
 
     def forward(self, t):
-        t = t.data if isinstance(t, Tensor) else t
+        t = unwrap(t)
         t = t if hasattr(t, "dtype") else xp().asarray(t)
-        return Tensor(sinusoidal_embedding(t, self.dim, self.max_period, self.dtype))
+        return Tensor(sinusoidal_embedding(t, self.embedding_dim, self.max_period, self.dtype))
 
     def extra_repr(self):
-        return f"{self.dim}"
+        return f"{self.embedding_dim}"

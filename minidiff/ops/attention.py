@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from minidiff import ops
-from minidiff.autograd import Function, Tensor, unbroadcast
+from minidiff.autograd import Function, unbroadcast, unwrap
 from minidiff.backend import xp_of
 
 
@@ -37,8 +37,7 @@ def _check_qkv(q, k, v):
 def additive_mask(attn_mask, is_causal, L, S, like):
     """The additive mask M of eq. 8 (an array, or None): booleans become 0 / −∞; causal keeps j ≤ i."""
     xp = xp_of(like)
-    if isinstance(attn_mask, Tensor):
-        attn_mask = attn_mask.data
+    attn_mask = unwrap(attn_mask)
     mask = None
     if attn_mask is not None:
         attn_mask = xp.asarray(attn_mask)
@@ -134,15 +133,15 @@ def _scale(q, scale):
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
     """softmax(τ Q Kᵀ + M) V through the fused Function (eq. 8-11). q (..., L, E), k (..., S, E), v (..., S, Ev)."""
-    like = q.data if isinstance(q, Tensor) else q
+    like = unwrap(q)
     mask = additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], like)
     return ScaledDotProductAttention.apply(q, k, v, mask=mask, scale=_scale(q, scale))
 
 
 def attention_reference(q, k, v, attn_mask=None, is_causal=False, scale=None):
     """Eq. 8 composed of primitive ops; autograd supplies the backward."""
-    like = q.data if isinstance(q, Tensor) else q
-    _check_qkv(like, k.data if isinstance(k, Tensor) else k, v.data if isinstance(v, Tensor) else v)
+    like = unwrap(q)
+    _check_qkv(like, unwrap(k), unwrap(v))
     mask = additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], like)
     axes = tuple(range(len(k.shape) - 2)) + (len(k.shape) - 1, len(k.shape) - 2)
     a = ops.mul(ops.matmul(q, ops.transpose(k, axes)), _scale(q, scale))

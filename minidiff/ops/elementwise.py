@@ -5,7 +5,7 @@ broadcast axes (`unbroadcast`). Notation: g = ∂L/∂y (upstream gradient).
 """
 import math
 
-from minidiff.autograd import Function, Tensor, unbroadcast
+from minidiff.autograd import Function, unbroadcast, unwrap
 from minidiff.backend import xp_of
 
 
@@ -326,5 +326,4 @@ def clip(x, lo=None, hi=None):
 
 def where(cond, a, b):
     """Elementwise choice; cond is a boolean array or tensor (not differentiated)."""
-    cond = cond.data if isinstance(cond, Tensor) else cond
-    return Where.apply(a, b, cond=cond)
+    return Where.apply(a, b, cond=unwrap(cond))

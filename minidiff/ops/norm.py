@@ -14,7 +14,7 @@ Backward in closed form (derived in docs eq. 7), with ĝ = γ ⊙ g and means ov
 the backward); `GroupNorm` / `LayerNorm` are one Function each with eq. 7, tested against them.
 """
 from minidiff import ops
-from minidiff.autograd import Function, Tensor
+from minidiff.autograd import Function, unwrap
 from minidiff.backend import xp_of
 
 
@@ -151,7 +151,7 @@ def layer_norm_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 def _affine_defaults(x, shape, weight, bias):
     """γ = 1 and β = 0 (constants, no gradient) where not given."""
-    data = x.data if isinstance(x, Tensor) else x
+    data = unwrap(x)
     xp = xp_of(data)
     weight = xp.ones(shape, dtype=data.dtype) if weight is None else weight
     bias = xp.zeros(shape, dtype=data.dtype) if bias is None else bias

@@ -1,7 +1,10 @@
-"""Shape ops: they move elements without changing values, so each VJP moves g back."""
+"""Shape ops: they move elements without changing values, so each VJP moves g back.
+
+Names and semantics are NumPy's (transpose permutes all axes, broadcast_to, concatenate, axis=).
+"""
 import numpy as np
 
-from minidiff.autograd import Function, Tensor, unbroadcast
+from minidiff.autograd import Function, unbroadcast, unwrap
 from minidiff.backend import xp_of
 
 
@@ -21,7 +24,10 @@ class Reshape(Function):
 
 
 class Transpose(Function):
-    """y = x with axes permuted (reversed if axes is None).  VJP: g permuted by the inverse permutation."""
+    """y = x with its axes permuted (numpy.transpose): y.shape[i] = x.shape[axes[i]]; axes None reverses them.
+
+    VJP: g permuted by the inverse permutation.
+    """
 
     def forward(self, x, axes=None):
         axes = tuple(range(x.ndim))[::-1] if axes is None else tuple(a % max(x.ndim, 1) for a in axes)
@@ -131,27 +137,18 @@ def reshape(x, shape):
 
 
 def transpose(x, axes=None):
-    return Transpose.apply(x, axes=axes)
-
-
-def permute(x, axes):
-    return Transpose.apply(x, axes=tuple(axes))
+    """Permute the axes (numpy.transpose; PyTorch's permute): axes a permutation of 0..ndim-1, None reverses."""
+    return Transpose.apply(x, axes=None if axes is None else tuple(axes))
 
 
 def broadcast_to(x, shape):
     return BroadcastTo.apply(x, shape=tuple(shape))
 
 
-expand = broadcast_to
-
-
 def concatenate(xs, axis=0):
     if len(xs) == 0:
         raise ValueError("concatenate: need at least one input")
     return Concatenate.apply(*xs, axis=axis)
-
-
-cat = concatenate
 
 
 def stack(xs, axis=0):
@@ -180,10 +177,9 @@ def split(x, sections, axis=0):
 
 
 def getitem(x, index):
-    if isinstance(index, Tensor):
-        index = index.data
-    elif isinstance(index, tuple):
-        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    index = unwrap(index)
+    if isinstance(index, tuple):
+        index = tuple(unwrap(i) for i in index)
     elif isinstance(index, list):
         index = np.asarray(index)
     return GetItem.apply(x, index=index)
