@@ -9,7 +9,7 @@ from tests.strategies import arrays, shapes
 
 
 @given(x=shapes(min_dims=1).flatmap(arrays))
-def test_a_tensor_used_twice_gets_both_contributions(x):
+def test_gradient_is_the_sum_over_every_use_of_a_tensor(x):
     t = md.Tensor(x, requires_grad=True)
     (t * t + t).sum().backward()  # d/dx (x² + x) = 2x + 1
     np.testing.assert_allclose(t.grad, 2 * x + 1)
@@ -40,6 +40,33 @@ def test_no_grad_records_nothing_and_detach_cuts():
     z = (x.detach() * x).sum()
     z.backward()
     np.testing.assert_allclose(x.grad, np.ones(3))  # only the non-detached factor
+
+
+def test_enable_grad_records_inside_no_grad_and_each_block_restores_the_mode():
+    x = md.Tensor(np.arange(3.0), requires_grad=True)
+    assert md.is_grad_enabled()
+    with md.no_grad():
+        assert not md.is_grad_enabled()
+        with md.enable_grad():
+            assert md.is_grad_enabled()
+            y = x * 2
+        assert not md.is_grad_enabled()
+        z = x * 2
+    assert md.is_grad_enabled()
+    assert y.requires_grad and not z.requires_grad
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, np.full(3, 2.0))
+
+
+def test_grad_mode_comes_back_when_a_block_raises():
+    with pytest.raises(KeyError), md.no_grad():
+        raise KeyError("inside no_grad")
+    assert md.is_grad_enabled()
+    with md.no_grad():
+        with pytest.raises(KeyError), md.enable_grad():
+            raise KeyError("inside enable_grad")
+        assert not md.is_grad_enabled()
+    assert md.is_grad_enabled()
 
 
 def test_grad_flows_only_to_inputs_that_ask():

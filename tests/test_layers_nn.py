@@ -160,6 +160,19 @@ def test_default_init_is_uniform_with_bound_one_over_sqrt_fan_in(make, fan_in):
     assert abs(w.mean()) < 0.1 * bound
 
 
+@pytest.mark.parametrize("shape", [(200, 100), (64, 32, 3, 3)])
+@pytest.mark.parametrize("gain", [1.0, nn.init.calculate_gain("tanh")])
+def test_xavier_uniform_keeps_variance_two_over_fan_in_plus_fan_out(shape, gain):
+    """Glorot: W ~ U(±b), b = gain·√(6/(fan_in + fan_out)), so Var W = b²/3 = gain²·2/(fan_in + fan_out)."""
+    fan_in, fan_out = nn.init.fan_in_and_fan_out(shape)
+    md.manual_seed(0)
+    w = nn.init.xavier_uniform_(nn.Parameter(np.empty(shape, np.float64)), gain=gain).numpy()
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    assert 0.99 * bound < np.abs(w).max() <= bound
+    assert abs(w.var() / (gain ** 2 * 2.0 / (fan_in + fan_out)) - 1) < 0.05
+    assert abs(w.mean()) < 0.05 * bound
+
+
 def test_default_init_bound_matches_torch():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)

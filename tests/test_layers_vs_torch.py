@@ -105,6 +105,16 @@ def test_embedding(n, d, data):
     assert rel_err(ours.weight.grad, theirs.weight.grad.numpy()) < 1e-12
 
 
+@pytest.mark.parametrize("args, kwargs", [((5,), {}), (((3, 7),), {}), ((None, 2), {}), ((), {"scale_factor": 3}),
+                                          ((), {"size": (4, 2)}), ((), {"scale_factor": (2, 1)})])
+@given(st.data())
+def test_upsample(args, kwargs, data):
+    """The same positional and keyword arguments mean the same resize as torch.nn.Upsample's."""
+    x = data.draw(arrays((data.draw(st.integers(1, 2)), 2, data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))))
+    for dtype in DTYPES:
+        check_module(nn.Upsample(*args, **kwargs), torch.nn.Upsample(*args, **kwargs), x, dtype)
+
+
 class TorchSelfAttention2d(torch.nn.Module):
     """The same block written with torch primitives: x + proj(MHA(GroupNorm(x))) over H·W tokens."""
 

@@ -179,11 +179,11 @@ class Dropout(Module):
 
 
 class Upsample(Module):
-    """Nearest-neighbour upsampling by scale_factor (or to size)."""
+    """y = interpolate(x, size or scale_factor): nearest-neighbour resizing; arguments in torch.nn.Upsample's order."""
 
-    def __init__(self, scale_factor=None, size=None, mode="nearest"):
+    def __init__(self, size=None, scale_factor=None, mode="nearest"):
         super().__init__()
-        self.scale_factor, self.size, self.mode = scale_factor, size, mode
+        self.size, self.scale_factor, self.mode = size, scale_factor, mode
 
     def forward(self, x):
         return F.interpolate(x, size=self.size, scale_factor=self.scale_factor, mode=self.mode)
