@@ -219,9 +219,9 @@ def cmd_plot(args):
                                           os.path.join(args.out, "schedules.png"))
         print(f"wrote {path}")
     elif args.what == "recon-vs-latent":
-        from minidiff.models import pca
-        path = pca.recon_vs_latent_figure(os.path.join(args.out, "recon_vs_latent.png"), steps=args.steps,
-                                          seed=args.seed, progress=not args.no_progress)
+        from minidiff import experiments
+        path = experiments.recon_vs_latent_figure(os.path.join(args.out, "recon_vs_latent.png"), steps=args.steps,
+                                                  seed=args.seed, progress=not args.no_progress)
         print(f"wrote {path}")
     else:
         if not args.checkpoint:

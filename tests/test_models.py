@@ -249,7 +249,7 @@ def test_nearest_neighbours_equal_brute_force(seed, n, d, k):
 
 def test_recon_vs_latent_writes_the_figure_and_its_numbers(tmp_path):
     import json
-    from minidiff.models.pca import recon_vs_latent_figure
+    from minidiff.experiments import recon_vs_latent_figure
     path = recon_vs_latent_figure(str(tmp_path / "r.png"), sizes=(1, 3), steps=3)
     numbers = json.loads((tmp_path / "r.json").read_text())
     assert set(numbers) == {"PCA", "AE (MLP)", "VAE (conv)"} and set(numbers["PCA"]) == {"1", "3"}
