@@ -1,9 +1,9 @@
 """DDPM diffusion math in paper notation (1-based t, tables of length T+1): docs/forward_process.md.
 
-    schedule.py   Schedule(betas) and its tables; linear/cosine/quadratic/sigmoid; respacing
+    schedule.py   Schedule(betas) and its tables; the named schedules (SCHEDULES: linear, cosine, ...); respacing
     process.py    q(x_t | x_{t-1}), q(x_t | x_0), q(x_{t-1} | x_t, x_0), eps <-> x0 <-> v, p_mean_variance
     elbo.py       L_simple, the ELBO-weighted loss, VLB terms and bits/dim (full loop, importance-sampled)
-    samplers.py   DDPM ancestral sampling, DDIM (eta), respaced steps
+    samplers.py   the Sampler interface and its registry (SAMPLERS: ddpm, ddim), the shared loop, respaced steps
     oracle.py     models with an analytic optimum: Gaussian data, the empirical MMSE denoiser
 """
 from minidiff.diffusion.elbo import (EpsLoss, elbo_weighted_loss, eps_loss, fused_eps_loss, l_simple, nll_bpd, nll_bpd_importance,
@@ -12,11 +12,14 @@ from minidiff.diffusion.oracle import EmpiricalDenoiser, GaussianDataOracle
 from minidiff.diffusion.process import (eps_from_v, eps_from_x0, p_mean_variance, predict_x0, q_mean_variance,
                                         q_posterior, q_sample, q_step_mean_variance, q_step_sample, v_from_x0_eps,
                                         x0_from_eps, x0_from_v)
-from minidiff.diffusion.samplers import ddim_sample, ddim_step, ddpm_sample
-from minidiff.diffusion.schedule import Schedule, spaced_timesteps
+from minidiff.diffusion.samplers import (SAMPLERS, DDIMSampler, DDPMSampler, Draws, Sampler, SamplerState, ddim_sample,
+                                         ddim_step, ddpm_sample, make_sampler, register_sampler, run_chain, sample)
+from minidiff.diffusion.schedule import SCHEDULES, Schedule, make_schedule, schedules_at, spaced_timesteps
 
-__all__ = ["Schedule", "spaced_timesteps", "q_step_mean_variance", "q_step_sample", "q_mean_variance", "q_sample",
-           "q_posterior", "x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_from_v", "eps_from_v", "predict_x0",
-           "p_mean_variance", "l_simple", "eps_loss", "fused_eps_loss", "EpsLoss", "elbo_weighted_loss", "vb_terms_bpd", "prior_bpd", "nll_bpd",
-           "nll_bpd_importance", "ddpm_sample", "ddim_sample", "ddim_step", "GaussianDataOracle",
-           "EmpiricalDenoiser"]
+__all__ = ["Schedule", "SCHEDULES", "make_schedule", "schedules_at", "spaced_timesteps", "q_step_mean_variance",
+           "q_step_sample", "q_mean_variance", "q_sample", "q_posterior", "x0_from_eps", "eps_from_x0",
+           "v_from_x0_eps", "x0_from_v", "eps_from_v", "predict_x0", "p_mean_variance", "l_simple", "eps_loss",
+           "fused_eps_loss", "EpsLoss", "elbo_weighted_loss", "vb_terms_bpd", "prior_bpd", "nll_bpd",
+           "nll_bpd_importance", "ddpm_sample", "ddim_sample", "ddim_step", "SAMPLERS", "Sampler", "SamplerState",
+           "DDPMSampler", "DDIMSampler", "register_sampler", "make_sampler", "Draws", "run_chain", "sample",
+           "GaussianDataOracle", "EmpiricalDenoiser"]

@@ -1,11 +1,47 @@
-"""Ancestral (DDPM) and DDIM sampling from a noise-prediction model, docs/ddim.md.
+"""Sampling from a noise-prediction model: DDPM ancestral, DDIM, and the sampler interface, docs/ddim.md.
 
 model(x_t, t) -> eps_hat is any callable on arrays (B, ...) and integer timesteps (B,); t is
 always the step of the schedule the model was trained on (a respaced chain maps its steps back
 with `Schedule.timesteps`). Noise is injectable for reproducibility and tests: `x_T` and
 `noise` (one z per step, in sampling order) override draws from `rng`.
+
+The sampler interface (docs/ddim.md §6). A sampler is a `Sampler` subclass whose options are
+keyword-only constructor arguments, registered by name in `SAMPLERS` with `@register_sampler`:
+
+    @register_sampler
+    class DDIMSampler(Sampler):
+        name = "ddim"
+        def __init__(self, *, eta=0.0, clip_x0=False): ...
+        def step(self, state, x, k, eps_hat, z): ...        # returns x_{k-1}
+
+The one shared loop, `run_chain(sampler, model, chain, draws)`, runs a chain of K steps:
+
+    state = sampler.start(x_T, chain)                      # once per run: a fresh SamplerState
+    for k = K..1:  x <- sampler.step(state, x, k, model(x, s_k), z_k)
+
+A sampler object holds only its options and may serve many runs; whatever a run carries from one
+step to the next lives in its state. A multistep solver (PLMS / Adams-Bashforth) keeps the eps_hat
+of the steps already taken there, so two runs never share history:
+
+    @dataclass
+    class MultistepState(SamplerState):
+        previous_eps: list = field(default_factory=list)     # eps_hat at k+1, k+2, ... (newest first)
+
+    def start(self, x_T, chain):
+        return MultistepState(chain)
+
+    def step(self, state, x, k, eps_hat, z):
+        eps = eps_hat if not state.previous_eps else 1.5 * eps_hat - 0.5 * state.previous_eps[0]  # AB2
+        state.previous_eps.insert(0, eps_hat)
+        return ddim_step(x, k, eps, z, state.chain)
+
+(tests/test_registries.py runs exactly such a sampler through the loop.) `Draws` bundles x_T and
+the z_k of one run; `sample(sampler, model, shape, schedule, ...)` respaces, draws and runs.
 """
+import abc
+import inspect
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -14,24 +50,81 @@ import minidiff.kernels as kernels
 from minidiff import ops
 from minidiff.backend import default_rng, xp_of
 from minidiff.diffusion.process import ddim_sigma, eps_from_x0, x0_from_eps
+from minidiff.diffusion.schedule import Schedule
+from minidiff.kernels.reference import VARIANCES
+
+SAMPLERS = {}  # name -> Sampler subclass, filled by @register_sampler
 
 
-def ddpm_sample(model, shape, schedule, rng=None, steps=None, variance="fixed_small", clip_x0=False,
-                x_T=None, noise=None, dtype=np.float32, return_trajectory=False, progress=False, impl="auto"):
-    """Ancestral sampling x_T ~ N(0, I), x_{t-1} ~ p_theta(x_{t-1} | x_t) for t = T..1 (Algorithm 2), eq. (D1).
+@dataclass
+class SamplerState:
+    """What one sampling run carries from step to step; subclass it to add history."""
+    chain: Schedule  # the chain being sampled, steps k = K..1 (`chain.timesteps[k]` = the model's step)
 
-        x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat) + sigma_t z,   sigma_1 = 0
 
-    One fused `minidiff.kernels.reverse_step` per step. steps: K (or kept steps) to sample on the
-    respaced chain `schedule.respace(steps)`. noise: K arrays z (the one at t = 1 is ignored).
-    Returns x_0 (B, ...), and with return_trajectory the list [x_T, ..., x_0] as well.
+class Sampler(abc.ABC):
+    """A reverse-process sampler: keyword-only options, a per-run `start` and one `step` from k to k-1.
+
+    clip_x0: clip the predicted x_0 to the data range [-1, 1] at every step (docs/eps_parameterisation.md);
+    every sampler takes it (DDPM.sample passes it), so a subclass's __init__ passes it on to this one.
     """
-    chain = schedule if steps is None else schedule.respace(steps)
+    name = None  # the registry key: DDPM.sample(sampler=...), the CLI's --sampler
 
-    def step(x, k, eps_hat, z):
+    def __init__(self, *, clip_x0=False):
+        self.clip_x0 = bool(clip_x0)
+
+    def start(self, x_T, chain):
+        """A fresh state for one run on `chain` from x_T; override to carry history (module docstring)."""
+        return SamplerState(chain)
+
+    @abc.abstractmethod
+    def step(self, state, x, k, eps_hat, z):
+        """x_{k-1} from x = x_k, eps_hat = eps_theta(x_k, s_k) and z ~ N(0, I) (zeros at k = 1 unless given)."""
+
+
+def register_sampler(cls):
+    """Class decorator: make a Sampler subclass buildable by its `name` (DDPM.sample, the CLI, the tests)."""
+    if not (isinstance(cls, type) and issubclass(cls, Sampler) and isinstance(cls.name, str)):
+        raise TypeError(f"register_sampler takes a Sampler subclass with a str `name`, got {cls!r}")
+    if SAMPLERS.get(cls.name, cls) is not cls:
+        raise ValueError(f"sampler name {cls.name!r} is already registered to {SAMPLERS[cls.name].__name__}")
+    SAMPLERS[cls.name] = cls
+    return cls
+
+
+def make_sampler(name, **options):
+    """The registered sampler `name` built with its keyword-only options, e.g. make_sampler("ddim", eta=0.5)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {name!r}")
+    accepted = inspect.signature(SAMPLERS[name]).parameters
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        raise ValueError(f"sampler {name!r} takes the options {list(accepted)}, got {unknown}")
+    return SAMPLERS[name](**options)
+
+
+# ---------------------------------------------------------------- the two samplers
+
+@register_sampler
+class DDPMSampler(Sampler):
+    """Ancestral sampling, Algorithm 2, eq. (D1): one fused `minidiff.kernels.reverse_step` per step.
+
+        x_{k-1} = 1/sqrt(alpha_k) (x_k - beta_k / sqrt(1 - alpha_bar_k) eps_hat) + sigma_k z,   sigma_1 = 0
+
+    variance: "fixed_small" (sigma_k^2 = beta_tilde_k) or "fixed_large" (beta_k); impl: the kernel's.
+    """
+    name = "ddpm"
+
+    def __init__(self, *, variance="fixed_small", clip_x0=False, impl="auto"):
+        super().__init__(clip_x0=clip_x0)
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        self.variance, self.impl = variance, impl
+
+    def step(self, state, x, k, eps_hat, z):
         t = xp_of(x).full(x.shape[0], k)
-        return kernels.reverse_step(x, t, eps_hat, z, chain, variance=variance, clip_x0=clip_x0, impl=impl)
-    return _run_chain(model, shape, chain, step, rng, x_T, noise, dtype, return_trajectory, progress, "ddpm")
+        return kernels.reverse_step(x, t, eps_hat, z, state.chain, variance=self.variance, clip_x0=self.clip_x0,
+                                    impl=self.impl)
 
 
 def ddim_step(x_t, k, eps_hat, z, chain, eta=0.0, clip_x0=False):
@@ -52,51 +145,108 @@ def ddim_step(x_t, k, eps_hat, z, chain, eta=0.0, clip_x0=False):
     return x_prev + sigma * z if sigma > 0 else x_prev
 
 
-def ddim_sample(model, shape, schedule, rng=None, steps=None, eta=0.0, clip_x0=False, x_T=None, noise=None,
-                dtype=np.float32, return_trajectory=False, progress=False):
-    """DDIM sampling (Song et al. 2021) on `schedule.respace(steps)` (all steps if None), eq. (D2)-(D4).
+@register_sampler
+class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2021), eq. (D2)-(D4): eta = 0 deterministic, eta = 1 is DDPM with fixed-small variance."""
+    name = "ddim"
 
-    eta = 0: deterministic; eta = 1 over all steps: DDPM with fixed-small variance, given the same
-    noise (docs/ddim.md eq. D4). Arguments and returns as `ddpm_sample`.
+    def __init__(self, *, eta=0.0, clip_x0=False):
+        super().__init__(clip_x0=clip_x0)
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1], got {eta}")
+        self.eta = eta
+
+    def step(self, state, x, k, eps_hat, z):
+        return ddim_step(x, k, eps_hat, z, state.chain, eta=self.eta, clip_x0=self.clip_x0)
+
+
+# ---------------------------------------------------------------- the shared loop
+
+class Draws:
+    """The Gaussian draws of one run: x_T ~ N(0, I) and one z per step k = K..1, given or drawn from `rng`.
+
+    x_T: (B, ...) used as given; noise: K arrays z in sampling order (each cast to x's dtype). Whatever
+    is not given is drawn from rng (minidiff.default_rng() if None) in dtype: x_T first, then each z_k
+    after the model call of step k; z_1 is zeros (neither DDPM nor DDIM adds noise at k = 1).
     """
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    chain = schedule if steps is None else schedule.respace(steps)
 
-    def step(x, k, eps_hat, z):
-        return ddim_step(x, k, eps_hat, z, chain, eta=eta, clip_x0=clip_x0)
-    return _run_chain(model, shape, chain, step, rng, x_T, noise, dtype, return_trajectory, progress, "ddim")
+    def __init__(self, shape, K, rng=None, x_T=None, noise=None, dtype=np.float32):
+        shape = tuple(int(n) for n in shape)
+        if noise is not None and len(noise) != K:
+            raise ValueError(f"noise must hold one z per step (K={K}), got {len(noise)}")
+        if rng is None and (x_T is None or noise is None):
+            rng = default_rng()
+        self.rng, self.noise = rng, noise
+        self.x_T = rng.standard_normal(shape, dtype=dtype) if x_T is None else x_T
+        if tuple(self.x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(self.x_T.shape)}, expected {shape}")
+
+    def z(self, i, x, k):
+        """z for the i-th step (chain step k), shaped like x: noise[i] if given, zeros at k = 1, else a draw."""
+        if self.noise is not None:
+            z = self.noise[i]
+            if tuple(z.shape) != tuple(x.shape):
+                raise ValueError(f"noise[{i}] has shape {tuple(z.shape)}, expected {tuple(x.shape)}")
+            return xp_of(x).asarray(z, dtype=x.dtype)
+        if k == 1:
+            return xp_of(x).zeros_like(x)
+        return self.rng.standard_normal(x.shape, dtype=x.dtype)
 
 
-def _run_chain(model, shape, chain, step, rng, x_T, noise, dtype, return_trajectory, progress, name):
-    """x_T, then x <- step(x, k, model(x, t_k), z_k) for k = K..1; the shared sampling loop."""
-    shape = tuple(int(n) for n in shape)
-    if noise is not None and len(noise) != chain.T:
-        raise ValueError(f"noise must hold one z per step (K={chain.T}), got {len(noise)}")
-    if rng is None and (x_T is None or noise is None):
-        rng = default_rng()
-    x = rng.standard_normal(shape, dtype=dtype) if x_T is None else x_T
-    if tuple(x.shape) != shape:
-        raise ValueError(f"x_T has shape {tuple(x.shape)}, expected {shape}")
+def run_chain(sampler, model, chain, draws, return_trajectory=False, progress=False):
+    """x_K = draws.x_T, then x_{k-1} = sampler.step(state, x_k, k, model(x_k, s_k), z_k) for k = K..1.
+
+    state = sampler.start(x_T, chain), made once for this run. Returns x_0, and with return_trajectory
+    the list [x_K, ..., x_0] (copies) as well.
+    """
+    x = draws.x_T
     xp = xp_of(x)
     model_steps = xp.asarray(chain.timesteps)
+    state = sampler.start(x, chain)
     trajectory = [x.copy()] if return_trajectory else None
-    for i, k in enumerate(tqdm(range(chain.T, 0, -1), disable=not progress, desc=name, leave=False)):
-        eps_hat = xp.asarray(model(x, xp.full(shape[0], model_steps[k])), dtype=x.dtype)
-        z = _noise(rng, noise, i, x, k)
-        x = step(x, k, eps_hat, z)
+    for i, k in enumerate(tqdm(range(chain.T, 0, -1), disable=not progress, desc=sampler.name, leave=False)):
+        eps_hat = xp.asarray(model(x, xp.full(x.shape[0], model_steps[k])), dtype=x.dtype)
+        x = sampler.step(state, x, k, eps_hat, draws.z(i, x, k))
         if return_trajectory:
             trajectory.append(x.copy())
     return (x, trajectory) if return_trajectory else x
 
 
-def _noise(rng, noise, i, x, k):
-    """z for the i-th step (chain step k): noise[i] if given, zeros at k = 1 (unused), else a draw."""
-    if noise is not None:
-        z = noise[i]
-        if tuple(z.shape) != tuple(x.shape):
-            raise ValueError(f"noise[{i}] has shape {tuple(z.shape)}, expected {tuple(x.shape)}")
-        return xp_of(x).asarray(z, dtype=x.dtype)
-    if k == 1:
-        return xp_of(x).zeros_like(x)
-    return rng.standard_normal(x.shape, dtype=x.dtype)
+def sample(sampler, model, shape, schedule, rng=None, steps=None, x_T=None, noise=None, dtype=np.float32,
+           return_trajectory=False, progress=False):
+    """x_0 (B, ...) by `sampler` on `schedule.respace(steps)` (all T steps if None), through `run_chain`.
+
+    steps: K (or the kept steps); x_T, noise (K arrays), rng, dtype: see `Draws`.
+    """
+    chain = schedule if steps is None else schedule.respace(steps)
+    draws = Draws(shape, chain.T, rng=rng, x_T=x_T, noise=noise, dtype=dtype)
+    return run_chain(sampler, model, chain, draws, return_trajectory=return_trajectory, progress=progress)
+
+
+# ---------------------------------------------------------------- the public functions
+
+def ddpm_sample(model, shape, schedule, rng=None, steps=None, variance="fixed_small", clip_x0=False,
+                x_T=None, noise=None, dtype=np.float32, return_trajectory=False, progress=False, impl="auto"):
+    """Ancestral sampling x_T ~ N(0, I), x_{t-1} ~ p_theta(x_{t-1} | x_t) for t = T..1 (Algorithm 2), eq. (D1).
+
+        x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat) + sigma_t z,   sigma_1 = 0
+
+    One fused `minidiff.kernels.reverse_step` per step (`DDPMSampler`). steps: K (or kept steps) to sample
+    on the respaced chain `schedule.respace(steps)`. noise: K arrays z (the one at t = 1 is ignored).
+    Returns x_0 (B, ...), and with return_trajectory the list [x_T, ..., x_0] as well.
+    """
+    sampler = DDPMSampler(variance=variance, clip_x0=clip_x0, impl=impl)
+    return sample(sampler, model, shape, schedule, rng=rng, steps=steps, x_T=x_T, noise=noise, dtype=dtype,
+                  return_trajectory=return_trajectory, progress=progress)
+
+
+def ddim_sample(model, shape, schedule, rng=None, steps=None, eta=0.0, clip_x0=False, x_T=None, noise=None,
+                dtype=np.float32, return_trajectory=False, progress=False):
+    """DDIM sampling (Song et al. 2021) on `schedule.respace(steps)` (all steps if None), eq. (D2)-(D4).
+
+    eta = 0: deterministic; eta = 1 over all steps: DDPM with fixed-small variance, given the same
+    noise (docs/ddim.md eq. D4). Arguments and returns as `ddpm_sample` (`DDIMSampler`).
+    """
+    sampler = DDIMSampler(eta=eta, clip_x0=clip_x0)
+    return sample(sampler, model, shape, schedule, rng=rng, steps=steps, x_T=x_T, noise=noise, dtype=dtype,
+                  return_trajectory=return_trajectory, progress=progress)

@@ -12,10 +12,27 @@ documented neutral value there and are never read at t = 0 by the rest of minidi
     posterior_mean_coef2    = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)  (multiplies x_t)
     elbo_weights            = w_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t))   eq. (E6)
     snr                     = alpha_bar_t / (1 - alpha_bar_t)                     eq. (F6)
+
+Named schedules: each constructor `Schedule.<name>(T, **options)` is declared with
+`@named_schedule` (a classmethod that also enters itself in `SCHEDULES`), so SCHEDULES is the single
+list of names that the DDPM (`schedule=...`), the CLI (`plot schedules`) and the tests read;
+`make_schedule(name, T, **options)` builds one by name, `schedules_at(T)` every one that exists at T.
 """
 import numpy as np
 
 VARIANCES = ("fixed_small", "fixed_large")
+
+SCHEDULES = {}  # name -> constructor(T, **options) -> Schedule, in definition order; filled by @named_schedule
+
+
+class named_schedule(classmethod):
+    """`@named_schedule` is `@classmethod` that also registers the constructor: SCHEDULES[name] = Schedule.<name>.
+
+    Python calls __set_name__ once the class body has run, so the registry holds the bound constructor.
+    """
+
+    def __set_name__(self, owner, name):
+        SCHEDULES[name] = getattr(owner, name)
 
 
 class Schedule:
@@ -118,7 +135,7 @@ class Schedule:
 
     # ------------------------------------------------------------ constructors
 
-    @classmethod
+    @named_schedule
     def linear(cls, T, beta_start=1e-4, beta_end=0.02):
         """beta_t linear from beta_start to beta_end, both scaled by 1000/T, eq. (F7).
 
@@ -132,7 +149,7 @@ class Schedule:
                              f"{scale * beta_end:g} >= 1; need T > {1000.0 * max(beta_start, beta_end):g}")
         return cls(np.linspace(scale * beta_start, scale * beta_end, T))
 
-    @classmethod
+    @named_schedule
     def cosine(cls, T, s=0.008, max_beta=0.999):
         """alpha_bar(t) = f(t) / f(0), f(t) = cos^2(((t/T + s) / (1 + s)) pi/2); beta_t clipped, eq. (F8).
 
@@ -144,13 +161,13 @@ class Schedule:
         f = np.cos((np.arange(T + 1) / T + s) / (1.0 + s) * np.pi / 2.0) ** 2
         return cls(np.minimum(1.0 - f[1:] / f[:-1], max_beta))
 
-    @classmethod
+    @named_schedule
     def quadratic(cls, T, beta_start=1e-4, beta_end=0.02):
         """beta_t = (linear from sqrt(beta_start) to sqrt(beta_end))^2 (DDPM code's "quad"), eq. (F9)."""
         T = _check_T(T)
         return cls(np.linspace(beta_start ** 0.5, beta_end ** 0.5, T) ** 2)
 
-    @classmethod
+    @named_schedule
     def sigmoid(cls, T, beta_start=1e-4, beta_end=0.02):
         """beta_t = beta_start + (beta_end - beta_start) sigmoid(linear from -6 to 6), eq. (F10)."""
         T = _check_T(T)
@@ -159,6 +176,28 @@ class Schedule:
     def __repr__(self):
         return (f"Schedule(T={self.T}, beta_1={self.betas[1]:.3g}, beta_T={self.betas[-1]:.3g}, "
                 f"alpha_bar_T={self.alpha_bars[-1]:.3g})")
+
+
+def make_schedule(name, T, **options):
+    """The registered schedule `name` with T steps: SCHEDULES[name](T, **options), e.g. Schedule.cosine(T)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {name!r}")
+    return SCHEDULES[name](T, **options)
+
+
+def schedules_at(T):
+    """{name: schedule} for every registered schedule that exists at this T, with its default options.
+
+    A constructor that refuses T (a ValueError: Schedule.linear needs T > 20) is skipped.
+    """
+    T = _check_T(T)
+    out = {}
+    for name in SCHEDULES:
+        try:
+            out[name] = make_schedule(name, T)
+        except ValueError:
+            continue
+    return out
 
 
 def spaced_timesteps(T, K):

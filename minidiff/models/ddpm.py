@@ -5,7 +5,8 @@ Training step (Algorithm 1), with the fused kernels of minidiff.kernels:
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps        kernels.q_sample (fused, eq. F5)
     L   = mean over B x D of (eps_hat(x_t, t) - eps)^2             diffusion.fused_eps_loss (squared noise units)
 Evaluation: the VLB of the test images in bits/dim by the full loop over t (diffusion.nll_bpd).
-Sampling: diffusion.ddpm_sample (fused reverse step) or ddim_sample, on a respaced chain if asked.
+Sampling: any sampler registered in diffusion.SAMPLERS ('ddpm': the fused reverse step; 'ddim'), on a
+respaced chain if asked. The schedule is any name registered in diffusion.SCHEDULES.
 """
 import os
 
@@ -19,9 +20,6 @@ from minidiff.models.base import as_images, loss_figure, register
 from minidiff.models.unet import UNet
 
 
-SCHEDULES = {"linear": diffusion.Schedule.linear, "cosine": diffusion.Schedule.cosine}
-
-
 @register
 class DDPM(nn.Module):
     name = "ddpm"
@@ -30,8 +28,7 @@ class DDPM(nn.Module):
     def __init__(self, image_shape=(1, 8, 8), T=200, schedule="cosine", base_channels=32, channel_mults=(1, 2),
                  num_res_blocks=1, attention_resolutions=(4,), dropout=0.1, eval_images=64, dtype=None):
         super().__init__()
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+        self.schedule = diffusion.make_schedule(schedule, T)      # a name in diffusion.SCHEDULES, default options
         c, h, w = image_shape
         if h != w:
             raise ValueError(f"DDPM: square images only, got {h}x{w}")
@@ -40,7 +37,6 @@ class DDPM(nn.Module):
                         "num_res_blocks": num_res_blocks, "attention_resolutions": list(attention_resolutions),
                         "dropout": dropout, "eval_images": eval_images}
         self.image_shape, self.T = tuple(image_shape), T
-        self.schedule = SCHEDULES[schedule](T)
         self.unet = UNet(c, h, base_channels, tuple(channel_mults), num_res_blocks, tuple(attention_resolutions),
                          dropout, dtype=dtype)
 
@@ -75,28 +71,24 @@ class DDPM(nn.Module):
                 "test_prior_bits_per_dim": float(to_numpy(vlb["prior_bpd"]).mean()),
                 "test_eps_loss": float(to_numpy(loss.data))}
 
-    def sample(self, n, rng, sampler="ddpm", steps=None, eta=0.0, clip_x0=True, return_trajectory=False,
-               progress=False):
-        """n images (n, C, H, W) from x_T ~ N(0, I); sampler 'ddpm' (ancestral) or 'ddim' (eta), on K steps.
+    def sample(self, n, rng, sampler="ddpm", steps=None, clip_x0=True, return_trajectory=False, progress=False,
+               **options):
+        """n images (n, C, H, W) from x_T ~ N(0, I) by a sampler of diffusion.SAMPLERS, on K steps if given.
 
-        clip_x0 clips the predicted x_0 to the data range [-1, 1] at every step. DDIM (eta = 0) needs
-        it here: the cosine schedule's last step has beta_T = 0.999, so x0_hat = (x_T - sqrt(1 - alpha_bar_T)
-        eps_hat) / sqrt(alpha_bar_T) multiplies the error of eps_hat by about 1/sqrt(alpha_bar_T), and
-        without fresh noise DDIM never washes it out (docs/training.md §5).
+        sampler: its registry name ('ddpm' ancestral, 'ddim', ...); options: its keyword-only options
+        (eta=... for 'ddim'). clip_x0 clips the predicted x_0 to the data range [-1, 1] at every step.
+        DDIM (eta = 0) needs it here: the cosine schedule's last step has beta_T = 0.999, so
+        x0_hat = (x_T - sqrt(1 - alpha_bar_T) eps_hat) / sqrt(alpha_bar_T) multiplies the error of eps_hat
+        by about 1/sqrt(alpha_bar_T), and without fresh noise DDIM never washes it out (docs/training.md §5).
         """
         self.eval()
-        shape = (n,) + self.image_shape
-        if sampler == "ddpm":
-            return diffusion.ddpm_sample(self.eps_array, shape, self.schedule, rng, steps=steps, clip_x0=clip_x0,
-                                         return_trajectory=return_trajectory, progress=progress)
-        if sampler == "ddim":
-            return diffusion.ddim_sample(self.eps_array, shape, self.schedule, rng, steps=steps, eta=eta,
-                                         clip_x0=clip_x0, return_trajectory=return_trajectory, progress=progress)
-        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        chosen = diffusion.make_sampler(sampler, clip_x0=clip_x0, **options)
+        return diffusion.sample(chosen, self.eps_array, (n,) + self.image_shape, self.schedule, rng, steps=steps,
+                                return_trajectory=return_trajectory, progress=progress)
 
-    def sample_images(self, n, rng, sampler="ddpm", steps=None, eta=0.0, label=None):
-        """n samples as a NumPy array in [-1, 1], (n, C, H, W)."""
-        return as_images(self.sample(n, rng, sampler, steps, eta))
+    def sample_images(self, n, rng, sampler="ddpm", steps=None, label=None, **options):
+        """n samples as a NumPy array in [-1, 1], (n, C, H, W); options go to the sampler (eta=... for 'ddim')."""
+        return as_images(self.sample(n, rng, sampler, steps, **options))
 
     # ------------------------------------------------------------ figures
     def figures(self, out, dataset, trainer, rng):
@@ -110,19 +102,9 @@ class DDPM(nn.Module):
                                            os.path.join(out, "reverse_process.png")))
         paths.append(plots.save_forward_strip(dataset.x_test[:6], self.schedule,
                                               os.path.join(out, "forward_process.png"), n_frames=9))
-        paths.append(plots.save_schedule_curves(schedules_at(self.T), os.path.join(out, "schedules.png")))
+        paths.append(plots.save_schedule_curves(diffusion.schedules_at(self.T), os.path.join(out, "schedules.png")))
         if trainer and len(trainer.evals) > 1:
             curve = {"test VLB": ([e["step"] for e in trainer.evals], [e["test_bits_per_dim"] for e in trainer.evals])}
             paths.append(plots.save_curves(curve, os.path.join(out, "test_bits_per_dim.png"), ylabel="bits/dim"))
         return paths
 
-
-def schedules_at(T):
-    """Every named schedule that exists at this T (the linear one needs T > 20, see Schedule.linear)."""
-    out = {}
-    for name, make in SCHEDULES.items():
-        try:
-            out[name] = make(T)
-        except ValueError:
-            continue
-    return out
