@@ -7,6 +7,10 @@
 
 `train` writes into --out: model.safetensors (weights, EMA, optimiser, step: resumable), metrics.json
 (model, steps, initial_loss, final_loss and the held-out metrics) and PNG figures.
+
+The choices come from the registries: models from minidiff.models.REGISTRY, samplers from
+minidiff.diffusion.SAMPLERS (their options by --sampler-option KEY=VALUE), schedules from
+minidiff.diffusion.SCHEDULES (`train ddpm --set schedule=NAME`, `plot schedules`).
 """
 import argparse
 import json
@@ -18,9 +22,8 @@ import numpy as np
 
 from minidiff import backend, data, models, plots
 from minidiff.autograd import no_grad
+from minidiff.diffusion import SAMPLERS, schedules_at
 from minidiff.train import TrainConfig, Trainer, TrainingDiverged
-
-TRAINABLE = ("ae", "vae", "cvae", "ddpm", "classifier")
 
 
 def _parser():
@@ -28,7 +31,7 @@ def _parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model and write checkpoint, metrics.json and figures")
-    t.add_argument("model", choices=TRAINABLE)
+    t.add_argument("model", choices=list(models.REGISTRY))
     t.add_argument("--dataset", default="digits", choices=["digits", "shapes", "mnist", "fashion-mnist"])
     t.add_argument("--data-root", help="folder holding the four IDX files (mnist, fashion-mnist)")
     t.add_argument("--steps", type=int, help="optimiser steps (default: the model's)")
@@ -47,9 +50,8 @@ def _parser():
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--out", required=True, help="FILE.npy")
-    s.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="DDPM only")
-    s.add_argument("--steps", type=int, help="DDPM only: sample on K respaced steps")
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM only")
+    _sampling(s)
+    s.add_argument("--eta", type=float, help="DDIM only (same as --sampler-option eta=E)")
     s.add_argument("--label", type=int, help="cVAE only: the digit to draw (default: 0..9 in turn)")
     s.add_argument("--seed", type=int, default=0)
     _common(s)
@@ -58,8 +60,7 @@ def _parser():
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--classifier", help="classifier checkpoint for sample quality (train classifier)")
     e.add_argument("--n", type=int, default=1000, help="samples scored for quality")
-    e.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
-    e.add_argument("--steps", type=int)
+    _sampling(e)
     e.add_argument("--dataset", default=None, help="default: the one the checkpoint was trained on")
     e.add_argument("--data-root")
     e.add_argument("--out", help="write the metrics as JSON here")
@@ -75,6 +76,13 @@ def _parser():
     f.add_argument("--seed", type=int, default=0)
     _common(f)
     return p
+
+
+def _sampling(p):
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm", help="DDPM only")
+    p.add_argument("--steps", type=int, help="DDPM only: sample on K respaced steps")
+    p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="DDPM only: a sampler option, e.g. --sampler-option eta=0.5 for ddim (JSON values)")
 
 
 def _common(p):
@@ -95,17 +103,24 @@ def main(argv=None):
 
 # ---------------------------------------------------------------- train
 
-def _parse_sets(items):
+def _parse_sets(items, flag="--set"):
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def new_model(args, dataset):
+    """The model `args.model` with its defaults for the dataset and the --set overrides, seeded by --seed."""
+    cls = models.REGISTRY[args.model]
+    backend.manual_seed(args.seed)
+    return cls(**cls.default_hparams(dataset), **_parse_sets(args.set))
 
 
 def train_config(cls, args):
@@ -121,10 +136,8 @@ def train_config(cls, args):
 def cmd_train(args):
     out = args.out or os.path.join("runs", args.model)
     dataset = data.load_images(args.dataset, args.data_root, seed=0)
-    cls = models.REGISTRY[args.model]
-    backend.manual_seed(args.seed)
-    model = cls(**cls.default_hparams(dataset), **_parse_sets(args.set))
-    config = train_config(cls, args)
+    model = new_model(args, dataset)
+    config = train_config(type(model), args)
     trainer = Trainer(model, config, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, out_dir=out,
                       meta={"dataset": args.dataset})
     if args.resume:
@@ -166,11 +179,21 @@ def run_metrics(trainer, dataset, seconds, figures):
 
 # ---------------------------------------------------------------- sample / eval / plot
 
+def sampler_options(args):
+    """The --sampler-option KEY=VALUE pairs (and --eta where the command has it) as keyword options."""
+    options = _parse_sets(args.sampler_option, "--sampler-option")
+    if getattr(args, "eta", None) is not None:
+        if "eta" in options:
+            raise ValueError("eta given twice: use --eta or --sampler-option eta=..., not both")
+        options["eta"] = args.eta
+    return options
+
+
 def cmd_sample(args):
     model, state = models.load(args.checkpoint)
     rng = backend.default_rng(seed=args.seed)
-    images = model.sample_images(args.n, rng, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                 label=args.label)
+    images = model.sample_images(args.n, rng, sampler=args.sampler, steps=args.steps, label=args.label,
+                                 **sampler_options(args))
     if not args.out.endswith(".npy"):
         raise ValueError(f"--out must name a .npy file, got {args.out!r}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -195,7 +218,8 @@ def cmd_eval(args):
         classifier, _ = models.load(args.classifier)
         labels = np.arange(args.n) % dataset.num_classes
         started = time.time()
-        samples = model.sample_images(args.n, rng, sampler=args.sampler, steps=args.steps, label=labels)
+        samples = model.sample_images(args.n, rng, sampler=args.sampler, steps=args.steps, label=labels,
+                                      **sampler_options(args))
         result["sampling_seconds"] = round(time.time() - started, 1)
         requested = labels if model.name == "cvae" else None
         result["quality"] = quality.sample_quality(classifier, samples, dataset.x_test, requested)
@@ -213,10 +237,8 @@ def cmd_eval(args):
 
 def cmd_plot(args):
     os.makedirs(args.out, exist_ok=True)
-    if args.what == "schedules":
-        from minidiff.diffusion import Schedule
-        path = plots.save_schedule_curves({"linear": Schedule.linear(args.T), "cosine": Schedule.cosine(args.T)},
-                                          os.path.join(args.out, "schedules.png"))
+    if args.what == "schedules":  # every registered schedule that exists at --T
+        path = plots.save_schedule_curves(schedules_at(args.T), os.path.join(args.out, "schedules.png"))
         print(f"wrote {path}")
     elif args.what == "recon-vs-latent":
         from minidiff import experiments

@@ -23,6 +23,8 @@ def load(path, use_ema=True):
     return model.eval(), state
 
 
-from minidiff.models import ae, classifier, ddpm, vae  # noqa: E402,F401  (importing a model module registers it)
+# Importing a model module registers its models: every module with a @register class is listed here
+# (tests/test_registries.py checks that nothing registers only when imported by hand).
+from minidiff.models import ae, classifier, ddpm, vae  # noqa: E402,F401
 
 __all__ = ["REGISTRY", "build", "register", "load"]

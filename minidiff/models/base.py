@@ -10,7 +10,12 @@ REGISTRY = {}
 
 
 def register(cls):
-    """Class decorator: make a model buildable by name (checkpoints store the name and hparams)."""
+    """Class decorator: make a model buildable and trainable by its `name` (checkpoints, `train <name>`).
+
+    REGISTRY is the one list of models: the CLI's `train` choices and the tests read it.
+    """
+    if REGISTRY.get(cls.name, cls) is not cls:
+        raise ValueError(f"model name {cls.name!r} is already registered to {REGISTRY[cls.name].__name__}")
     REGISTRY[cls.name] = cls
     return cls
 
