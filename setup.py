@@ -21,7 +21,7 @@ setup(
         "scikit-learn>=1.2",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.4"],
         "gpu": ["cupy-cuda12x", "numba-cuda"],
         "bench": ["threadpoolctl"],
     },

@@ -72,6 +72,11 @@ def _as_array(data, dtype=None):
     return xp().asarray(arr, dtype=dtype)
 
 
+def _one_or_many(args):
+    """f(a, b, c) and f((a, b, c)) alike: a single tuple/list argument is the sequence itself."""
+    return args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+
+
 class Tensor:
     """An n-dimensional array with an optional gradient.
 
@@ -197,8 +202,8 @@ class Tensor:
     def sigmoid(self): return _ops.sigmoid(self)
     def relu(self): return _ops.relu(self)
     def clip(self, lo=None, hi=None): return _ops.clip(self, lo, hi)
-    def reshape(self, *shape): return _ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
-    def transpose(self, *axes): return _ops.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+    def reshape(self, *shape): return _ops.reshape(self, _one_or_many(shape))
+    def transpose(self, *axes): return _ops.transpose(self, _one_or_many(axes) or None)
     def softmax(self, axis=-1): return _ops.softmax(self, axis)
     def log_softmax(self, axis=-1): return _ops.log_softmax(self, axis)
 

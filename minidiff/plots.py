@@ -65,7 +65,7 @@ def save_strip(frames, labels, path, title=None):
     Drawn as one tiled image (one imshow), with the labels as column ticks.
     """
     columns = [to_numpy(f) for f in frames]
-    n, (h, w) = columns[0].shape[0], columns[0].shape[-2:]
+    n, w = columns[0].shape[0], columns[0].shape[-1]
     stacked = np.stack(columns, axis=1).reshape((-1,) + columns[0].shape[1:])   # row-major: sample, frame
     grid = image_grid(stacked, nrow=len(columns))
     fig = _figure(0.75 * len(columns) + 0.6, 0.75 * n + 0.6)

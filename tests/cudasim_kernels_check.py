@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 import minidiff.kernels as K
 from minidiff.kernels import numba_cuda
 from tests.kernel_checks import check_all
-from tests.strategies_kernels import Schedule, unscaled_linear, problems
+from tests.strategies_kernels import unscaled_linear, problems
 
 pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
                                 reason="run by test_kernels_cudasim.py with NUMBA_ENABLE_CUDASIM=1")

@@ -11,7 +11,8 @@ def shapes(min_dims=0, max_dims=4, min_side=1, max_side=4):
 
 def arrays(shape, lo=-2.0, hi=2.0, dtype=np.float64):
     """Float arrays with elements in [lo, hi] (finite, no subnormals)."""
-    return hnp.arrays(dtype, shape, elements=st.floats(lo, hi, allow_subnormal=False, width=64 if dtype == np.float64 else 32))
+    width = 64 if dtype == np.float64 else 32
+    return hnp.arrays(dtype, shape, elements=st.floats(lo, hi, allow_subnormal=False, width=width))
 
 
 def away_from(arr_strategy, points, gap=1e-2):

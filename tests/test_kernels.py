@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 import minidiff.kernels as K
 from minidiff.kernels import numba_cpu, reference as R
 from tests.kernel_checks import check_eps_loss, check_q_sample, check_reverse_step
-from tests.strategies_kernels import Schedule, unscaled_linear, problems, schedules, small_shapes, tolerance
+from tests.strategies_kernels import unscaled_linear, problems, schedules, small_shapes, tolerance
 
 CPU_IMPLS = ["numpy", "numba"]
 

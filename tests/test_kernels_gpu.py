@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 import minidiff.kernels as K
 from tests.kernel_checks import check_all
-from tests.strategies_kernels import Schedule, unscaled_linear, problems
+from tests.strategies_kernels import unscaled_linear, problems
 
 pytestmark = pytest.mark.gpu
 

@@ -134,7 +134,8 @@ def test_max(data, keepdims):
     # distinct values at least 0.1 apart: no ties, and no kink within the finite-difference step
     x = data.draw(hnp.arrays(np.int64, shape, elements=st.integers(-200, 200), unique=True)) / 10.0
     axis = data.draw(st.one_of(st.none(), st.integers(-len(shape), len(shape) - 1)))
-    np.testing.assert_array_equal(ops.max(md.Tensor(x), axis, keepdims).numpy(), np.max(x, axis=axis, keepdims=keepdims))
+    np.testing.assert_array_equal(ops.max(md.Tensor(x), axis, keepdims).numpy(),
+                                  np.max(x, axis=axis, keepdims=keepdims))
     gradcheck(lambda a: ops.max(a, axis, keepdims), [x])
 
 
@@ -267,4 +268,5 @@ def test_pad(x, data, value):
 
 @given(x=some)
 def test_astype_round_trip_gradient(x):
-    gradcheck(lambda a: ops.astype(ops.astype(a, np.float32) * 2.0, np.float64), [x], h=1e-2, atol=1e-4, rtol=1e-4)  # linear, so a wide step is exact up to float32 rounding
+    # linear, so a wide step is exact up to float32 rounding
+    gradcheck(lambda a: ops.astype(ops.astype(a, np.float32) * 2.0, np.float64), [x], h=1e-2, atol=1e-4, rtol=1e-4)

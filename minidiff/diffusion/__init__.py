@@ -6,8 +6,8 @@
     samplers.py   the Sampler interface and its registry (SAMPLERS: ddpm, ddim), the shared loop, respaced steps
     oracle.py     models with an analytic optimum: Gaussian data, the empirical MMSE denoiser
 """
-from minidiff.diffusion.elbo import (EpsLoss, elbo_weighted_loss, eps_loss, fused_eps_loss, l_simple, nll_bpd, nll_bpd_importance,
-                                     prior_bpd, vb_terms_bpd)
+from minidiff.diffusion.elbo import (EpsLoss, elbo_weighted_loss, eps_loss, fused_eps_loss, l_simple, nll_bpd,
+                                     nll_bpd_importance, prior_bpd, vb_terms_bpd)
 from minidiff.diffusion.oracle import EmpiricalDenoiser, GaussianDataOracle
 from minidiff.diffusion.process import (eps_from_v, eps_from_x0, p_mean_variance, predict_x0, q_mean_variance,
                                         q_posterior, q_sample, q_step_mean_variance, q_step_sample, v_from_x0_eps,

@@ -32,7 +32,8 @@ class Transpose(Function):
     def forward(self, x, axes=None):
         axes = tuple(range(x.ndim))[::-1] if axes is None else tuple(a % max(x.ndim, 1) for a in axes)
         if sorted(axes) != list(range(x.ndim)):
-            raise ValueError(f"transpose: axes {axes} are not a permutation of 0..{x.ndim - 1} (shape {tuple(x.shape)})")
+            raise ValueError(f"transpose: axes {axes} are not a permutation of 0..{x.ndim - 1} "
+                             f"(shape {tuple(x.shape)})")
         self.inverse = tuple(np.argsort(axes))
         return x.transpose(axes)
 
