@@ -2,7 +2,7 @@
 
 A chain y_{k+1} = f_k(y_k) of N elementwise ops on a small tensor measures the per-node
 cost of the engine (Function bookkeeping, topological sort, accumulation), not arithmetic.
-Target (issue 2): backward time < 2x forward time for N = 10,000.
+Target: backward time < 2x forward time for N = 10,000.
 
     python benchmarks/bench_autograd.py [--n 10000] [--size 16]
 """

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_layers.py [--repeats 7] [--threads N] [--name layers_cpu]
 
-Cases (float32, the issue's sizes, plus the small-image U-Net size used on 8x8 digits):
+Cases (float32, the layer sizes of a 32x32 U-Net, plus the small-image U-Net size used on 8x8 digits):
   conv2d          3x3 pad 1, (16, 64, 32, 32) -> (16, 64, 32, 32)
   conv2d_8x8      3x3 pad 1, (128, 64, 8, 8)  -> (128, 64, 8, 8)
   conv_transpose  4x4 stride 2 pad 1, (16, 64, 16, 16) -> (16, 64, 32, 32)
