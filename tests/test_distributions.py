@@ -1,4 +1,4 @@
-"""Gaussian KL, densities, the discretised decoder and Bernoulli: properties e and f, docs/gaussian_kl.md."""
+"""Gaussian KL, densities, the discretised decoder and Bernoulli, docs/gaussian_kl.md, docs/vlb_bits_per_dim.md."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -18,10 +18,10 @@ means = st.floats(-3, 3)
 logvars = st.floats(-6, 3)
 
 
-# ---------------------------------------------------------------- e. KL
+# ---------------------------------------------------------------- KL
 
 @given(means, logvars, means, logvars)
-def test_e_normal_kl_matches_monte_carlo(m1, lv1, m2, lv2):
+def test_normal_kl_matches_monte_carlo(m1, lv1, m2, lv2):
     """KL = E_{x ~ N1}[log N1(x) - log N2(x)]: mean of n draws within 5 standard errors."""
     n = 20000
     x = m1 + np.exp(0.5 * lv1) * np.random.default_rng(7).standard_normal(n)
@@ -31,7 +31,7 @@ def test_e_normal_kl_matches_monte_carlo(m1, lv1, m2, lv2):
 
 
 @given(shapes(min_dims=1), seeds())
-def test_e_kl_is_nonnegative_and_zero_exactly_for_equal_gaussians(shape, seed):
+def test_kl_is_nonnegative_and_zero_exactly_for_equal_gaussians(shape, seed):
     rng = np.random.default_rng(seed)
     m1, m2 = rng.normal(size=shape), rng.normal(size=shape)
     lv1, lv2 = rng.uniform(-4, 2, shape), rng.uniform(-4, 2, shape)
@@ -43,7 +43,7 @@ def test_e_kl_is_nonnegative_and_zero_exactly_for_equal_gaussians(shape, seed):
 
 
 @given(shapes(min_dims=1), seeds())
-def test_e_the_notes_two_vae_kl_forms_agree(shape, seed):
+def test_the_notes_two_vae_kl_forms_agree(shape, seed):
     """1/2 (mu^2 + sigma^2 - 1 - log sigma^2) (seeds/000) = 1/2 (e^s - (1 + s) + mu^2) (seeds/001)
     = normal_kl to N(0, 1)."""
     rng = np.random.default_rng(seed)
@@ -54,7 +54,7 @@ def test_e_the_notes_two_vae_kl_forms_agree(shape, seed):
     np.testing.assert_allclose(with_logvar, normal_kl(mean, logvar, 0.0, 0.0), rtol=1e-10, atol=1e-14)
 
 
-def test_e_normal_kl_matches_torch():
+def test_normal_kl_matches_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     m1, m2, lv1, lv2 = rng.normal(size=(4, 50))
@@ -101,10 +101,10 @@ def test_diagonal_gaussian_rsample_log_prob_and_kl(batch, dim, seed):
         DiagonalGaussian(np.zeros(3), np.zeros(2))
 
 
-# ---------------------------------------------------------------- f. the discretised decoder
+# ---------------------------------------------------------------- the discretised decoder
 
 @given(st.floats(-5, 5), st.floats(-12, 4), st.sampled_from(["exact", "tanh"]))
-def test_f_256_bin_probabilities_sum_to_one(mean, log_scale, cdf):
+def test_discretised_bin_probabilities_sum_to_one(mean, log_scale, cdf):
     log_p = discretized_gaussian_log_likelihood(GRID, np.full(256, mean), np.full(256, log_scale), cdf=cdf)
     total = np.exp(log_p).sum()
     # neighbouring bins round their shared edge separately (x + 1/255 vs x' - 1/255): ~1e-16/scale in z
@@ -114,7 +114,7 @@ def test_f_256_bin_probabilities_sum_to_one(mean, log_scale, cdf):
 
 
 @given(st.floats(-1.5, 1.5), st.floats(-6, 1))
-def test_f_exact_bins_match_scipy_cdf_and_tanh_is_close(mean, log_scale):
+def test_exact_bins_match_scipy_cdf_and_tanh_is_close(mean, log_scale):
     scale = np.exp(log_scale)
     upper = np.where(GRID > 0.999, np.inf, GRID + 1 / 255)
     lower = np.where(GRID < -0.999, -np.inf, GRID - 1 / 255)

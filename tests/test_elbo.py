@@ -1,4 +1,4 @@
-"""Losses, VLB terms and bits/dim: properties d (KL = w_t ||eps - eps_hat||^2 + c), g (the oracle) and i.
+"""Losses, VLB terms and bits/dim: KL = w_t ||eps - eps_hat||^2 + c, the Gaussian-data oracle, importance sampling.
 
 docs/eps_parameterisation.md, docs/vlb_bits_per_dim.md.
 """
@@ -31,7 +31,7 @@ def _on_grid(x0):
 # ---------------------------------------------------------------- eps losses
 
 @given(problems(), seeds())
-def test_l_simple_is_the_mean_squared_noise_error_on_arrays_and_tensors(problem, seed):
+def test_L_simple_is_the_mean_squared_noise_error_on_arrays_and_tensors(problem, seed):
     _, _, _, eps, _ = problem
     eps_hat = np.random.default_rng(seed).standard_normal(eps.shape)
     np.testing.assert_allclose(l_simple(eps_hat, eps), np.mean((eps - eps_hat) ** 2), rtol=1e-13)
@@ -54,10 +54,10 @@ def test_eps_loss_with_weights_matches_the_fused_kernels(problem, seed):
     gradcheck(lambda e: eps_loss(e, eps, weights), [eps_hat])
 
 
-# ---------------------------------------------------------------- d. each KL term is w_t ||eps - eps_hat||^2 + c_t
+# ---------------------------------------------------------------- each KL term is w_t ||eps - eps_hat||^2 + c_t
 
 @given(problems(), seeds(), variances)
-def test_d_kl_term_is_w_t_times_squared_noise_error_plus_a_constant(problem, seed, variance):
+def test_kl_term_is_w_t_times_squared_noise_error_plus_a_constant(problem, seed, variance):
     schedule, t, x0, eps, _ = problem
     assume(schedule.T >= 2)
     t = np.maximum(t, 2)
@@ -114,7 +114,7 @@ def test_vb_terms_refuse_an_unknown_decoder():
         vb_terms_bpd(x, x, np.array([1, 2]), x, s, decoder="logistic")
 
 
-# ---------------------------------------------------------------- g. the Gaussian-data oracle
+# ---------------------------------------------------------------- the Gaussian-data oracle
 
 oracle_configs = st.tuples(
     st.lists(st.floats(-2, 2), min_size=1, max_size=3),
@@ -123,7 +123,7 @@ oracle_configs = st.tuples(
 
 
 @given(schedules(max_T=60), oracle_configs, st.integers(1, 40), seeds())
-def test_g_oracle_eps_hat_is_the_conditional_mean_of_the_noise(schedule, config, t_value, seed):
+def test_oracle_eps_hat_is_the_conditional_mean_of_the_noise(schedule, config, t_value, seed):
     """E[eps | x_t] by Gaussian regression: Cov(eps, x_t) / Var(x_t) (x_t - E x_t), computed here."""
     m, s = config
     t_value = min(t_value, schedule.T)
@@ -135,7 +135,7 @@ def test_g_oracle_eps_hat_is_the_conditional_mean_of_the_noise(schedule, config,
 
 
 @given(schedules(max_T=200), oracle_configs, variances)
-def test_g_vlb_never_exceeds_the_true_log_likelihood(schedule, config, variance):
+def test_vlb_never_exceeds_the_true_log_likelihood(schedule, config, variance):
     """E_data[-L_VLB] <= E_data[log p(x_0)] = -H: the expected gap is >= 0 for any schedule and data scale."""
     m, s = config
     oracle = GaussianDataOracle(m, s, schedule)
@@ -145,7 +145,7 @@ def test_g_vlb_never_exceeds_the_true_log_likelihood(schedule, config, variance)
 
 @given(st.sampled_from(["linear", "cosine", "quadratic", "sigmoid"]), st.integers(21, 250),
        st.lists(st.floats(-2, 2), min_size=1, max_size=3), st.floats(0.7, 3.0))
-def test_g_gap_shrinks_as_T_grows(kind, T, m, s):
+def test_vlb_gap_shrinks_as_T_grows(kind, T, m, s):
     """gap(2T) < gap(T) with fixed-small variance for data scale s >= 0.7. Not for every scale:
     docs/vlb_bits_per_dim.md §5 lists counterexamples (cosine T = 21, s = 0.5; linear T = 216, s = 0.07)."""
     m = np.array(m)
@@ -157,7 +157,7 @@ def test_g_gap_shrinks_as_T_grows(kind, T, m, s):
 
 
 @given(schedules(max_T=40), oracle_configs, variances)
-def test_g_full_loop_bound_matches_the_analytic_expected_terms(schedule, config, variance):
+def test_full_loop_bound_matches_the_analytic_expected_terms(schedule, config, variance):
     """Monte Carlo over x_0 ~ data and the forward noise: mean of nll_bpd within 5 standard errors."""
     m, s = config
     oracle = GaussianDataOracle(m, s, schedule)
@@ -186,7 +186,7 @@ def _chain_log_ratio(oracle, schedule, n, rng):
 
 
 @given(schedules(min_T=2, max_T=30), oracle_configs)
-def test_g_chain_form_of_the_elbo_equals_the_kl_form_with_the_reconstruction_term(schedule, config):
+def test_chain_form_of_the_elbo_equals_the_kl_form_with_the_reconstruction_term(schedule, config):
     """E_q[log p(x_{0:T}) - log q(x_{1:T} | x_0)] = -(L_T + sum_{t>=2} L_{t-1} + L_0), within 5 standard errors."""
     oracle = GaussianDataOracle(*config, schedule)
     log_ratio = _chain_log_ratio(oracle, schedule, 2000, np.random.default_rng(99))
@@ -195,7 +195,7 @@ def test_g_chain_form_of_the_elbo_equals_the_kl_form_with_the_reconstruction_ter
 
 
 @given(st.integers(21, 40), oracle_configs)
-def test_g_errata_notes_kl_form_without_the_reconstruction_term_misses(T, config):
+def test_errata_notes_kl_form_without_the_reconstruction_term_misses(T, config):
     """seeds/000's KL form, -L_T - sum_{t>1} L_{t-1}, drops E[log p(x_0 | x_1)]: for the linear schedule it
     misses the chain form by many standard errors."""
     schedule = Schedule.linear(T)
@@ -213,10 +213,10 @@ def _log_normal(x, mean, variance):
     return d.reshape(len(x), -1).sum(axis=1)
 
 
-# ---------------------------------------------------------------- i. importance sampling over t is unbiased
+# ---------------------------------------------------------------- importance sampling over t is unbiased
 
 @given(schedules(min_T=2, max_T=40), st.booleans(), seeds())
-def test_i_importance_sampled_bpd_is_unbiased_for_the_full_loop(schedule, uniform, proposal_seed):
+def test_importance_sampled_bpd_is_unbiased_for_the_full_loop(schedule, uniform, proposal_seed):
     oracle = GaussianDataOracle(np.array([0.2, -0.1]), np.array([0.5, 0.4]), schedule)
     proposal = None
     if not uniform:
@@ -233,7 +233,7 @@ def test_i_importance_sampled_bpd_is_unbiased_for_the_full_loop(schedule, unifor
         assert abs(estimates[b].mean() - loops[b].mean()) < 5 * se
 
 
-def test_i_importance_sampling_refuses_a_bad_proposal():
+def test_importance_sampling_refuses_a_bad_proposal():
     s = Schedule.cosine(4)
     oracle = GaussianDataOracle(0.0, 0.5, s)
     for bad in ([0.5, 0.5], [0.5, 0.5, 0.0, 0.0], [0.3, 0.3, 0.3, 0.3]):

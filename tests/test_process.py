@@ -1,4 +1,4 @@
-"""Forward process, posterior and reverse mean: properties b, c, d and the j round trips.
+"""Forward process, posterior and reverse mean, and the eps <-> x0 <-> v round trips.
 
 docs/forward_process.md, docs/posterior.md, docs/eps_parameterisation.md.
 """
@@ -19,10 +19,10 @@ def _col(a, t):
     return a[t][:, None]
 
 
-# ---------------------------------------------------------------- b. composing one-step kernels
+# ---------------------------------------------------------------- composing one-step kernels
 
 @given(problems(max_T=200))
-def test_b_t_one_step_kernels_compose_to_the_closed_form_algebraically(problem):
+def test_one_step_kernels_composed_t_times_equal_the_closed_form_algebraically(problem):
     """Push (mean, variance) through q(x_s | x_{s-1}), s = 1..t.
 
     mean' = sqrt(alpha_s) mean, var' = alpha_s var + beta_s; compare with q(x_t | x_0)."""
@@ -42,7 +42,7 @@ def test_b_t_one_step_kernels_compose_to_the_closed_form_algebraically(problem):
 
 
 @given(schedules(max_T=100), st.floats(-1, 1), st.data())
-def test_b_t_one_step_kernels_compose_to_the_closed_form_by_monte_carlo(schedule, x0_value, data):
+def test_one_step_kernels_composed_t_times_equal_the_closed_form_by_monte_carlo(schedule, x0_value, data):
     """N chains stepped t times: sample mean and variance within 5 standard errors of q(x_t | x_0)."""
     t_value = data.draw(st.integers(1, schedule.T))
     n = 4000
@@ -65,10 +65,10 @@ def test_q_sample_is_the_closed_form_and_differentiable(problem):
     gradcheck(lambda a, e: q_sample(a, t, e, schedule), [x0, eps])
 
 
-# ---------------------------------------------------------------- c. the posterior is the Bayes product
+# ---------------------------------------------------------------- the posterior is the Bayes product
 
 @given(problems(max_T=300))
-def test_c_posterior_equals_bayes_product_of_the_two_gaussians(problem):
+def test_posterior_equals_bayes_product_of_the_two_gaussians(problem):
     """q(x_{t-1} | x_t, x_0) ∝ N(x_t; sqrt(alpha_t) x_{t-1}, beta_t) N(x_{t-1}; sqrt(ab_{t-1}) x_0, 1 - ab_{t-1})."""
     schedule, t, x0, eps, _ = problem
     assume(schedule.T >= 2)
@@ -86,7 +86,7 @@ def test_c_posterior_equals_bayes_product_of_the_two_gaussians(problem):
 
 
 @given(problems())
-def test_c_posterior_at_t1_is_the_point_mass_at_x0(problem):
+def test_posterior_at_t1_is_the_point_mass_at_x0(problem):
     schedule, _, x0, eps, _ = problem
     t = np.ones(len(x0), dtype=int)
     mean, variance, _ = q_posterior(x0, q_sample(x0, t, eps, schedule), t, schedule)
@@ -95,7 +95,7 @@ def test_c_posterior_at_t1_is_the_point_mass_at_x0(problem):
 
 
 @given(problems())
-def test_c_errata_notes_posterior_coefficient_sqrt_alpha_bar_is_wrong(problem):
+def test_errata_notes_posterior_coefficient_sqrt_alpha_bar_is_wrong(problem):
     """seeds/000 writes sqrt(alpha_bar_t) (1 - ab_{t-1}) / (1 - ab_t) for the x_t coefficient; it is sqrt(alpha_t)."""
     schedule, _, _, _, _ = problem
     assume(schedule.T >= 2)
@@ -108,10 +108,10 @@ def test_c_errata_notes_posterior_coefficient_sqrt_alpha_bar_is_wrong(problem):
     assert (notes < true).all()
 
 
-# ---------------------------------------------------------------- d. posterior mean minus model mean
+# ---------------------------------------------------------------- posterior mean minus model mean
 
 @given(problems(), seeds())
-def test_d_mean_gap_is_proportional_to_the_noise_error(problem, seed):
+def test_mean_gap_is_proportional_to_the_noise_error(problem, seed):
     """mu_tilde(x_t, x_0) - mu_theta(x_t, t) = beta_t / (sqrt(alpha_t) sqrt(1 - ab_t)) (eps_hat - eps)."""
     schedule, t, x0, eps, _ = problem
     eps_hat = eps + np.random.default_rng(seed).standard_normal(eps.shape)
@@ -125,7 +125,7 @@ def test_d_mean_gap_is_proportional_to_the_noise_error(problem, seed):
 
 
 @given(problems(), seeds(), st.booleans(), st.sampled_from(["fixed_small", "fixed_large"]))
-def test_d_p_mean_variance_agrees_with_the_kernels_reverse_step(problem, seed, clip_x0, variance):
+def test_p_mean_variance_agrees_with_the_kernels_reverse_step(problem, seed, clip_x0, variance):
     """Two formulas, one mean: posterior mean at x0_hat (here) vs 1/sqrt(alpha_t)(x_t - ...) (kernels)."""
     schedule, t, x0, eps, _ = problem
     eps_hat = eps + 0.3 * np.random.default_rng(seed).standard_normal(eps.shape)
@@ -140,7 +140,7 @@ def test_d_p_mean_variance_agrees_with_the_kernels_reverse_step(problem, seed, c
 
 
 @given(problems())
-def test_d_errata_notes_model_mean_with_sqrt_alpha_bar_is_wrong(problem):
+def test_errata_notes_model_mean_with_sqrt_alpha_bar_is_wrong(problem):
     """seeds/000 writes mu_theta = 1/sqrt(alpha_bar_t)(x_t - ...): it differs from the true mean for t >= 2."""
     schedule, t, x0, eps, _ = problem
     assume(schedule.T >= 2)
@@ -158,10 +158,10 @@ def test_d_errata_notes_model_mean_with_sqrt_alpha_bar_is_wrong(problem):
     assert (shrink < 1).all() and np.abs(notes - true_mean).max() > 0
 
 
-# ---------------------------------------------------------------- j. eps <-> x0 <-> v round trips
+# ---------------------------------------------------------------- eps <-> x0 <-> v round trips
 
 @given(problems())
-def test_j_eps_x0_v_conversions_round_trip(problem):
+def test_eps_x0_v_conversions_round_trip(problem):
     schedule, t, x0, eps, _ = problem
     x_t = q_sample(x0, t, eps, schedule)
     scale = 1 + np.abs(x_t).max() / np.sqrt(schedule.alpha_bars[t]).min()

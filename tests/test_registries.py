@@ -156,7 +156,7 @@ def _ab2_by_hand(x_T, chain):
     return x
 
 
-def test_a_multistep_sampler_keeps_its_history_in_the_per_run_state(ab2):
+def test_multistep_sampler_keeps_its_history_in_the_per_run_state(ab2):
     chain = Schedule.cosine(30).respace(8)
     sampler = make_sampler(ab2.name)
     rng = np.random.default_rng(4)
@@ -172,7 +172,7 @@ def test_a_multistep_sampler_keeps_its_history_in_the_per_run_state(ab2):
     assert np.abs(first - plain).max() > 1e-3  # the history changes the result, so a leak would show
 
 
-def test_a_registered_sampler_reaches_ddpm_sample_and_the_cli(ab2, tiny_ddpm):
+def test_registered_sampler_reaches_ddpm_sample_and_the_cli(ab2, tiny_ddpm):
     x = tiny_ddpm.sample(2, np.random.default_rng(0), sampler=ab2.name, steps=4)
     assert x.shape == (2, 1, 4, 4) and np.all(np.isfinite(x))
     parser = cli._parser()

@@ -1,4 +1,4 @@
-"""DDPM and DDIM samplers: properties h, j (respaced sampling), g (oracle moments) and g2 (memorisation).
+"""DDPM and DDIM samplers: DDIM(eta=1) = DDPM, respaced sampling, oracle moments, memorisation.
 
 docs/ddim.md, docs/eps_parameterisation.md §4.
 """
@@ -24,10 +24,10 @@ def _noise(rng, steps, shape):
     return rng.standard_normal((steps,) + tuple(shape))
 
 
-# ---------------------------------------------------------------- h. DDIM at eta = 1 is DDPM
+# ---------------------------------------------------------------- DDIM at eta = 1 is DDPM
 
 @given(schedules(max_T=60), batch_shapes(), seeds(), st.booleans(), st.data())
-def test_h_ddim_eta_1_equals_ddpm_fixed_small_with_the_same_noise(schedule, shape, seed, clip_x0, data):
+def test_ddim_eta_1_equals_ddpm_fixed_small_with_the_same_noise(schedule, shape, seed, clip_x0, data):
     steps = data.draw(st.one_of(st.none(), st.integers(min(2, schedule.T), schedule.T)))
     K = schedule.T if steps is None else steps
     rng = np.random.default_rng(seed)
@@ -66,10 +66,10 @@ def test_ddpm_sample_is_algorithm_2_step_by_step(schedule, shape, seed, variance
     np.testing.assert_array_equal(again, got)
 
 
-# ---------------------------------------------------------------- j. respaced sampling visits the right steps
+# ---------------------------------------------------------------- respaced sampling visits the right steps
 
 @given(schedules(min_T=2, max_T=100), st.data(), st.sampled_from(["ddpm", "ddim"]))
-def test_j_respaced_samplers_call_the_model_on_descending_unique_steps_ending_at_1(schedule, data, which):
+def test_respaced_samplers_call_the_model_on_descending_unique_steps_ending_at_1(schedule, data, which):
     K = data.draw(st.integers(2, schedule.T))
     calls = []
 
@@ -104,7 +104,7 @@ def test_samplers_refuse_bad_arguments():
         ddim_sample(smooth_model, (2, 2), s, steps=11)
 
 
-# ---------------------------------------------------------------- g. oracle: samplers reproduce the data moments
+# ---------------------------------------------------------------- oracle: samplers reproduce the data moments
 
 def exact_moments(chain, m, s, eta):
     """Mean and variance of DDIM(eta) output with the Gaussian oracle, by the affine recursion (eta = 1: DDPM).
@@ -128,7 +128,7 @@ oracle_data = st.tuples(st.lists(st.floats(-2, 2), min_size=1, max_size=2), st.f
 
 @given(schedules(min_T=2, max_T=60), oracle_data, st.sampled_from([("ddpm", 1.0), ("ddim", 0.0), ("ddim", 0.5)]),
        st.data())
-def test_g_sample_moments_match_the_exact_output_distribution(schedule, data_config, sampler, data):
+def test_sample_moments_match_the_exact_output_distribution(schedule, data_config, sampler, data):
     """Monte Carlo mean and variance of n samples within 5 standard errors of the exact affine recursion."""
     m, s = np.array(data_config[0]), data_config[1]
     K = data.draw(st.integers(2, schedule.T))
@@ -147,7 +147,7 @@ def test_g_sample_moments_match_the_exact_output_distribution(schedule, data_con
 
 
 @given(st.sampled_from(["linear", "cosine"]), oracle_data, st.sampled_from([1.0, 0.0]))
-def test_g_with_T_1000_samplers_reproduce_the_data_mean_and_variance(kind, data_config, eta):
+def test_exact_output_moments_at_T_1000_are_within_2_percent_of_the_data(kind, data_config, eta):
     """Stated tolerance, full T = 1000 chain, s in [0.25, 2]: |mean - m| <= 0.02 s and |std / s - 1| <= 0.02."""
     m, s = np.array(data_config[0]), data_config[1]
     mean, var = exact_moments(getattr(Schedule, kind)(1000), m, s, eta)
@@ -155,7 +155,7 @@ def test_g_with_T_1000_samplers_reproduce_the_data_mean_and_variance(kind, data_
     assert np.all(np.abs(np.sqrt(var) / s - 1) <= 0.02)
 
 
-def test_g_ddpm_and_ddim_samples_at_T_1000_have_the_data_moments():
+def test_ddpm_and_ddim_samples_at_T_1000_have_the_data_moments():
     """One Monte Carlo run per sampler: tolerance 5 standard errors plus the stated 2% bias."""
     m, s, n = np.array([0.5, -1.0]), 0.6, 3000
     schedule = Schedule.linear(1000)
@@ -166,14 +166,14 @@ def test_g_ddpm_and_ddim_samples_at_T_1000_have_the_data_moments():
         assert np.all(np.abs(x.std(axis=0, ddof=1) / s - 1) < 5 / np.sqrt(2 * (n - 1)) + 0.02)
 
 
-# ---------------------------------------------------------------- g2. the empirical-optimal denoiser memorises
+# ---------------------------------------------------------------- the empirical-optimal denoiser memorises
 
 train_sets = st.tuples(st.integers(1, 6), st.integers(1, 4), seeds()).map(
     lambda nds: np.random.default_rng(nds[2]).uniform(-1, 1, (nds[0], nds[1])))
 
 
 @given(train_sets, schedules(max_T=100), st.data(), seeds())
-def test_g2_weights_are_the_bayes_posterior_over_training_points(train, schedule, data, seed):
+def test_empirical_denoiser_weights_are_the_bayes_posterior_over_training_points(train, schedule, data, seed):
     t = data.draw(st.integers(1, schedule.T))
     x_t = np.random.default_rng(seed).normal(size=(3, train.shape[1]))
     ab = schedule.alpha_bars[t]
@@ -185,7 +185,7 @@ def test_g2_weights_are_the_bayes_posterior_over_training_points(train, schedule
 
 
 @given(train_sets, schedules(max_T=100), st.data(), seeds(), st.floats(1e-3, 1.0))
-def test_g2_posterior_mean_beats_every_perturbation_in_expected_mse(train, schedule, data, seed, size):
+def test_posterior_mean_beats_every_perturbation_in_expected_mse(train, schedule, data, seed, size):
     """For x_t ~ q: E[||x_0 - f(x_t)||^2 | x_t] = sum_i P(x_i | x_t) ||x_i - f||^2 is least at f = x0_hat,
     and a perturbation by delta adds exactly ||delta||^2."""
     t = np.full(64, data.draw(st.integers(1, schedule.T)))
@@ -208,7 +208,7 @@ separated_train_sets = st.integers(1, 4).flatmap(lambda d: st.sets(
 
 
 @given(separated_train_sets, st.sampled_from(["linear", "cosine"]), seeds())
-def test_g2_ddpm_with_the_empirical_denoiser_returns_copies_of_training_points(train, kind, seed):
+def test_ddpm_with_the_empirical_denoiser_returns_copies_of_training_points(train, kind, seed):
     """Memorisation: every sample is a training point. The last step returns x0_hat(x_1), a convex combination
     of the x_i whose weights are one-hot once the points are many sqrt(1 - alpha_bar_1) apart (here >= 0.5,
     over 20 times sqrt(1 - alpha_bar_1) for T = 200; at 0.3 apart about 1 sample in 1300 still lands between

@@ -1,4 +1,4 @@
-"""Schedule tables (property a) and timestep respacing (property j), docs/forward_process.md, docs/ddim.md."""
+"""Schedule tables and timestep respacing, docs/forward_process.md, docs/ddim.md."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -13,10 +13,10 @@ TABLES = ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "sqrt_alpha_bars",
           "elbo_weights", "snr")
 
 
-# ---------------------------------------------------------------- a. tables and their identities
+# ---------------------------------------------------------------- tables and their identities
 
 @given(schedules())
-def test_a_tables_are_float64_length_T_plus_1_with_clean_data_at_index_0(s):
+def test_tables_are_float64_length_T_plus_1_with_clean_data_at_index_0(s):
     for name in TABLES:
         table = getattr(s, name)
         assert table.dtype == np.float64 and table.shape == (s.T + 1,), name
@@ -25,20 +25,20 @@ def test_a_tables_are_float64_length_T_plus_1_with_clean_data_at_index_0(s):
 
 
 @given(schedules())
-def test_a_alpha_bar_strictly_decreasing_and_sqrt_pair_is_unit(s):
+def test_alpha_bar_strictly_decreasing_and_sqrt_pair_is_unit(s):
     assert np.all(np.diff(s.alpha_bars) < 0)
     assert np.all((s.alpha_bars[1:] > 0) & (s.alpha_bars[1:] < 1))
     np.testing.assert_allclose(s.sqrt_alpha_bars ** 2 + s.sqrt_one_minus_alpha_bars ** 2, 1.0, rtol=0, atol=1e-15)
 
 
 @given(schedules())
-def test_a_posterior_variance_between_0_and_beta(s):
+def test_posterior_variance_between_0_and_beta(s):
     assert s.posterior_variance[1] == 0.0
     assert np.all(s.posterior_variance >= 0) and np.all(s.posterior_variance <= s.betas)
 
 
 @given(schedules())
-def test_a_every_table_satisfies_its_defining_identity(s):
+def test_every_table_satisfies_its_defining_identity(s):
     t = np.arange(1, s.T + 1)
     b, a, ab = s.betas[t], s.alphas[t], s.alpha_bars[t]
     ab_prev = np.array([np.prod(1.0 - s.betas[1:k]) for k in t])  # prod_{s < t} alpha_s, from the betas
@@ -57,7 +57,7 @@ def test_a_every_table_satisfies_its_defining_identity(s):
 
 
 @given(schedules(min_T=2))
-def test_a_t1_log_variance_follows_the_ddpm_code(s):
+def test_t1_log_variance_follows_the_ddpm_code(s):
     """log-variance at t = 1 is log beta_tilde_2 (beta_tilde_1 = 0 has no log); t >= 2 the plain log."""
     assert s.posterior_log_variance_clipped[1] == np.log(s.posterior_variance[2])
     np.testing.assert_allclose(s.posterior_log_variance_clipped[2:], np.log(s.posterior_variance[2:]), rtol=1e-14)
@@ -114,10 +114,10 @@ def test_bad_T_raises(T):
         Schedule.cosine(T)
 
 
-# ---------------------------------------------------------------- j. respacing
+# ---------------------------------------------------------------- respacing
 
 @given(st.integers(1, 1000).flatmap(lambda T: st.tuples(st.just(T), st.integers(min(2, T), T))))
-def test_j_spaced_timesteps_descend_unique_from_T_to_1(T_K):
+def test_spaced_timesteps_descend_unique_from_T_to_1(T_K):
     T, K = T_K
     steps = spaced_timesteps(T, K)
     assert steps.shape == (K,) and steps[0] == T and steps[-1] == 1
@@ -125,14 +125,14 @@ def test_j_spaced_timesteps_descend_unique_from_T_to_1(T_K):
 
 
 @given(st.integers(2, 1000))
-def test_j_spaced_timesteps_refuse_K_out_of_range(T):
+def test_spaced_timesteps_refuse_K_out_of_range(T):
     for K in (0, 1, T + 1):
         with pytest.raises(ValueError, match="K"):
             spaced_timesteps(T, K)
 
 
 @given(schedules(min_T=2), st.data())
-def test_j_respaced_chain_keeps_alpha_bar_at_the_kept_steps(s, data):
+def test_respaced_chain_keeps_alpha_bar_at_the_kept_steps(s, data):
     K = data.draw(st.integers(2, s.T))
     r = s.respace(K)
     kept = spaced_timesteps(s.T, K)[::-1]
@@ -145,21 +145,21 @@ def test_j_respaced_chain_keeps_alpha_bar_at_the_kept_steps(s, data):
 
 
 @given(schedules())
-def test_j_respacing_every_step_is_the_identity(s):
+def test_respacing_every_step_is_the_identity(s):
     r = s.respace(np.arange(1, s.T + 1))
     for name in TABLES:
         np.testing.assert_allclose(getattr(r, name), getattr(s, name), rtol=1e-10, atol=1e-300, err_msg=name)
 
 
 @given(schedules(min_T=2), st.data())
-def test_j_ddim_sigma_at_eta_1_is_the_respaced_posterior_std(s, data):
+def test_ddim_sigma_at_eta_1_is_the_respaced_posterior_std(s, data):
     r = s.respace(data.draw(st.integers(2, s.T)))
     k = np.arange(1, r.T + 1)
     sigma = ddim_sigma(r.alpha_bars[k], r.alpha_bars[k - 1], 1.0)
     np.testing.assert_allclose(sigma, np.sqrt(r.posterior_variance[k]), rtol=1e-10, atol=1e-300)
 
 
-def test_j_respace_rejects_duplicate_or_out_of_range_steps():
+def test_respace_rejects_duplicate_or_out_of_range_steps():
     s = Schedule.cosine(10)
     for bad in ([3, 3], [0, 5], [11], [2.5]):
         with pytest.raises(ValueError, match="respace"):

@@ -32,7 +32,7 @@ def _config(**kw):
     return TrainConfig(**base)
 
 
-def test_a_short_run_lowers_the_loss():
+def test_short_run_lowers_the_loss():
     x, y, xt, yt = _digits()
     minidiff.manual_seed(0)
     trainer = Trainer(Classifier(), _config(steps=40, lr=3e-3, warmup_steps=5), x, y, xt, yt).fit()

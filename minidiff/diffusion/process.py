@@ -146,7 +146,8 @@ def p_mean_variance(eps_hat, x_t, t, schedule, variance="fixed_small", clip_x0=F
     eps_hat: the network output, eps_hat (default), x0_hat (prediction="x0") or v_hat ("v").
     Returns (mean (B, ...), variance (B, 1..), log_variance (B, 1..), x0_hat (B, ...)).
     Without clipping, mu_theta equals 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1 - alpha_bar_t) eps_hat),
-    the form kernels.reverse_step uses (eq. E2; tests/test_process.py::test_d_*).
+    the form kernels.reverse_step uses (eq. E2; tests/test_process.py::test_mean_gap_is_proportional_to_the_noise_error,
+    test_p_mean_variance_agrees_with_the_kernels_reverse_step).
     """
     t = check_t(t, x_t, schedule)
     var_table, log_var_table = schedule.model_variance(variance)
