@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["minidiff", "minidiff.*"]) + ["minidiff.kernels"],
     # kernels/ lives at the top level (it is read on its own) but installs as minidiff.kernels
     package_dir={"minidiff.kernels": "kernels"},
-    package_data={"minidiff.kernels": ["*.cu"]},
+    package_data={"minidiff.kernels": ["*.cu", "*.cuh"]},
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",

@@ -6,14 +6,28 @@ elements per sample are a multiple of W and every pointer is 16-byte aligned, el
 Arrays are CuPy arrays; coefficient tables go to the device in the data's dtype.
 """
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
 from . import tables
 
+NAME = "cupy"
+BACKENDS = ("cupy",)
+AUTO_RANK = {"cupy": 2}
+
+
+def probe():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # ImportError, or a CUDA driver error without a GPU
+        return False
+
+
 HERE = Path(__file__).parent
-THREADS = 256      # must match #define THREADS in the .cu files
+THREADS = int(re.search(r"#define THREADS (\d+)", (HERE / "block_reduce.cuh").read_text()).group(1))
 MAX_BLOCKS = 1024  # grid-stride loops cover the rest; a function of n only (the loss is deterministic)
 _modules = {}
 
@@ -22,7 +36,7 @@ def _kernel(name, source="diffusion_ops.cu"):
     """The compiled entry point `name` of `source` (each module is built on first use and cached)."""
     if source not in _modules:
         import cupy
-        _modules[source] = cupy.RawModule(code=(HERE / source).read_text(), options=("--std=c++17",))
+        _modules[source] = cupy.RawModule(code=(HERE / source).read_text(), options=("--std=c++17", f"-I{HERE}"))
     return _modules[source].get_function(name)
 
 
@@ -131,5 +145,5 @@ def eps_loss_philox(eps_hat, seed, offset=0, weights=None, out=None):
     partial, result = cupy.empty(blocks[0], np.float64), cupy.empty(1, np.float64)
     _kernel(f"philox_eps_loss_{_kind(dt)}", "philox.cu")(
         blocks, threads, (eps_hat, w, *_philox_args(seed, offset, eps_hat), dt.type(2.0 / n), grad, partial))
-    _kernel("philox_sum_partials", "philox.cu")((1,), (THREADS,), (partial, np.int64(blocks[0]), result))
+    _kernel("sum_partials", "philox.cu")((1,), (THREADS,), (partial, np.int64(blocks[0]), result))
     return (result[0] / n).astype(dt), grad

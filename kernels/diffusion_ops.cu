@@ -15,11 +15,11 @@
 // pointer is 16-byte aligned, so a pack never straddles two samples.
 // The loss is a two-stage reduction with a grid fixed by n: stage 1 sums per thread in double and
 // reduces each block in shared memory with a fixed tree; stage 2 (one block) adds the partials the
-// same way. The result does not depend on thread scheduling. Blocks must have THREADS threads.
+// same way (block_reduce.cuh). The result does not depend on thread scheduling.
 //
 // Compile check (as tests/test_kernels_cuda_c.py does): nvcc -ptx -arch=sm_80 diffusion_ops.cu
 
-#define THREADS 256
+#include "block_reduce.cuh"
 
 template <typename T, int W>
 struct alignas(sizeof(T) * W) Pack {
@@ -34,14 +34,6 @@ __device__ __forceinline__ Pack<T, W> load(const T* p, long long k) {
 template <typename T, int W>
 __device__ __forceinline__ void store(T* p, long long k, const Pack<T, W>& value) {
     reinterpret_cast<Pack<T, W>*>(p)[k] = value;
-}
-
-__device__ __forceinline__ long long first_index() {
-    return blockIdx.x * (long long)blockDim.x + threadIdx.x;
-}
-
-__device__ __forceinline__ long long grid_stride() {
-    return (long long)gridDim.x * blockDim.x;
 }
 
 // ---------------------------------------------------------------- eq. (1): q_sample
@@ -61,15 +53,6 @@ __device__ void q_sample(const T* x0, const long long* t, const T* eps, const T*
 }
 
 // ---------------------------------------------------------------- eq. (2)-(3): eps_loss
-
-// Tree-reduce cache[0:THREADS]; cache[0] holds the sum afterwards (same order on every run).
-__device__ void block_sum(double* cache) {
-    for (int step = THREADS / 2; step > 0; step /= 2) {
-        __syncthreads();
-        if (threadIdx.x < step) cache[threadIdx.x] += cache[threadIdx.x + step];
-    }
-    __syncthreads();
-}
 
 template <typename T, int W>
 __device__ void eps_loss_partial(const T* eps_hat, const T* eps, const T* w, long long m, long long n,
@@ -93,14 +76,7 @@ __device__ void eps_loss_partial(const T* eps_hat, const T* eps, const T* w, lon
     if (threadIdx.x == 0) partial[blockIdx.x] = cache[0];
 }
 
-extern "C" __global__ void sum_partials(const double* partial, long long count, double* result) {
-    __shared__ double cache[THREADS];
-    double acc = 0.0;
-    for (long long j = threadIdx.x; j < count; j += THREADS) acc += partial[j];
-    cache[threadIdx.x] = acc;
-    block_sum(cache);
-    if (threadIdx.x == 0) result[0] = cache[0];
-}
+// Stage 2 of the loss is sum_partials (block_reduce.cuh).
 
 // ---------------------------------------------------------------- eq. (4)-(7): reverse_step
 

@@ -25,6 +25,15 @@ from numba import njit, prange
 
 from . import philox, tables
 
+NAME = "numba"
+BACKENDS = ("numpy",)
+AUTO_RANK = {"numpy": 2}
+
+
+def probe():
+    return True  # Numba is a dependency; this module imported, so it runs
+
+
 CHUNK = 16384  # elements per work item: 64 KiB of float32, large enough to amortise the loop set-up
 
 

@@ -17,13 +17,27 @@ therefore does not depend on thread scheduling or on the device.
 On a GPU the kernels take CuPy arrays (via __cuda_array_interface__); under
 NUMBA_ENABLE_CUDASIM=1 they take NumPy arrays and run on the CPU, which is how CI tests them.
 """
+import importlib
 import math
+import os
 
 import numpy as np
 from numba import cuda, float64, uint64
 
 from . import philox, tables
 from .reference import array_module
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+NAME = "numba_cuda"
+BACKENDS = ("numpy", "cupy") if SIMULATED else ("cupy",)  # NumPy arrays only under the simulator
+AUTO_RANK = {"cupy": 1}  # after the CUDA C kernels; never "auto" for NumPy arrays
+
+
+def probe():
+    try:
+        return bool(cuda.is_available())
+    except Exception:  # a CUDA driver error without a GPU
+        return False
 
 THREADS = 128     # threads per block (a power of two, for the tree reduction)
 MAX_BLOCKS = 1024  # grid-stride loops cover the rest; also the most partials stage 2 adds
@@ -218,7 +232,8 @@ def _philox_grid(batch, m):
     return grid(batch * ((m + 3) // 4)), THREADS
 
 
-def normal(seed, shape, offset=0, dtype=np.float32, xp=np):
+def normal(seed, shape, offset=0, dtype=np.float32):
+    xp = np if SIMULATED else importlib.import_module("cupy")
     out = xp.empty(shape, dtype)
     m = out.size // shape[0]
     _philox_normal[_philox_grid(shape[0], m)](*philox.key(seed), np.uint64(offset), shape[0], m, out.reshape(-1))

@@ -9,14 +9,14 @@
 //   philox_normal         out[i] = n_i
 //   philox_q_sample       out[i] = a[t_b] x0[i] + s[t_b] n_i                       (eq. 1, eps = n)
 //   philox_eps_loss       grad[i] = (2/n) w_b (eps_hat[i] - n_i), partial sums of w_b d^2 (eq. 2-3)
-//   philox_sum_partials   stage 2 of the loss, as in diffusion_ops.cu
+//   sum_partials          stage 2 of the loss (block_reduce.cuh, shared with diffusion_ops.cu)
 //
 // Bytes model: q_sample 2 n s (x0 read, x_t written), eps_loss 2 n s (eps_hat read, grad written).
 // Each thread handles one Philox block (4 elements); blocks must have THREADS threads.
 //
 // Compile check (tests/test_kernels_cuda_c.py): nvcc -ptx -arch=sm_80 philox.cu
 
-#define THREADS 256
+#include "block_reduce.cuh"
 
 __device__ const double ATANH[11] = {1.0, 0.3333333333333333, 0.2, 0.14285714285714285, 0.1111111111111111,
                                      0.09090909090909091, 0.07692307692307693, 0.06666666666666667,
@@ -98,14 +98,12 @@ __device__ void gauss4(unsigned long long block, unsigned long long sample, unsi
     n[3] = r23 * s23;
 }
 
-__device__ __forceinline__ long long first_block() { return blockIdx.x * (long long)blockDim.x + threadIdx.x; }
-__device__ __forceinline__ long long grid_stride() { return (long long)gridDim.x * blockDim.x; }
 
 template <typename T>
 __device__ void philox_normal(unsigned long long seed, unsigned long long offset, long long batch, long long m,
                               T* out) {
     const long long blocks = (m + 3) / 4;
-    for (long long g = first_block(); g < batch * blocks; g += grid_stride()) {
+    for (long long g = first_index(); g < batch * blocks; g += grid_stride()) {
         const long long b = g / blocks, q = g - b * blocks;
         double n[4];
         gauss4(q, offset + b, seed, n);
@@ -118,7 +116,7 @@ __device__ void philox_q_sample(const T* x0, const long long* t, const T* sqrt_a
                                 const T* sqrt_one_minus_alpha_bar, unsigned long long seed,
                                 unsigned long long offset, long long batch, long long m, T* out) {
     const long long blocks = (m + 3) / 4;
-    for (long long g = first_block(); g < batch * blocks; g += grid_stride()) {
+    for (long long g = first_index(); g < batch * blocks; g += grid_stride()) {
         const long long b = g / blocks, q = g - b * blocks;
         const T a = sqrt_alpha_bar[t[b]], s = sqrt_one_minus_alpha_bar[t[b]];
         double n[4];
@@ -130,21 +128,13 @@ __device__ void philox_q_sample(const T* x0, const long long* t, const T* sqrt_a
     }
 }
 
-__device__ void block_sum(double* cache) {
-    for (int step = THREADS / 2; step > 0; step /= 2) {
-        __syncthreads();
-        if (threadIdx.x < step) cache[threadIdx.x] += cache[threadIdx.x + step];
-    }
-    __syncthreads();
-}
-
 template <typename T>
 __device__ void philox_eps_loss(const T* eps_hat, const T* w, unsigned long long seed, unsigned long long offset,
                                 long long batch, long long m, T two_over_n, T* grad, double* partial) {
     __shared__ double cache[THREADS];
     const long long blocks = (m + 3) / 4;
     double acc = 0.0;
-    for (long long g = first_block(); g < batch * blocks; g += grid_stride()) {
+    for (long long g = first_index(); g < batch * blocks; g += grid_stride()) {
         const long long b = g / blocks, q = g - b * blocks;
         const T wb = w[b], scale = two_over_n * wb;
         double n[4];
@@ -159,15 +149,6 @@ __device__ void philox_eps_loss(const T* eps_hat, const T* w, unsigned long long
     cache[threadIdx.x] = acc;
     block_sum(cache);
     if (threadIdx.x == 0) partial[blockIdx.x] = cache[0];
-}
-
-extern "C" __global__ void philox_sum_partials(const double* partial, long long count, double* result) {
-    __shared__ double cache[THREADS];
-    double acc = 0.0;
-    for (long long j = threadIdx.x; j < count; j += THREADS) acc += partial[j];
-    cache[threadIdx.x] = acc;
-    block_sum(cache);
-    if (threadIdx.x == 0) result[0] = cache[0];
 }
 
 #define ENTRY_POINTS(T, NAME)                                                                                \

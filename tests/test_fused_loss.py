@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minidiff import Tensor, ops
+from minidiff import Tensor, kernels, ops
 from minidiff.diffusion.elbo import EpsLoss, fused_eps_loss as eps_loss
 from minidiff.testing import gradcheck
 
-IMPLS = ["numpy", "numba"]
+IMPLS = kernels.serving("numpy")  # every registered implementation that takes NumPy arrays here
 
 
 @st.composite

@@ -3,6 +3,10 @@
 The CUDA implementations are checked in test_kernels_cudasim.py (Numba CUDA simulator, in a
 subprocess), test_kernels_cuda_c.py (nvcc) and test_kernels_gpu.py (marker gpu).
 """
+import importlib
+import inspect
+import types
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -12,7 +16,7 @@ from minidiff.kernels import numba_cpu, reference as R
 from tests.kernel_checks import check_eps_loss, check_q_sample, check_reverse_step
 from tests.strategies_kernels import unscaled_linear, problems, schedules, small_shapes, tolerance
 
-CPU_IMPLS = ["numpy", "numba"]
+CPU_IMPLS = K.serving("numpy")  # every registered implementation that takes NumPy arrays here
 
 
 # ---------------------------------------------------------------- laws of the reference equations
@@ -134,7 +138,60 @@ def test_out_argument_is_written_and_returned(impl):
 
 def test_available_and_auto():
     assert {"numpy", "numba"} <= set(K.available()) and set(K.available()) <= set(K.IMPLS)
-    assert K._module("auto", "numpy") is numba_cpu
+    assert K.resolve("auto", "numpy") is numba_cpu
+
+
+def test_the_contract_is_what_the_dispatchers_call():
+    """CONTRACT lists each dispatcher's parameters without impl=, so the two cannot drift apart."""
+    for name, params in K.CONTRACT.items():
+        dispatcher = tuple(p for p in inspect.signature(getattr(K, name)).parameters if p != "impl")
+        assert dispatcher == params, name
+
+
+def _fake_impl(name="fake", backends=("numpy",), rank=None, works=True, **overrides):
+    """A module that declares itself like kernels/<impl>.py, with the reference's functions."""
+    from minidiff.kernels import reference_impl
+    module = types.ModuleType(f"fake_{name}")
+    module.__dict__.update({fn: getattr(reference_impl, fn) for fn in K.CONTRACT})
+    module.__dict__.update(NAME=name, BACKENDS=backends, AUTO_RANK=rank or {"numpy": 9}, probe=lambda: works)
+    module.__dict__.update(overrides)
+    return module
+
+
+def test_contract_check_refuses_a_missing_function_or_a_renamed_parameter():
+    K.check_contract(_fake_impl())
+    incomplete = _fake_impl()
+    del incomplete.eps_loss_philox
+    with pytest.raises(TypeError, match=r"lacks \['eps_loss_philox'\]"):
+        K.check_contract(incomplete)
+    with pytest.raises(TypeError, match=r"q_sample takes .*'noise'"):
+        K.check_contract(_fake_impl(q_sample=lambda x0, t, noise, schedule, out=None: x0))
+    with pytest.raises(TypeError, match="AUTO_RANK ranks backends \\['cupy'\\]"):
+        K.check_contract(_fake_impl(rank={"cupy": 1}))
+
+
+def test_auto_takes_the_highest_ranked_available_implementation(monkeypatch):
+    registry = dict(K.REGISTRY, fast=_fake_impl("fast", rank={"numpy": 9}),
+                    broken=_fake_impl("broken", rank={"numpy": 99}, works=False))
+    monkeypatch.setattr(K, "REGISTRY", registry)
+    monkeypatch.setattr(K, "IMPLS", tuple(registry))
+    monkeypatch.setattr(K, "_available", {})
+    assert K.resolve("auto", "numpy") is registry["fast"]  # "broken" ranks higher but its probe fails
+    assert "broken" not in K.available() and "fast" in K.serving("numpy")
+
+
+def test_a_new_module_declaring_name_is_discovered(tmp_path, monkeypatch):
+    """Adding an implementation is one new file: discover() finds it and checks its contract."""
+    package = tmp_path / "fake_kernels"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text("X = 1\n")  # not an implementation: no NAME
+    (package / "mine.py").write_text(
+        "from minidiff.kernels.reference_impl import *  # noqa: F401,F403\n"
+        "NAME = 'mine'\nBACKENDS = ('numpy',)\nAUTO_RANK = {'numpy': 5}\n\n\ndef probe():\n    return True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = K.discover(importlib.import_module("fake_kernels"))
+    assert list(found) == ["mine"] and found["mine"].AUTO_RANK == {"numpy": 5}
 
 
 def test_unknown_impl():

@@ -35,6 +35,15 @@ def test_there_are_sources():
     assert "diffusion_ops.cu" in [s.name for s in SOURCES]
 
 
+def test_the_block_reduction_and_block_size_are_written_once():
+    """block_reduce.cuh holds THREADS, block_sum and sum_partials; every source includes it."""
+    texts = {p.name: p.read_text() for p in [*SOURCES, KERNELS / "block_reduce.cuh"]}
+    for needle in ("#define THREADS", "void block_sum(", "void sum_partials("):
+        assert [name for name, text in texts.items() if needle in text] == ["block_reduce.cuh"], needle
+    for source in SOURCES:
+        assert '#include "block_reduce.cuh"' in texts[source.name], source.name
+
+
 def test_sources_compile_to_ptx(ptx):
     assert set(ptx) == {s.name for s in SOURCES}
 
@@ -49,6 +58,7 @@ def _entry_body(text, name):
 def test_entry_points_and_wide_loads(ptx, op):
     text = ptx["diffusion_ops.cu"]
     _entry_body(text, "sum_partials")
+    _entry_body(ptx["philox.cu"], "sum_partials")
     for kind, width, vector in (("f32", 4, ".v4.f32"), ("f64", 2, ".v2.f64")):
         assert vector not in _entry_body(text, f"{op}_{kind}x1")
         wide = _entry_body(text, f"{op}_{kind}x{width}")

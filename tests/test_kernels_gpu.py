@@ -13,6 +13,8 @@ from tests.kernel_checks import check_all
 from tests.strategies_kernels import unscaled_linear, problems
 
 pytestmark = pytest.mark.gpu
+# every registered implementation that declares CuPy arrays, other than the reference
+GPU_IMPLS = [name for name, module in K.REGISTRY.items() if "cupy" in module.BACKENDS and name != K.REFERENCE]
 
 
 def _cupy():
@@ -20,7 +22,7 @@ def _cupy():
     return cupy
 
 
-@given(problems(), st.sampled_from(["cupy", "numba_cuda"]))
+@given(problems(), st.sampled_from(GPU_IMPLS))
 def test_gpu_impls_match_reference(p, impl):
     check_all(p, impl, to=_cupy().asarray)
 
@@ -38,7 +40,7 @@ def test_misaligned_views_take_the_scalar_path(p):
     check_all(p, "cupy", to=_shifted)
 
 
-@given(problems(), st.integers(0, 2**64 - 1), st.integers(0, 2**40), st.sampled_from(["cupy", "numba_cuda"]))
+@given(problems(), st.integers(0, 2**64 - 1), st.integers(0, 2**40), st.sampled_from(GPU_IMPLS))
 def test_gpu_philox_noise_and_fused_ops(p, seed, offset, impl):
     """The CUDA C noise is the reference bit for bit; Numba CUDA's may differ in the last bits if NVVM fuses
     multiply-adds (docs/kernels.md §6); the fused ops equal the two-step ones on that noise."""
@@ -57,7 +59,7 @@ def test_gpu_philox_noise_and_fused_ops(p, seed, offset, impl):
 
 def test_loss_is_deterministic_and_auto_is_cupy():
     cp = _cupy()
-    assert K._module("auto", "cupy").__name__.endswith("cupy_raw")
+    assert K.resolve("auto", "cupy").__name__.endswith("cupy_raw")
     rng = np.random.default_rng(0)
     eps_hat, eps = (cp.asarray(rng.standard_normal((16, 3, 64, 64)).astype(np.float32)) for _ in range(2))
     runs = {K.eps_loss(eps_hat, eps, impl=impl)[0].get().tobytes() for impl in ["cupy"] * 3}
