@@ -16,8 +16,9 @@ and the six functions of CONTRACT with exactly those parameters. This module che
 import, so an implementation that lacks a function or renames a parameter fails at once.
 Shipped: "numpy" (reference_impl.py, the equations), "numba" (numba_cpu.py), "numba_cuda"
 (numba_cuda.py), "cupy" (cupy_raw.py + *.cu). The kernels take raw arrays and a duck-typed
-schedule (any object with the float64 tables of minidiff.diffusion.Schedule); they never import
-the rest of minidiff. Math, bytes model and measured bandwidth: docs/kernels.md.
+schedule (any object with the float64 tables of minidiff.diffusion.Schedule); of the rest of
+minidiff they import only the array-module lookup, minidiff.backend.xp_of. Math, bytes model and
+measured bandwidth: docs/kernels.md.
 """
 import importlib
 import inspect

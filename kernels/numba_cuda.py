@@ -24,8 +24,9 @@ import os
 import numpy as np
 from numba import cuda, float64, uint64
 
+from minidiff.backend import xp_of
+
 from . import philox, tables
-from .reference import array_module
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 NAME = "numba_cuda"
@@ -117,11 +118,11 @@ def _reverse_clip(x_t, t, eps_hat, z, recip_sqrt_alpha_bar, recipm1, coef1, coef
 # ---------------------------------------------------------------- launchers
 
 def _flat(a):
-    return array_module(a).ascontiguousarray(a).reshape(-1)
+    return xp_of(a).ascontiguousarray(a).reshape(-1)
 
 
 def _result(out, like):
-    return array_module(like).empty(like.shape, like.dtype) if out is None else out
+    return xp_of(like).empty(like.shape, like.dtype) if out is None else out
 
 
 def _per_sample(a):
@@ -130,7 +131,7 @@ def _per_sample(a):
 
 def _tables(schedule, names, like):
     """Coefficient tables in like's dtype, on like's backend (cached per schedule)."""
-    return tables.get(schedule, names, like.dtype, array_module(like))
+    return tables.get(schedule, names, like.dtype, xp_of(like))
 
 
 def q_sample(x0, t, eps, schedule, out=None):
@@ -142,7 +143,7 @@ def q_sample(x0, t, eps, schedule, out=None):
 
 
 def eps_loss(eps_hat, eps, weights=None, out=None):
-    xp = array_module(eps_hat)
+    xp = xp_of(eps_hat)
     grad = _result(out, eps_hat)
     w = xp.ones(eps_hat.shape[0], eps_hat.dtype) if weights is None else weights.astype(eps_hat.dtype)
     blocks = grid(eps_hat.size)
@@ -250,7 +251,7 @@ def q_sample_philox(x0, t, seed, schedule, offset=0, out=None):
 
 
 def eps_loss_philox(eps_hat, seed, offset=0, weights=None, out=None):
-    xp = array_module(eps_hat)
+    xp = xp_of(eps_hat)
     grad = _result(out, eps_hat)
     w = xp.ones(eps_hat.shape[0], eps_hat.dtype) if weights is None else weights.astype(eps_hat.dtype)
     m = _per_sample(eps_hat)

@@ -15,22 +15,17 @@ data stays float32.
 """
 import numpy as np
 
-VARIANCES = ("fixed_small", "fixed_large")
+from minidiff.backend import xp_of
 
-
-def array_module(a):
-    """numpy or cupy, whichever owns `a` (a Tensor is looked through to its .data)."""
-    if hasattr(a, "requires_grad") and hasattr(a, "data"):  # a minidiff.Tensor, duck-typed
-        a = a.data
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-        return cupy
-    return np
+VARIANCES = ("fixed_small", "fixed_large")  # the fixed reverse variances: sigma_t^2 = beta_tilde_t or beta_t
 
 
 def per_sample(table, t, like):
-    """table[t_b] as a (B, 1, ..., 1) array of like's dtype and backend, to broadcast over x."""
-    xp = array_module(like)
+    """table[t_b] as a (B, 1, ..., 1) array of like's dtype and backend, to broadcast over x.
+
+    The one per-sample coefficient gather of the package (like: an array or a Tensor).
+    """
+    xp = xp_of(like)
     coef = xp.asarray(table)[xp.asarray(t)]
     return coef.reshape((-1,) + (1,) * (len(like.shape) - 1)).astype(like.dtype)
 
@@ -60,7 +55,7 @@ def eps_loss(eps_hat, eps, weights=None):
     w_b = 1 without weights, else weights[b] (shape (B,)). L is in squared noise units
     (L_simple of Ho et al. 2020 when w = 1). Returns (L as a 0-d array, gradient like eps_hat).
     """
-    xp = array_module(eps_hat)
+    xp = xp_of(eps_hat)
     diff = eps_hat - eps
     w = 1.0 if weights is None else xp.asarray(weights, dtype=eps_hat.dtype).reshape(
         (-1,) + (1,) * (eps_hat.ndim - 1))
@@ -118,7 +113,7 @@ def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=F
     if clip_x0:
         recip, recipm1 = x0_tables(schedule)
         x0_hat = per_sample(recip, t, x_t) * x_t - per_sample(recipm1, t, x_t) * eps_hat
-        x0_hat = array_module(x_t).clip(x0_hat, -1.0, 1.0)
+        x0_hat = xp_of(x_t).clip(x0_hat, -1.0, 1.0)
         mean = (per_sample(schedule.posterior_mean_coef1, t, x_t) * x0_hat
                 + per_sample(schedule.posterior_mean_coef2, t, x_t) * x_t)
     else:

@@ -82,7 +82,13 @@ def is_cupy_array(a):
 
 
 def xp_of(a):
-    """The array module an array belongs to: cupy for cupy.ndarray, numpy otherwise."""
+    """The array module an array belongs to: cupy for cupy.ndarray, numpy otherwise.
+
+    A minidiff Tensor is looked through to its array (duck-typed: this module sits below autograd).
+    The one array-module lookup of the package; the kernels use it too.
+    """
+    if hasattr(a, "requires_grad") and hasattr(a, "data"):
+        a = a.data
     if is_cupy_array(a):
         import cupy
         return cupy

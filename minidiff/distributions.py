@@ -7,7 +7,7 @@ return nats per sample, shape (B,). Shapes follow docs/notation.md.
 import math
 
 from minidiff import ops
-from minidiff.autograd import Function
+from minidiff.autograd import Function, unwrap
 from minidiff.backend import xp_of
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -72,7 +72,7 @@ class DiagonalGaussian:
         if eps is None:
             if rng is None:
                 raise ValueError("rsample needs eps or an rng (e.g. minidiff.default_rng(seed))")
-            data = self.mean.data if hasattr(self.mean, "requires_grad") else self.mean
+            data = unwrap(self.mean)
             eps = rng.standard_normal(data.shape, dtype=data.dtype)
         if tuple(eps.shape) != tuple(self.mean.shape):
             raise ValueError(f"eps shape {tuple(eps.shape)} != mean shape {tuple(self.mean.shape)}")
@@ -145,7 +145,7 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="exact"):
     space, accurate in the tails) or "tanh" (the DDPM reference code's approximation, with its
     1e-12 floors), see docs/vlb_bits_per_dim.md.
     """
-    data = x.data if hasattr(x, "requires_grad") else x
+    data = unwrap(x)
     if float(data.min()) < -1.0 - 1e-6 or float(data.max()) > 1.0 + 1e-6:
         raise ValueError(f"x must lie in [-1, 1] (256 levels), got values in "
                          f"[{float(data.min())}, {float(data.max())}]")

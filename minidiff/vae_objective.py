@@ -12,6 +12,7 @@ with fixed log-variance), a (mean, logvar) pair (Gaussian with learned variance)
 import math
 
 from minidiff import ops
+from minidiff.autograd import unwrap
 from minidiff.backend import xp_of
 from minidiff.distributions import (DiagonalGaussian, bernoulli_log_likelihood, gaussian_log_density,
                                     sum_except_batch)
@@ -54,8 +55,7 @@ def vae_loss(x, posterior, decoder_output, likelihood="gaussian", beta=1.0, deco
     """Loss = -mean over the batch of ELBO_beta, nats per sample; returns (loss, metrics of batch means)."""
     terms = elbo(x, posterior, decoder_output, likelihood, beta, decoder_logvar)
     loss = -ops.mean(terms["elbo"])
-    metrics = {name: float(ops.mean(value).item() if hasattr(value, "requires_grad") else value.mean())
-               for name, value in terms.items()}
+    metrics = {name: float(unwrap(value).mean()) for name, value in terms.items()}
     return loss, metrics
 
 
@@ -69,7 +69,7 @@ def importance_weighted_bound(x, posterior, decode, K, rng, likelihood="gaussian
         raise ValueError(f"K must be >= 1, got {K}")
     mean, logvar = posterior.mean, posterior.logvar
     batch = x.shape[0]
-    data = mean.data if hasattr(mean, "requires_grad") else mean
+    data = unwrap(mean)
     eps = rng.standard_normal((K,) + tuple(data.shape), dtype=data.dtype)
     z = ops.reshape(mean + posterior.std * eps, (K * batch,) + tuple(data.shape[1:]))
     x_rep = ops.concatenate([x] * K, axis=0)

@@ -17,8 +17,9 @@ import minidiff.kernels as kernels
 from minidiff import ops
 from minidiff.autograd import Function, Tensor
 from minidiff.backend import to_numpy, xp_of
-from minidiff.diffusion.process import check_t, extract, p_mean_variance, q_posterior, q_sample
+from minidiff.diffusion.process import check_t, p_mean_variance, q_posterior, q_sample
 from minidiff.distributions import discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
+from minidiff.kernels.reference import per_sample
 
 DECODERS = ("discretized", "gaussian")
 
@@ -45,7 +46,7 @@ def eps_loss(eps_hat, eps, weights=None):
     """
     squared = (eps_hat - eps) ** 2
     if weights is not None:
-        squared = squared * extract(weights, np.arange(eps.shape[0]), squared)
+        squared = squared * per_sample(weights, np.arange(eps.shape[0]), squared)
     return ops.mean(squared)
 
 
@@ -124,8 +125,8 @@ def vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance="fixed_small", clip_x0=
 def prior_bpd(x0, schedule):
     """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, (B,), eq. (L4). Constant in theta."""
     t = np.full(x0.shape[0], schedule.T)
-    mean = extract(schedule.sqrt_alpha_bars, t, x0) * x0
-    log_variance = extract(np.full(schedule.T + 1, np.log1p(-schedule.alpha_bars[-1])), t, x0)
+    mean = per_sample(schedule.sqrt_alpha_bars, t, x0) * x0
+    log_variance = per_sample(np.full(schedule.T + 1, np.log1p(-schedule.alpha_bars[-1])), t, x0)
     return _mean_over_dims(normal_kl(mean, log_variance, 0.0 * mean, 0.0 * mean)) / math.log(2.0)
 
 

@@ -16,7 +16,8 @@ import math
 import numpy as np
 
 from minidiff.backend import xp_of
-from minidiff.diffusion.process import eps_from_x0, extract
+from minidiff.diffusion.process import eps_from_x0
+from minidiff.kernels.reference import per_sample
 
 
 class GaussianDataOracle:
@@ -30,15 +31,15 @@ class GaussianDataOracle:
 
     def _variance_x_t(self, t, like):
         """v_t = alpha_bar_t s^2 + 1 - alpha_bar_t as (B, ...) broadcastable."""
-        alpha_bar = extract(self.schedule.alpha_bars, t, like)
+        alpha_bar = per_sample(self.schedule.alpha_bars, t, like)
         return alpha_bar * self.std ** 2 + 1.0 - alpha_bar
 
     def __call__(self, x_t, t):
         """eps_hat = E[eps | x_t], eq. (O1)."""
         xp = xp_of(x_t)
         m = xp.asarray(self.mean, dtype=x_t.dtype)
-        centred = x_t - extract(self.schedule.sqrt_alpha_bars, t, x_t) * m
-        return extract(self.schedule.sqrt_one_minus_alpha_bars, t, x_t) * centred / self._variance_x_t(t, x_t)
+        centred = x_t - per_sample(self.schedule.sqrt_alpha_bars, t, x_t) * m
+        return per_sample(self.schedule.sqrt_one_minus_alpha_bars, t, x_t) * centred / self._variance_x_t(t, x_t)
 
     def sample(self, rng, batch, shape):
         """x_0 ~ N(m, s^2): (batch, *shape) float64."""
@@ -94,8 +95,8 @@ class EmpiricalDenoiser:
         xp = xp_of(x_t)
         flat = x_t.reshape(len(x_t), -1)
         train = xp.asarray(self.train_x.reshape(len(self.train_x), -1), dtype=x_t.dtype)
-        sqrt_ab = extract(self.schedule.sqrt_alpha_bars, t, flat)
-        one_minus_ab = extract(1.0 - self.schedule.alpha_bars, t, flat)
+        sqrt_ab = per_sample(self.schedule.sqrt_alpha_bars, t, flat)
+        one_minus_ab = per_sample(1.0 - self.schedule.alpha_bars, t, flat)
         sq_dist = ((flat[:, None, :] - sqrt_ab[:, :, None] * train[None, :, :]) ** 2).sum(axis=2)
         logits = -sq_dist / (2.0 * one_minus_ab)
         logits = logits - logits.max(axis=1, keepdims=True)

@@ -11,14 +11,17 @@ import numpy as np
 
 import minidiff.kernels as kernels
 from minidiff import ops
+from minidiff.autograd import Tensor
+from minidiff.backend import xp_of
 from minidiff.kernels import reference as kernel_reference
+from minidiff.kernels.reference import per_sample
 
 PREDICTIONS = ("eps", "x0", "v")
 
 
 def check_t(t, x, schedule):
     """t as an integer array of shape (B,) in 1..T on x's backend, or a clear ValueError/TypeError."""
-    xp = _xp(x)
+    xp = xp_of(x)
     t = xp.asarray(t)
     if t.dtype.kind not in "iu":
         raise TypeError(f"t must hold integer timesteps 1..T, got dtype {t.dtype}")
@@ -30,24 +33,12 @@ def check_t(t, x, schedule):
     return t
 
 
-def extract(table, t, like):
-    """table[t_b] as a (B, 1, ..., 1) array with like's dtype and backend (like: array or Tensor)."""
-    data = like.data if hasattr(like, "requires_grad") else like
-    xp = _xp(data)
-    coef = xp.asarray(table)[xp.asarray(t)]
-    return coef.reshape((-1,) + (1,) * (data.ndim - 1)).astype(data.dtype)
-
-
-def _xp(a):
-    return kernel_reference.array_module(a)
-
-
 # ---------------------------------------------------------------- forward process, docs/forward_process.md
 
 def q_step_mean_variance(x_prev, t, schedule):
     """Get q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I), eq. (F1). Returns (mean, variance)."""
     t = check_t(t, x_prev, schedule)
-    return ops.sqrt(extract(schedule.alphas, t, x_prev)) * x_prev, extract(schedule.betas, t, x_prev)
+    return ops.sqrt(per_sample(schedule.alphas, t, x_prev)) * x_prev, per_sample(schedule.betas, t, x_prev)
 
 
 def q_step_sample(x_prev, t, eps, schedule):
@@ -62,8 +53,8 @@ def q_mean_variance(x0, t, schedule):
     Returns (mean (B, ...), variance (B, 1..), log_variance (B, 1..)).
     """
     t = check_t(t, x0, schedule)
-    variance = extract(1.0 - schedule.alpha_bars, t, x0)
-    return extract(schedule.sqrt_alpha_bars, t, x0) * x0, variance, _xp(variance).log(variance)
+    variance = per_sample(1.0 - schedule.alpha_bars, t, x0)
+    return per_sample(schedule.sqrt_alpha_bars, t, x0) * x0, variance, xp_of(variance).log(variance)
 
 
 def q_sample(x0, t, eps, schedule, impl="auto"):
@@ -73,7 +64,7 @@ def q_sample(x0, t, eps, schedule, impl="auto"):
     (`impl` as in minidiff.kernels), Tensors through the reference (differentiable in x0, eps).
     """
     t = check_t(t, x0, schedule)
-    if hasattr(x0, "requires_grad") or hasattr(eps, "requires_grad"):
+    if isinstance(x0, Tensor) or isinstance(eps, Tensor):
         return kernel_reference.q_sample(x0, t, eps, schedule)
     return kernels.q_sample(x0, t, eps, schedule, impl=impl)
 
@@ -91,36 +82,47 @@ def q_posterior(x0, x_t, t, schedule):
     clipped one (log beta_tilde_2 at t = 1, where beta_tilde_1 = 0), as in the DDPM code.
     """
     t = check_t(t, x_t, schedule)
-    mean = extract(schedule.posterior_mean_coef1, t, x_t) * x0 + extract(schedule.posterior_mean_coef2, t, x_t) * x_t
-    return (mean, extract(schedule.posterior_variance, t, x_t),
-            extract(schedule.posterior_log_variance_clipped, t, x_t))
+    coef1, coef2 = per_sample(schedule.posterior_mean_coef1, t, x_t), per_sample(schedule.posterior_mean_coef2, t, x_t)
+    mean = coef1 * x0 + coef2 * x_t
+    return (mean, per_sample(schedule.posterior_variance, t, x_t),
+            per_sample(schedule.posterior_log_variance_clipped, t, x_t))
 
 
 # ---------------------------------------------------------------- eps <-> x0 <-> v, docs/eps_parameterisation.md
 
+def _roots(t, like, schedule):
+    """(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) per sample, shaped to broadcast over like."""
+    return per_sample(schedule.sqrt_alpha_bars, t, like), per_sample(schedule.sqrt_one_minus_alpha_bars, t, like)
+
+
 def x0_from_eps(x_t, t, eps, schedule):
     """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), eq. (N1)."""
-    return (x_t - extract(schedule.sqrt_one_minus_alpha_bars, t, x_t) * eps) / extract(schedule.sqrt_alpha_bars, t, x_t)
+    sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
+    return (x_t - sqrt_one_minus_ab * eps) / sqrt_ab
 
 
 def eps_from_x0(x_t, t, x0, schedule):
     """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t), eq. (N2)."""
-    return (x_t - extract(schedule.sqrt_alpha_bars, t, x_t) * x0) / extract(schedule.sqrt_one_minus_alpha_bars, t, x_t)
+    sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
+    return (x_t - sqrt_ab * x0) / sqrt_one_minus_ab
 
 
 def v_from_x0_eps(x0, eps, t, schedule):
     """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0, eq. (N3) (Salimans & Ho 2022)."""
-    return extract(schedule.sqrt_alpha_bars, t, x0) * eps - extract(schedule.sqrt_one_minus_alpha_bars, t, x0) * x0
+    sqrt_ab, sqrt_one_minus_ab = _roots(t, x0, schedule)
+    return sqrt_ab * eps - sqrt_one_minus_ab * x0
 
 
 def x0_from_v(x_t, t, v, schedule):
     """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v, eq. (N4)."""
-    return extract(schedule.sqrt_alpha_bars, t, x_t) * x_t - extract(schedule.sqrt_one_minus_alpha_bars, t, x_t) * v
+    sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
+    return sqrt_ab * x_t - sqrt_one_minus_ab * v
 
 
 def eps_from_v(x_t, t, v, schedule):
     """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v, eq. (N5)."""
-    return extract(schedule.sqrt_one_minus_alpha_bars, t, x_t) * x_t + extract(schedule.sqrt_alpha_bars, t, x_t) * v
+    sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
+    return sqrt_one_minus_ab * x_t + sqrt_ab * v
 
 
 def predict_x0(model_output, x_t, t, schedule, prediction="eps"):
@@ -155,7 +157,7 @@ def p_mean_variance(eps_hat, x_t, t, schedule, variance="fixed_small", clip_x0=F
     if clip_x0:
         x0_hat = ops.clip(x0_hat, -1.0, 1.0)
     mean, _, _ = q_posterior(x0_hat, x_t, t, schedule)
-    return mean, extract(var_table, t, x_t), extract(log_var_table, t, x_t), x0_hat
+    return mean, per_sample(var_table, t, x_t), per_sample(log_var_table, t, x_t), x0_hat
 
 
 def ddim_sigma(alpha_bar, alpha_bar_prev, eta):

@@ -20,7 +20,7 @@ list of names that the DDPM (`schedule=...`), the CLI (`plot schedules`) and the
 """
 import numpy as np
 
-VARIANCES = ("fixed_small", "fixed_large")
+from minidiff.kernels.reference import VARIANCES
 
 SCHEDULES = {}  # name -> constructor(T, **options) -> Schedule, in definition order; filled by @named_schedule
 

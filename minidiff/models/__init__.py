@@ -1,7 +1,7 @@
 """Models trained by minidiff.train.Trainer: each has loss(batch, rng) -> (loss, metrics), name, hparams.
 
     ae.py          MLP / conv autoencoder (+ denoising option) and nearest-neighbour retrieval
-    pca.py         PCA by SVD, the linear baseline; reconstruction error against latent size
+    pca.py         PCA by SVD, the linear baseline (its recon-vs-latent sweep is in minidiff/experiments.py)
     vae.py         convolutional VAE (Gaussian or Bernoulli decoder, beta) and the conditional VAE
     unet.py        the DDPM noise-prediction U-Net
     ddpm.py        the DDPM: fused eps-loss training, VLB evaluation, DDPM / DDIM sampling
