@@ -19,6 +19,7 @@ setup(
         "scipy>=1.10",
         "threadpoolctl>=3",  # single-threaded BLAS for the many small per-head attention products
         "scikit-learn>=1.2",
+        "safetensors>=0.4",  # checkpoints are encoded and decoded by the safetensors library
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.4"],

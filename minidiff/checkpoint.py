@@ -1,12 +1,12 @@
 """Checkpoints in the safetensors format, written atomically, never pickled (docs/training.md §9).
 
-File layout (the public safetensors format, written here by hand):
+The bytes are encoded and decoded by the `safetensors` library (its NumPy API), so a file minidiff
+writes opens with `safetensors.torch.load_file` and any file the library writes opens here. The format:
 
     [8 bytes: header length n, little-endian uint64]
-    [n bytes: JSON header, space-padded to a multiple of 8]
-        {"<name>": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
-         "__metadata__": {"<key>": "<string>", ...}}
-    [the tensors' raw little-endian C-order bytes, back to back; offsets count from here]
+    [n bytes: JSON header {"<name>": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
+                           "__metadata__": {"<key>": "<string>", ...}}]
+    [the tensors' raw little-endian C-order bytes; offsets count from here]
 
 A training checkpoint stores the model's parameters under "params.<name>", the EMA copy under
 "ema.<name>", the optimiser state under "optim.<name>", and everything else (step, config, metric
@@ -19,104 +19,60 @@ import os
 import tempfile
 
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 from minidiff.backend import to_numpy
 
-DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-          "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
-_CODES = {np.dtype(v): k for k, v in DTYPES.items()}
-MAX_HEADER_BYTES = 100 * 2 ** 20
+# The safetensors dtypes that have a NumPy equivalent (BF16 and the float8 kinds have none).
+DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+          "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8,
+          "BOOL": np.bool_, "C64": np.complex64}
 METADATA_KEY = "minidiff"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated or not valid safetensors."""
+    """A checkpoint file is missing, truncated, not valid safetensors, or not what its reader needs."""
 
 
-# ---------------------------------------------------------------- raw safetensors
+# ---------------------------------------------------------------- safetensors bytes
 
 
-def _dtype_code(name, array):
-    code = _CODES.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
-    if code is None:
+def _storable(name, value):
+    if not isinstance(name, str) or not name or name == "__metadata__":
+        raise ValueError(f"tensor names must be non-empty strings other than __metadata__, got {name!r}")
+    array = np.asarray(to_numpy(value), order="C")  # the library reads the raw buffer: C order only
+    if array.dtype.newbyteorder("=") not in {np.dtype(d) for d in DTYPES.values()}:
         raise TypeError(f"tensor {name!r}: dtype {array.dtype} cannot be stored; use one of "
-                        f"{sorted(str(np.dtype(v)) for v in DTYPES.values())}")
-    return code
+                        f"{sorted(str(np.dtype(d)) for d in DTYPES.values())}")
+    return array
 
 
 def encode(tensors, metadata=None):
     """The safetensors bytes of {name: array} with string metadata {key: str}."""
-    header, chunks, offset = {}, [], 0
-    for name in sorted(tensors):
-        if not isinstance(name, str) or not name or name == "__metadata__":
-            raise ValueError(f"tensor names must be non-empty strings other than __metadata__, got {name!r}")
-        array = to_numpy(tensors[name])
-        code = _dtype_code(name, array)
-        raw = np.ascontiguousarray(array, dtype=np.dtype(DTYPES[code])).tobytes()
-        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    if metadata:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise TypeError("safetensors metadata must map strings to strings")
-        header["__metadata__"] = dict(metadata)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + b"".join(chunks)
+    return safetensors.numpy.save({name: _storable(name, value) for name, value in tensors.items()},
+                                  metadata=dict(metadata) if metadata else None)
 
 
 def decode(buffer, source="<bytes>"):
-    """({name: numpy array}, metadata dict) from safetensors bytes; every offset and size is validated."""
-    if len(buffer) < 8:
-        raise CheckpointError(f"{source}: {len(buffer)} bytes is too short for a safetensors file")
+    """({name: numpy array}, metadata dict) from safetensors bytes, validated by the library."""
+    try:
+        entries = safetensors.deserialize(bytes(buffer))
+    except safetensors.SafetensorError as e:
+        raise CheckpointError(f"{source}: not a valid safetensors file ({e})") from None
+    foreign = {name: entry["dtype"] for name, entry in entries if entry["dtype"] not in DTYPES}
+    if foreign:
+        raise CheckpointError(f"{source}: tensors {foreign} have dtypes NumPy cannot hold; "
+                              f"supported: {sorted(DTYPES)}")
+    tensors = {name: np.frombuffer(entry["data"], DTYPES[entry["dtype"]]).reshape(entry["shape"]).copy()
+               for name, entry in entries}
+    return tensors, _metadata(buffer)
+
+
+def _metadata(buffer):
+    """__metadata__ of a header the library has already validated (its bytes API does not return it)."""
     n = int.from_bytes(buffer[:8], "little")
-    if n > MAX_HEADER_BYTES or 8 + n > len(buffer):
-        raise CheckpointError(f"{source}: header length {n} does not fit a file of {len(buffer)} bytes "
-                              "(truncated, or not a safetensors file)")
-    try:
-        header = json.loads(bytes(buffer[8:8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{source}: the header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{source}: the header must be a JSON object")
-    metadata = header.pop("__metadata__", {}) or {}
-    data = memoryview(buffer)[8 + n:]
-    tensors, spans = {}, []
-    for name, entry in header.items():
-        tensors[name], span = _decode_tensor(name, entry, data, source)
-        spans.append(span)
-    _check_coverage(sorted(spans), len(data), source)
-    return tensors, metadata
-
-
-def _decode_tensor(name, entry, data, source):
-    try:
-        dtype = np.dtype(DTYPES[entry["dtype"]])
-        shape = tuple(int(s) for s in entry["shape"])
-        begin, end = (int(o) for o in entry["data_offsets"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{source}: tensor {name!r} has a malformed entry {entry!r} (need dtype in "
-                              f"{sorted(DTYPES)}, shape and data_offsets)") from None
-    if any(s < 0 for s in shape) or not 0 <= begin <= end <= len(data):
-        raise CheckpointError(f"{source}: tensor {name!r}: shape {shape} / offsets [{begin}, {end}] are "
-                              f"invalid for a data section of {len(data)} bytes")
-    if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-        raise CheckpointError(f"{source}: tensor {name!r}: {end - begin} bytes do not hold shape {shape} "
-                              f"of {entry['dtype']}")
-    array = np.frombuffer(data[begin:end], dtype=dtype).reshape(shape)
-    return array.astype(dtype.newbyteorder("="), copy=True), (begin, end)
-
-
-def _check_coverage(spans, size, source):
-    """The tensors' byte ranges must tile the data section exactly: no gaps, no overlaps."""
-    position = 0
-    for begin, end in spans:
-        if begin != position:
-            raise CheckpointError(f"{source}: tensor data {'overlaps' if begin < position else 'has a gap'} "
-                                  f"at byte {min(begin, position)}")
-        position = end
-    if position != size:
-        raise CheckpointError(f"{source}: {size - position} bytes after the last tensor (corrupt file)")
+    return json.loads(bytes(buffer[8:8 + n]).decode("utf-8")).get("__metadata__") or {}
 
 
 def atomic_write_bytes(path, payload):

@@ -16,10 +16,16 @@ from minidiff.models.base import REGISTRY, build, register
 def load(path, use_ema=True):
     """(model in eval mode, checkpoint state) from a training checkpoint; the EMA weights if it has them."""
     groups, state = checkpoint.load_checkpoint(path)
+    if "model" not in state or "hparams" not in state:
+        raise checkpoint.CheckpointError(f"{path}: the metadata names no model (need 'model' and 'hparams')")
     model = build(state["model"], state["hparams"])
-    model.load_state_dict(groups["params"])
-    if use_ema and groups["ema"]:
-        model.load_state_dict(groups["ema"], strict=False)
+    try:
+        model.load_state_dict(groups["params"])
+        if use_ema and groups["ema"]:
+            model.load_state_dict(groups["ema"], strict=False)
+    except (KeyError, ValueError) as e:
+        raise checkpoint.CheckpointError(f"{path}: its tensors do not fit model {state['model']!r}: "
+                                         f"{e.args[0]}") from None
     return model.eval(), state
 
 
