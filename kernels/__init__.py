@@ -108,7 +108,7 @@ def resolve(impl, backend):
 
 
 def q_sample(x0, t, eps, schedule, impl="auto", out=None):
-    """Sample q(x_t | x_0): x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (docs/kernels.md eq. 1).
+    """Sample q(x_t | x_0): x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (docs/kernels.md eq. C1).
 
     x0, eps: (B, ...) float32/float64; t: (B,) integers in 1..T. Writes into `out` if given.
     """
@@ -119,7 +119,7 @@ def q_sample(x0, t, eps, schedule, impl="auto", out=None):
 
 
 def eps_loss(eps_hat, eps, weights=None, impl="auto", out=None):
-    """L = mean over all elements of w_b (eps_hat - eps)^2 and dL/d eps_hat, in one pass (eq. 2-3).
+    """L = mean over all elements of w_b (eps_hat - eps)^2 and dL/d eps_hat, in one pass (eq. C2-C3).
 
     eps_hat, eps: (B, ...); weights: (B,) or None (w_b = 1). Returns (L as a 0-d array of the
     data's dtype, gradient shaped like eps_hat); the gradient goes into `out` if given.
@@ -131,7 +131,7 @@ def eps_loss(eps_hat, eps, weights=None, impl="auto", out=None):
 
 
 def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=False, impl="auto", out=None):
-    """Sample p(x_{t-1} | x_t): x_{t-1} = mu_theta(x_t, t) + sigma_t z (docs/kernels.md eq. 4-7).
+    """Sample p(x_{t-1} | x_t): x_{t-1} = mu_theta(x_t, t) + sigma_t z (docs/kernels.md eq. C4-C7).
 
     x_t, eps_hat, z: (B, ...); t: (B,) in 1..T; z is ignored where t = 1. variance:
     "fixed_small" (sigma_t^2 = posterior variance) or "fixed_large" (sigma_t^2 = beta_t);

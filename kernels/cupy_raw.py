@@ -1,6 +1,6 @@
 """impl="cupy": launchers for the CUDA C kernels in diffusion_ops.cu and philox.cu (compiled by cupy.RawModule).
 
-Math and bytes model: the header of diffusion_ops.cu and docs/kernels.md eq. 1-7. Each launch
+Math and bytes model: the header of diffusion_ops.cu and docs/kernels.md eq. C1-C7. Each launch
 picks the wide variant (W = 16 bytes / element size, one 128-bit access per array) when the
 elements per sample are a multiple of W and every pointer is 16-byte aligned, else W = 1.
 Arrays are CuPy arrays; coefficient tables go to the device in the data's dtype.

@@ -1,10 +1,10 @@
 // Fused CUDA C kernels for the three hot diffusion operations (impl="cupy", loaded by cupy_raw.py).
 //
-// Math (docs/kernels.md eq. 1-7); element i belongs to sample b = i / m (m elements per sample),
+// Math (docs/kernels.md eq. C1-C7); element i belongs to sample b = i / m (m elements per sample),
 // coefficient tables have length T+1 and are gathered by t[b] inside the kernel:
 //   q_sample      out[i]  = a[t_b] x0[i] + s[t_b] eps[i]              a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar)
 //   eps_loss      grad[i] = (2/n) w_b d[i],   loss = (1/n) sum_i w_b d[i]^2,   d = eps_hat - eps
-//   reverse_eps   out[i]  = r[t_b] (x_t[i] - e[t_b] eps_hat[i]) + sigma[t_b] z[i]           (eq. 4)
+//   reverse_eps   out[i]  = r[t_b] (x_t[i] - e[t_b] eps_hat[i]) + sigma[t_b] z[i]           (eq. C4)
 //   reverse_clip  out[i]  = c1[t_b] clip(u[t_b] x_t[i] - v[t_b] eps_hat[i], -1, 1) + c2[t_b] x_t[i] + sigma[t_b] z[i]
 //
 // Bytes model (n elements of s bytes): q_sample and eps_loss move 3 n s, reverse_step 4 n s;
@@ -36,7 +36,7 @@ __device__ __forceinline__ void store(T* p, long long k, const Pack<T, W>& value
     reinterpret_cast<Pack<T, W>*>(p)[k] = value;
 }
 
-// ---------------------------------------------------------------- eq. (1): q_sample
+// ---------------------------------------------------------------- eq. (C1): q_sample
 
 template <typename T, int W>
 __device__ void q_sample(const T* x0, const long long* t, const T* eps, const T* sqrt_alpha_bar,
@@ -52,7 +52,7 @@ __device__ void q_sample(const T* x0, const long long* t, const T* eps, const T*
     }
 }
 
-// ---------------------------------------------------------------- eq. (2)-(3): eps_loss
+// ---------------------------------------------------------------- eq. (C2)-(C3): eps_loss
 
 template <typename T, int W>
 __device__ void eps_loss_partial(const T* eps_hat, const T* eps, const T* w, long long m, long long n,
@@ -78,7 +78,7 @@ __device__ void eps_loss_partial(const T* eps_hat, const T* eps, const T* w, lon
 
 // Stage 2 of the loss is sum_partials (block_reduce.cuh).
 
-// ---------------------------------------------------------------- eq. (4)-(7): reverse_step
+// ---------------------------------------------------------------- eq. (C4)-(C7): reverse_step
 
 template <typename T, int W>
 __device__ void reverse_eps(const T* x_t, const long long* t, const T* eps_hat, const T* z,

@@ -1,9 +1,9 @@
 """impl="numba": single-pass, multi-threaded CPU kernels (Numba @njit(parallel=True)).
 
-Math (docs/kernels.md eq. 1-7), per sample b with coefficients gathered from the schedule by t_b:
+Math (docs/kernels.md eq. C1-C7), per sample b with coefficients gathered from the schedule by t_b:
     q_sample      x_t  = a_b x0 + s_b eps                      a = sqrt(alpha_bar_t), s = sqrt(1 - alpha_bar_t)
     eps_loss      L    = (1/N) sum_b w_b sum_i d_bi^2,  g = ((2/N) w_b) d,   d = eps_hat - eps
-    reverse_step  x_{t-1} = r_b (x_t - e_b eps_hat) + sigma_b z          (eq. 4, no clipping)
+    reverse_step  x_{t-1} = r_b (x_t - e_b eps_hat) + sigma_b z          (eq. C4, no clipping)
                   x0_hat = clip(u_b x_t - v_b eps_hat, -1, 1); x_{t-1} = c1_b x0_hat + c2_b x_t + sigma_b z
 
 Bytes model (n elements of size s, each input read once, each output written once):

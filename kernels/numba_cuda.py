@@ -1,9 +1,9 @@
 """impl="numba_cuda": the three kernels as Numba @cuda.jit kernels (grid-stride loops).
 
-Math (docs/kernels.md eq. 1-7), element i of sample b = i // M (M elements per sample):
+Math (docs/kernels.md eq. C1-C7), element i of sample b = i // M (M elements per sample):
     q_sample      x_t[i]     = a[t_b] x0[i] + s[t_b] eps[i]
     eps_loss      grad[i]    = ((2/N) w_b) d[i],  d = eps_hat - eps;   L = (1/N) sum_i w_b d[i]^2
-    reverse_step  x_{t-1}[i] = r[t_b] (x_t[i] - e[t_b] eps_hat[i]) + sigma[t_b] z[i]          (eq. 4)
+    reverse_step  x_{t-1}[i] = r[t_b] (x_t[i] - e[t_b] eps_hat[i]) + sigma[t_b] z[i]          (eq. C4)
                   or, clipped, c1[t_b] clip(u[t_b] x_t[i] - v[t_b] eps_hat[i], -1, 1) + c2[t_b] x_t[i] + sigma[t_b] z[i]
 Coefficient tables (length T+1, the data's dtype) are gathered by t inside the kernel.
 

@@ -7,8 +7,8 @@
 // the noise is then bit-identical to the NumPy reference and the Numba kernels.
 //
 //   philox_normal         out[i] = n_i
-//   philox_q_sample       out[i] = a[t_b] x0[i] + s[t_b] n_i                       (eq. 1, eps = n)
-//   philox_eps_loss       grad[i] = (2/n) w_b (eps_hat[i] - n_i), partial sums of w_b d^2 (eq. 2-3)
+//   philox_q_sample       out[i] = a[t_b] x0[i] + s[t_b] n_i                       (eq. C1, eps = n)
+//   philox_eps_loss       grad[i] = (2/n) w_b (eps_hat[i] - n_i), partial sums of w_b d^2 (eq. C2-C3)
 //   sum_partials          stage 2 of the loss (block_reduce.cuh, shared with diffusion_ops.cu)
 //
 // Bytes model: q_sample 2 n s (x0 read, x_t written), eps_loss 2 n s (eps_hat read, grad written).

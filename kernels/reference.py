@@ -30,10 +30,10 @@ def per_sample(table, t, like):
     return coef.reshape((-1,) + (1,) * (len(like.shape) - 1)).astype(like.dtype)
 
 
-# ---------------------------------------------------------------- eq. (1): q(x_t | x_0)
+# ---------------------------------------------------------------- eq. (C1): q(x_t | x_0)
 
 def q_sample(x0, t, eps, schedule):
-    """Sample q(x_t | x_0) by reparameterisation, docs/kernels.md eq. (1).
+    """Sample q(x_t | x_0) by reparameterisation, docs/kernels.md eq. (C1).
 
         x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,   eps ~ N(0, I)
 
@@ -44,10 +44,10 @@ def q_sample(x0, t, eps, schedule):
     return sqrt_alpha_bar * x0 + sqrt_one_minus_alpha_bar * eps
 
 
-# ---------------------------------------------------------------- eq. (2)-(3): the eps-loss
+# ---------------------------------------------------------------- eq. (C2)-(C3): the eps-loss
 
 def eps_loss(eps_hat, eps, weights=None):
-    """The (weighted) eps-prediction loss and its gradient, docs/kernels.md eq. (2)-(3).
+    """The (weighted) eps-prediction loss and its gradient, docs/kernels.md eq. (C2)-(C3).
 
         L = (1/N) sum_{b,i} w_b (eps_hat_{b,i} - eps_{b,i})^2        (mean over all N elements)
         dL/d eps_hat_{b,i} = (2/N) w_b (eps_hat_{b,i} - eps_{b,i})
@@ -65,10 +65,10 @@ def eps_loss(eps_hat, eps, weights=None):
     return xp.asarray(loss, dtype=eps_hat.dtype), grad.astype(eps_hat.dtype)
 
 
-# ---------------------------------------------------------------- eq. (4)-(7): p(x_{t-1} | x_t)
+# ---------------------------------------------------------------- eq. (C4)-(C7): p(x_{t-1} | x_t)
 
 def sigma_table(schedule, variance="fixed_small"):
-    """sigma_t for t = 0..T, docs/kernels.md eq. (6): the reverse step's noise scale.
+    """sigma_t for t = 0..T, docs/kernels.md eq. (C6): the reverse step's noise scale.
 
         sigma_t^2 = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t   (fixed_small)
         sigma_t^2 = beta_t                                                         (fixed_large)
@@ -84,7 +84,7 @@ def sigma_table(schedule, variance="fixed_small"):
 
 
 def eps_mean_tables(schedule):
-    """(1/sqrt(alpha_t), beta_t/sqrt(1 - alpha_bar_t)) for t = 0..T, the coefficients of eq. (4)."""
+    """(1/sqrt(alpha_t), beta_t/sqrt(1 - alpha_bar_t)) for t = 0..T, the coefficients of eq. (C4)."""
     alphas = np.asarray(schedule.alphas, dtype=np.float64)
     one_minus_alpha_bars = 1.0 - np.asarray(schedule.alpha_bars, dtype=np.float64)
     eps_coef = np.zeros_like(alphas)
@@ -93,17 +93,17 @@ def eps_mean_tables(schedule):
 
 
 def x0_tables(schedule):
-    """(1/sqrt(alpha_bar_t), sqrt(1/alpha_bar_t - 1)) for t = 0..T, the coefficients of eq. (5)."""
+    """(1/sqrt(alpha_bar_t), sqrt(1/alpha_bar_t - 1)) for t = 0..T, the coefficients of eq. (C5)."""
     alpha_bars = np.asarray(schedule.alpha_bars, dtype=np.float64)
     return 1.0 / np.sqrt(alpha_bars), np.sqrt(1.0 / alpha_bars - 1.0)
 
 
 def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=False):
-    """Sample p(x_{t-1} | x_t) given the predicted noise, docs/kernels.md eq. (4)-(7).
+    """Sample p(x_{t-1} | x_t) given the predicted noise, docs/kernels.md eq. (C4)-(C7).
 
-    Without clipping (eq. 4, the posterior mean written in eps):
+    Without clipping (eq. C4, the posterior mean written in eps):
         mu = (1/sqrt(alpha_t)) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat)
-    With clip_x0 (eq. 5 then the posterior mean, eq. 7):
+    With clip_x0 (eq. C5 then the posterior mean, eq. C7):
         x0_hat = clip((x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t), -1, 1)
         mu = posterior_mean_coef1_t x0_hat + posterior_mean_coef2_t x_t
     Then x_{t-1} = mu + sigma_t z with sigma_t from `sigma_table` (0 at t = 1).

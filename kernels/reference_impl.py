@@ -48,10 +48,10 @@ def _noise_like(a, seed, offset):
 
 
 def q_sample_philox(x0, t, seed, schedule, offset=0, out=None):
-    """Eq. (1) with eps = the Philox noise of (seed, offset) (docs/kernels.md §6)."""
+    """Eq. (C1) with eps = the Philox noise of (seed, offset) (docs/kernels.md §6)."""
     return q_sample(x0, t, _noise_like(x0, seed, offset), schedule, out)
 
 
 def eps_loss_philox(eps_hat, seed, offset=0, weights=None, out=None):
-    """Eq. (2)-(3) with eps regenerated from (seed, offset) instead of read back."""
+    """Eq. (C2)-(C3) with eps regenerated from (seed, offset) instead of read back."""
     return eps_loss(eps_hat, _noise_like(eps_hat, seed, offset), weights, out)

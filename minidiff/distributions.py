@@ -37,7 +37,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
 def kl_standard_normal(mean, logvar):
     """KL(N(mu, exp(s)) || N(0, 1)) = 1/2 (exp(s) - (1 + s) + mu^2), s the log-variance, eq. (K3).
 
-    The notes' VAE form (seeds/001), elementwise; summed over latent dims it is the VAE's KL term.
+    The Chapter 2 notes' VAE form (docs/errata.md X7), elementwise; summed over latent dims it is the VAE's KL term.
     """
     return 0.5 * (_exp(logvar) - (1.0 + logvar) + mean ** 2)
 
@@ -45,7 +45,7 @@ def kl_standard_normal(mean, logvar):
 def kl_standard_normal_std(mean, std):
     """KL(N(mu, sigma^2) || N(0, 1)) = 1/2 (mu^2 + sigma^2 - 1 - log sigma^2), sigma the std, eq. (K4).
 
-    The notes' form with sigma as a standard deviation (seeds/000), elementwise.
+    The notes' form with sigma as a standard deviation (the Class 6 notes), elementwise.
     """
     return 0.5 * (mean ** 2 + std ** 2 - 1.0 - 2.0 * ops.log(std))
 
@@ -132,12 +132,12 @@ def log_normal_cdf_diff(a, b):
 
 
 def approx_standard_normal_cdf(x):
-    """Phi(x) ~ 1/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the DDPM code's approximation, eq. (B3)."""
+    """Phi(x) ~ 1/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the DDPM code's approximation, eq. (L7)."""
     return 0.5 * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
 def discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="exact"):
-    """log P(x) for x on the 256-level grid of [-1, 1] under N(mean, exp(log_scale)^2), eq. (B1)-(B2).
+    """log P(x) for x on the 256-level grid of [-1, 1] under N(mean, exp(log_scale)^2), eq. (L5)-(L6).
 
         P(x) = Phi((x + 1/255 - mu)/s) - Phi((x - 1/255 - mu)/s)
     with the lowest bin's lower edge at -inf and the highest bin's upper edge at +inf, so the

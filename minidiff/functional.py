@@ -34,7 +34,7 @@ def linear(x, weight, bias=None):
 
 
 def softmax(x, dim=-1):
-    """softmax along dim: y_i = e^{x_i} / Σ_j e^{x_j} (VJP y ⊙ (g − ⟨g, y⟩), docs/autograd.md eq. 6)."""
+    """softmax along dim: y_i = e^{x_i} / Σ_j e^{x_j} (VJP y ⊙ (g − ⟨g, y⟩), docs/autograd.md eq. A6)."""
     return ops.softmax(x, dim)
 
 

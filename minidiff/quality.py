@@ -5,7 +5,7 @@ penultimate-layer features f(x):
 - confident fraction   (1/n) #{i : max_y p(y | x_i) > 0.9}            (are the samples legible?)
 - label entropy        H(h) = -sum_y h_y log h_y  (nats), h = histogram of argmax_y p(y | x_i) / n
                        (mode coverage: log 10 = 2.303 when all ten digits appear equally)
-- Fréchet distance     FD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2})      (eq. 1)
+- Fréchet distance     FD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2})      (docs/training.md eq. T15)
                        between Gaussians fitted to the features of the samples and of real held-out
                        images (the FID recipe, with our classifier in place of Inception).
 FD has a finite-sample bias, so it is only compared between feature sets of equal size.
@@ -30,7 +30,7 @@ def _psd_sqrt(s):
 
 
 def frechet_distance(features_a, features_b):
-    """Eq. (1): the 2-Wasserstein distance squared between Gaussian fits of two feature sets.
+    """Eq. (T15): the 2-Wasserstein distance squared between Gaussian fits of two feature sets.
 
     S_a S_b has the eigenvalues of S_a^{1/2} S_b S_a^{1/2} = M Mᵀ with M = S_a^{1/2} S_b^{1/2}, so
     tr((S_a S_b)^{1/2}) = Σ_i σ_i(M), the sum of M's singular values: no complex round-off as with a

@@ -41,7 +41,8 @@ def elbo(x, posterior, decoder_output, likelihood="gaussian", beta=1.0, decoder_
     """ELBO_beta = log p_theta(x | z) - beta KL(q(z|x) || N(0, I)) for one z ~ q(z|x), eq. (V1)/(V4).
 
     posterior: q(z|x) as a DiagonalGaussian; decoder_output: the decoder applied to its rsample.
-    beta = 1 gives the bound on log p(x); beta != 1 (beta-VAE) is a weighted objective, not a bound.
+    beta = 1 is the ELBO; since KL >= 0, ELBO_beta <= ELBO <= log p(x) for beta >= 1 (a looser bound);
+    only beta < 1 can exceed log p(x).
     Returns {"elbo": (B,), "reconstruction": (B,), "kl": (B,)} in nats per sample.
     """
     if beta < 0:

@@ -43,7 +43,7 @@ def check_eps_loss(p, impl, to=np.asarray):
 
 
 def reverse_scale(p):
-    """Sum of the magnitudes of the terms eq. (4) or eq. (5)+(7) adds, per element."""
+    """Sum of the magnitudes of the terms eq. (C4) or eq. (C5)+(C7) adds, per element."""
     sigma = _per_sample(R.sigma_table(p.schedule, p.variance), p) * np.abs(p.z)
     if p.clip_x0:
         u, v = (_per_sample(c, p) for c in R.x0_tables(p.schedule))

@@ -44,7 +44,8 @@ def test_kl_is_nonnegative_and_zero_exactly_for_equal_gaussians(shape, seed):
 
 @given(shapes(min_dims=1), seeds())
 def test_the_notes_two_vae_kl_forms_agree(shape, seed):
-    """1/2 (mu^2 + sigma^2 - 1 - log sigma^2) (seeds/000) = 1/2 (e^s - (1 + s) + mu^2) (seeds/001)
+    """1/2 (mu^2 + sigma^2 - 1 - log sigma^2) (Class 6 notes)
+    = 1/2 (e^s - (1 + s) + mu^2) (Chapter 2 notes, docs/errata.md X7)
     = normal_kl to N(0, 1)."""
     rng = np.random.default_rng(seed)
     mean, logvar = rng.normal(size=shape), rng.uniform(-5, 3, shape)

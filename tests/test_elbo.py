@@ -195,8 +195,8 @@ def test_chain_form_of_the_elbo_equals_the_kl_form_with_the_reconstruction_term(
 
 @given(st.integers(21, 40), oracle_configs)
 def test_errata_notes_kl_form_without_the_reconstruction_term_misses(T, config):
-    """seeds/000's KL form, -L_T - sum_{t>1} L_{t-1}, drops E[log p(x_0 | x_1)]: for the linear schedule it
-    misses the chain form by many standard errors."""
+    """The notes' KL form, -L_T - sum_{t>1} L_{t-1}, drops E[log p(x_0 | x_1)]: for the linear schedule it
+    misses the chain form by many standard errors (docs/errata.md X4)."""
     schedule = Schedule.linear(T)
     oracle = GaussianDataOracle(*config, schedule)
     log_ratio = _chain_log_ratio(oracle, schedule, 2000, np.random.default_rng(98))

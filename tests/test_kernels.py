@@ -23,7 +23,7 @@ CPU_IMPLS = K.serving("numpy")  # every registered implementation that takes Num
 
 @given(problems(shapes=small_shapes()))
 def test_reverse_step_clip_and_eps_forms_agree_inside_the_clip_range(p):
-    """Eq. (4) and eq. (5)+(7) are the same posterior mean when x0_hat = x0 lies in [-1, 1]."""
+    """Eq. (C4) and eq. (C5)+(C7) are the same posterior mean when x0_hat = x0 lies in [-1, 1]."""
     x0 = np.clip(p.x, -1, 1)
     x_t = R.q_sample(x0, p.t, p.eps, p.schedule)
     eps_form = R.reverse_step(x_t, p.t, p.eps, p.z, p.schedule, p.variance, clip_x0=False)

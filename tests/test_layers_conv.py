@@ -18,7 +18,7 @@ def _with_bias(fn, b):
     return (lambda x, w: fn(x, w, None)) if b is None else fn
 
 
-# ------------------------------------------------------------------ gradchecks (float64, eq. 3-5)
+# ------------------------------------------------------------------ gradchecks (float64, eq. M3-M5)
 
 @given(conv_problems(max_side=6))
 def test_conv2d_gradcheck(problem):

@@ -96,7 +96,8 @@ def test_posterior_at_t1_is_the_point_mass_at_x0(problem):
 
 @given(problems())
 def test_errata_notes_posterior_coefficient_sqrt_alpha_bar_is_wrong(problem):
-    """seeds/000 writes sqrt(alpha_bar_t) (1 - ab_{t-1}) / (1 - ab_t) for the x_t coefficient; it is sqrt(alpha_t)."""
+    """The Class 6 notes write sqrt(alpha_bar_t) (1 - ab_{t-1}) / (1 - ab_t) for the x_t coefficient;
+    it is sqrt(alpha_t) (docs/errata.md X1)."""
     schedule, _, _, _, _ = problem
     assume(schedule.T >= 2)
     t = np.arange(2, schedule.T + 1)
@@ -141,7 +142,8 @@ def test_p_mean_variance_agrees_with_the_kernels_reverse_step(problem, seed, cli
 
 @given(problems())
 def test_errata_notes_model_mean_with_sqrt_alpha_bar_is_wrong(problem):
-    """seeds/000 writes mu_theta = 1/sqrt(alpha_bar_t)(x_t - ...): it differs from the true mean for t >= 2."""
+    """The Class 6 notes write mu_theta = 1/sqrt(alpha_bar_t)(x_t - ...) (docs/errata.md X2):
+    it differs from the true mean for t >= 2."""
     schedule, t, x0, eps, _ = problem
     assume(schedule.T >= 2)
     t = np.maximum(t, 2)

@@ -51,7 +51,8 @@ def test_every_table_satisfies_its_defining_identity(s):
     np.testing.assert_allclose(s.snr[t], ab / (1 - ab), rtol=1e-12)
     sigma2 = np.exp(s.posterior_log_variance_clipped[t])
     np.testing.assert_allclose(s.elbo_weights[t], b ** 2 / (2 * sigma2 * a * (1 - ab)), rtol=1e-12)
-    # posterior mean coefficients: coef1 + coef2 sqrt(alpha_bar_t) = sqrt(alpha_bar_{t-1}) (x_0 = x_t = c fixed)
+    # noise-free case x_t = sqrt(alpha_bar_t) x_0: mu_tilde = sqrt(alpha_bar_{t-1}) x_0,
+    # so coef1 + coef2 sqrt(ab_t) = sqrt(ab_{t-1})
     np.testing.assert_allclose(s.posterior_mean_coef1[t] + s.posterior_mean_coef2[t] * np.sqrt(ab),
                                np.sqrt(ab_prev), rtol=1e-12)
 

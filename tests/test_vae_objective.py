@@ -100,6 +100,11 @@ def test_beta_weights_the_kl_and_the_loss_is_the_negative_mean(model, seed, beta
     terms = elbo(x, q, out, beta=beta, decoder_logvar=model.log_sigma2)
     np.testing.assert_allclose(terms["elbo"], terms["reconstruction"] - beta * terms["kl"], rtol=1e-12)
     np.testing.assert_allclose(terms["kl"], normal_kl(q.mean, q.logvar, 0.0, 0.0).sum(axis=1), rtol=1e-12)
+    at_1 = elbo(x, q, out, beta=1.0, decoder_logvar=model.log_sigma2)["elbo"]
+    if beta >= 1:  # KL >= 0, so ELBO_beta <= ELBO <= log p(x): beta >= 1 still bounds (docs/vae_elbo.md (V4))
+        assert np.all(terms["elbo"] <= at_1)
+    else:
+        assert np.all(terms["elbo"] >= at_1)
     loss, metrics = vae_loss(x, q, out, beta=beta, decoder_logvar=model.log_sigma2)
     np.testing.assert_allclose(loss, -terms["elbo"].mean(), rtol=1e-12)
     assert set(metrics) == {"elbo", "reconstruction", "kl"}
@@ -118,7 +123,8 @@ def test_decoders_gaussian_learned_and_bernoulli(batch, dim, seed):
 
 @given(st.integers(1, 4), st.integers(1, 6), seeds())
 def test_notes_mse_reconstruction_is_a_gaussian_decoder_with_variance_one_half(batch, dim, seed):
-    """||x - x_hat||^2 (seeds/000, 001) = -log N(x; x_hat, 1/2 I) - (D/2) log pi: an implicit sigma^2 = 1/2."""
+    """The Chapter 2 notes' (x - x_hat)^2 (docs/errata.md X8):
+    ||x - x_hat||^2 = -log N(x; x_hat, 1/2 I) - (D/2) log pi, an implicit sigma^2 = 1/2."""
     rng = np.random.default_rng(seed)
     x, x_hat = rng.normal(size=(batch, dim)), rng.normal(size=(batch, dim))
     nll = -reconstruction_log_likelihood(x, x_hat, decoder_logvar=math.log(0.5))

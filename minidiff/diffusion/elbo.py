@@ -32,7 +32,7 @@ def _mean_over_dims(x):
 # ---------------------------------------------------------------- eps-prediction losses
 
 def l_simple(eps_hat, eps):
-    """L_simple = mean over all B x D elements of (eps - eps_hat)^2, eq. (E7) (Ho et al. 2020).
+    """L_simple = mean over all B x D elements of (eps - eps_hat)^2, eq. (E12) (Ho et al. 2020).
 
     Squared noise units. Arrays in -> 0-d array; Tensors in -> scalar Tensor.
     """
@@ -40,7 +40,7 @@ def l_simple(eps_hat, eps):
 
 
 def eps_loss(eps_hat, eps, weights=None):
-    """(1/N) sum_{b,i} w_b (eps_hat_{b,i} - eps_{b,i})^2, N = B x D, w_b = 1 without weights, eq. (E8).
+    """(1/N) sum_{b,i} w_b (eps_hat_{b,i} - eps_{b,i})^2, N = B x D, w_b = 1 without weights, eq. (E13).
 
     The composed reference that `fused_eps_loss` (one fused kernel) is tested against.
     """
@@ -50,7 +50,7 @@ def eps_loss(eps_hat, eps, weights=None):
     return ops.mean(squared)
 
 
-# The fused fast path of eq. (E8): forward runs minidiff.kernels.eps_loss, which computes the loss
+# The fused fast path of eq. (E13): forward runs minidiff.kernels.eps_loss, which computes the loss
 # and its gradient in one pass over memory; backward only scales that saved gradient. The composed
 # eps_loss above records four nodes and re-reads eps_hat and eps in backward.
 
@@ -73,7 +73,7 @@ class EpsLoss(Function):
 
 
 def fused_eps_loss(eps_hat, eps, weights=None, impl="auto"):
-    """Eq. (E8) as a scalar Tensor whose backward is the fused gradient of one kernel pass (docs/kernels.md eq. 2-3).
+    """Eq. (E13) as a scalar Tensor whose backward is the fused gradient of one kernel pass (docs/kernels.md eq. C2-C3).
 
     eps_hat: the network's noise prediction (a Tensor, or an array); eps: the true noise;
     weights: per-sample w_b of shape (B,) (array or Tensor, treated as a constant) or None.
@@ -85,10 +85,10 @@ def fused_eps_loss(eps_hat, eps, weights=None, impl="auto"):
 
 
 def elbo_weighted_loss(eps_hat, eps, t, schedule, variance="fixed_small"):
-    """(1/B) sum_b w_{t_b} mean_i (eps_{b,i} - eps_hat_{b,i})^2, eq. (E9): nats per dimension.
+    """(1/B) sum_b w_{t_b} mean_i (eps_{b,i} - eps_hat_{b,i})^2, eq. (E14): nats per dimension.
 
     w_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) (Schedule.elbo_weight_table), so for
-    t >= 2 each sample's term is its KL term L_{t-1} per dimension minus a constant (eq. E6).
+    t >= 2 each sample's term is its KL term L_{t-1} per dimension minus a constant (eq. E11).
     """
     t = check_t(t, eps, schedule)
     return eps_loss(eps_hat, eps, weights=schedule.elbo_weight_table(variance)[to_numpy(t)])
@@ -143,7 +143,7 @@ def _draw(rng, like):
 
 def nll_bpd(model, x0, schedule, rng, variance="fixed_small", clip_x0=False, decoder="discretized",
             cdf="exact", progress=False):
-    """The VLB of eq. (L1) by the full loop over t = 1..T, bits/dim per sample, eq. (L5).
+    """The VLB of eq. (L1) by the full loop over t = 1..T, bits/dim per sample, eq. (L8).
 
     model(x_t, t) -> eps_hat on arrays (t the original timesteps); a fresh eps ~ N(0, I) per t.
     Returns {"total_bpd": (B,), "prior_bpd": (B,), "vb_bpd": (B, T) with column t-1 = term t}.
@@ -161,7 +161,7 @@ def nll_bpd(model, x0, schedule, rng, variance="fixed_small", clip_x0=False, dec
 
 def nll_bpd_importance(model, x0, schedule, rng, n_t=1, proposal=None, variance="fixed_small", clip_x0=False,
                        decoder="discretized", cdf="exact"):
-    """Unbiased importance-sampled estimate of the VLB in bits/dim, (B,), eq. (L6).
+    """Unbiased importance-sampled estimate of the VLB in bits/dim, (B,), eq. (L9).
 
         L_VLB ~ L_T + (1/n_t) sum_j L_{t_j - 1} / p(t_j),   t_j ~ p over 1..T, eps_j ~ N(0, I)
 

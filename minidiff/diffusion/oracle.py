@@ -5,11 +5,11 @@ the timesteps of the schedule they were built with. Derivations: docs/eps_parame
 
 * GaussianDataOracle: data x_0 ~ N(m, s^2) independently per dimension. Then x_t ~ N(sqrt(ab) m, v_t),
   v_t = ab s^2 + 1 - ab (ab = alpha_bar_t), and the MMSE noise prediction is
-      eps_hat(x_t) = E[eps | x_t] = sqrt(1 - ab) (x_t - sqrt(ab) m) / v_t          eq. (O1)
+      eps_hat(x_t) = E[eps | x_t] = sqrt(1 - ab) (x_t - sqrt(ab) m) / v_t          eq. (E15)
   log p(x_0) and the expected VLB under this model are closed-form too.
 * EmpiricalDenoiser: the training set {x_i} itself as the data distribution. The MMSE x_0 is the
-  posterior-weighted mean (the "attractor" view of seeds/002, with the sqrt(ab) scaling of DDPM):
-      x0_hat(x_t) = sum_i softmax_i(-||x_t - sqrt(ab) x_i||^2 / (2 (1 - ab))) x_i    eq. (O2)
+  posterior-weighted mean (the "attractor" view of the Towards notes, with the sqrt(ab) scaling of DDPM):
+      x0_hat(x_t) = sum_i softmax_i(-||x_t - sqrt(ab) x_i||^2 / (2 (1 - ab))) x_i    eq. (E16)
 """
 import math
 
@@ -35,7 +35,7 @@ class GaussianDataOracle:
         return alpha_bar * self.std ** 2 + 1.0 - alpha_bar
 
     def __call__(self, x_t, t):
-        """eps_hat = E[eps | x_t], eq. (O1)."""
+        """eps_hat = E[eps | x_t], eq. (E15)."""
         xp = xp_of(x_t)
         m = xp.asarray(self.mean, dtype=x_t.dtype)
         centred = x_t - per_sample(self.schedule.sqrt_alpha_bars, t, x_t) * m
@@ -82,7 +82,7 @@ class GaussianDataOracle:
 
 
 class EmpiricalDenoiser:
-    """The MMSE denoiser of a finite training set, eq. (O2): x0_hat is a posterior-weighted mean of x_i."""
+    """The MMSE denoiser of a finite training set, eq. (E16): x0_hat is a posterior-weighted mean of x_i."""
 
     def __init__(self, train_x, schedule):
         train_x = np.asarray(train_x, dtype=np.float64)
@@ -110,5 +110,5 @@ class EmpiricalDenoiser:
         return (self.weights(x_t, t) @ train).reshape(x_t.shape)
 
     def __call__(self, x_t, t):
-        """eps_hat = (x_t - sqrt(ab) x0_hat) / sqrt(1 - ab) (eq. N2 at the MMSE x0_hat)."""
+        """eps_hat = (x_t - sqrt(ab) x0_hat) / sqrt(1 - ab) (eq. E2 at the MMSE x0_hat)."""
         return eps_from_x0(x_t, t, self.x0_hat(x_t, t), self.schedule)

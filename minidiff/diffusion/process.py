@@ -96,37 +96,37 @@ def _roots(t, like, schedule):
 
 
 def x0_from_eps(x_t, t, eps, schedule):
-    """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), eq. (N1)."""
+    """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), eq. (E1)."""
     sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
     return (x_t - sqrt_one_minus_ab * eps) / sqrt_ab
 
 
 def eps_from_x0(x_t, t, x0, schedule):
-    """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t), eq. (N2)."""
+    """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t), eq. (E2)."""
     sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
     return (x_t - sqrt_ab * x0) / sqrt_one_minus_ab
 
 
 def v_from_x0_eps(x0, eps, t, schedule):
-    """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0, eq. (N3) (Salimans & Ho 2022)."""
+    """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0, eq. (E3) (Salimans & Ho 2022)."""
     sqrt_ab, sqrt_one_minus_ab = _roots(t, x0, schedule)
     return sqrt_ab * eps - sqrt_one_minus_ab * x0
 
 
 def x0_from_v(x_t, t, v, schedule):
-    """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v, eq. (N4)."""
+    """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v, eq. (E4)."""
     sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
     return sqrt_ab * x_t - sqrt_one_minus_ab * v
 
 
 def eps_from_v(x_t, t, v, schedule):
-    """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v, eq. (N5)."""
+    """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v, eq. (E5)."""
     sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
     return sqrt_one_minus_ab * x_t + sqrt_ab * v
 
 
 def predict_x0(model_output, x_t, t, schedule, prediction="eps"):
-    """x0_hat from the network output: eps_hat (eq. N1), x0_hat itself, or v_hat (eq. N4)."""
+    """x0_hat from the network output: eps_hat (eq. E1), x0_hat itself, or v_hat (eq. E4)."""
     if prediction == "eps":
         return x0_from_eps(x_t, t, model_output, schedule)
     if prediction == "x0":
@@ -148,7 +148,7 @@ def p_mean_variance(eps_hat, x_t, t, schedule, variance="fixed_small", clip_x0=F
     eps_hat: the network output, eps_hat (default), x0_hat (prediction="x0") or v_hat ("v").
     Returns (mean (B, ...), variance (B, 1..), log_variance (B, 1..), x0_hat (B, ...)).
     Without clipping, mu_theta equals 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1 - alpha_bar_t) eps_hat),
-    the form kernels.reverse_step uses (eq. E2; tests/test_process.py::test_mean_gap_is_proportional_to_the_noise_error,
+    the form kernels.reverse_step uses (eq. E7; tests/test_process.py::test_mean_gap_is_proportional_to_the_noise_error,
     test_p_mean_variance_agrees_with_the_kernels_reverse_step).
     """
     t = check_t(t, x_t, schedule)

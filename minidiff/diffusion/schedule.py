@@ -10,7 +10,7 @@ documented neutral value there and are never read at t = 0 by the rest of minidi
     posterior variance      = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t   eq. (P3)
     posterior_mean_coef1    = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)    (multiplies x_0)   eq. (P2)
     posterior_mean_coef2    = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)  (multiplies x_t)
-    elbo_weights            = w_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t))   eq. (E6)
+    elbo_weights            = w_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t))   eq. (E11)
     snr                     = alpha_bar_t / (1 - alpha_bar_t)                     eq. (F6)
 
 Named schedules: each constructor `Schedule.<name>(T, **options)` is declared with
@@ -79,7 +79,7 @@ class Schedule:
         self.sqrt_one_minus_alpha_bars = np.sqrt(1.0 - self.alpha_bars)
         self.snr = _snr(self.alpha_bars)                                               # eq. (F6)
         self._posterior_tables()
-        self.elbo_weights = self.elbo_weight_table("fixed_small")                       # eq. (E6)
+        self.elbo_weights = self.elbo_weight_table("fixed_small")                       # eq. (E11)
         self.timesteps = _check_mapping(timesteps, self.T)
 
     def _posterior_tables(self):
@@ -110,7 +110,7 @@ class Schedule:
         return large, np.log(large)
 
     def elbo_weight_table(self, variance="fixed_small"):
-        """w_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) for t = 0..T (w_0 = 0), eq. (E6).
+        """w_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) for t = 0..T (w_0 = 0), eq. (E11).
 
         sigma_t^2 = exp(log-variance of `model_variance(variance)`), so w_1 uses the t = 1 convention.
         """
@@ -139,8 +139,9 @@ class Schedule:
     def linear(cls, T, beta_start=1e-4, beta_end=0.02):
         """beta_t linear from beta_start to beta_end, both scaled by 1000/T, eq. (F7).
 
-        The scaling (from the DDPM / improved-diffusion code) keeps alpha_bar_T near the T = 1000
-        value for any T. A T so small that a scaled beta reaches 1 is refused.
+        The scaling (from the DDPM / improved-diffusion code) keeps sum_t beta_t ~ 10 for every T, so
+        alpha_bar_T is near the T = 1000 value 4.0e-5 for large T but much smaller for small T (7.7e-6 at
+        T = 50, 8.0e-9 at T = 21). A T so small that a scaled beta reaches 1 is refused.
         """
         T = _check_T(T)
         scale = 1000.0 / T

@@ -16,7 +16,7 @@ class SelfAttention2d(Module):
 
     x (B, C, H, W) is read as N tokens of C channels. With h = GroupNorm(x) (skipped when
     num_groups=0) as (B, N, C), [Q, K, V] = h W_qkvᵀ + b_qkv is split into `num_heads` heads of
-    d = C/num_heads channels, each head attends with softmax(Q Kᵀ/√d) V (docs eq. 8), the heads are
+    d = C/num_heads channels, each head attends with softmax(Q Kᵀ/√d) V (docs/layers.md eq. M8), the heads are
     concatenated and projected back, O W_projᵀ + b_proj, and added to x. Parameters:
     norm.{weight,bias} (C,), qkv.{weight (3C, C), bias (3C,)}, proj.{weight (C, C), bias (C,)}.
     """
@@ -51,7 +51,7 @@ class SelfAttention2d(Module):
 
 
 def sinusoidal_embedding(t, embedding_dim, max_period=10000.0, dtype=None):
-    """e(t) = [sin(t ω_0), ..., sin(t ω_{h−1}), cos(t ω_0), ..., cos(t ω_{h−1})], ω_i = P^(−i/h) (eq. 13).
+    """e(t) = [sin(t ω_0), ..., sin(t ω_{h−1}), cos(t ω_0), ..., cos(t ω_{h−1})], ω_i = P^(−i/h) (eq. M13).
 
     h = ⌊embedding_dim/2⌋: the transformer positional encoding (frequencies P^(−2i/embedding_dim)) with
     its sin channels first; an odd embedding_dim gets a final zero column. t: (B,) timesteps (ints or

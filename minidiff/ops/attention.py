@@ -3,16 +3,16 @@
 For queries Q (..., L, E), keys K (..., S, E), values V (..., S, Ev) and an additive mask M
 (0 where a query may attend a key, −∞ where not; a boolean mask is True = attend, as PyTorch):
 
-    A = τ Q Kᵀ + M,   P = softmax(A) along S,   O = P V,   τ = 1/√E by default      (docs eq. 8)
+    A = τ Q Kᵀ + M,   P = softmax(A) along S,   O = P V,   τ = 1/√E by default      (docs/layers.md eq. M8)
 
-Backward (docs eq. 9-11), with G = ∂L/∂O and the softmax Jacobian ∂P_ij/∂A_ik = P_ij(δ_jk − P_ik):
+Backward (docs/layers.md eq. M9-M11), with G = ∂L/∂O and the softmax Jacobian ∂P_ij/∂A_ik = P_ij(δ_jk − P_ik):
 
     ∂L/∂V = Pᵀ G,   ∂L/∂P = G Vᵀ,   ∂L/∂A = P ⊙ (∂L/∂P − D),
-    D = rowsum(∂L/∂P ⊙ P) = rowsum(G ⊙ O)   (an (L, Ev) product instead of an (L, S) one, docs eq. 10),
-    ∂L/∂Q = τ (∂L/∂A) K,   ∂L/∂K = τ (∂L/∂A)ᵀ Q                                     (docs eq. 11)
+    D = rowsum(∂L/∂P ⊙ P) = rowsum(G ⊙ O)   (an (L, Ev) product instead of an (L, S) one, docs/layers.md eq. M10),
+    ∂L/∂Q = τ (∂L/∂A) K,   ∂L/∂K = τ (∂L/∂A)ᵀ Q                                     (docs/layers.md eq. M11)
 
-`attention_reference` composes eq. 8 from matmul/softmax/add (autograd derives the backward);
-`ScaledDotProductAttention` is one Function with eq. 9-11, tested against it. Leading (batch,
+`attention_reference` composes eq. M8 from matmul/softmax/add (autograd derives the backward);
+`ScaledDotProductAttention` is one Function with eq. M9-M11, tested against it. Leading (batch,
 head) axes broadcast like matmul's; gradients are summed back over broadcast axes.
 """
 import contextlib
@@ -35,7 +35,7 @@ def _check_qkv(q, k, v):
 
 
 def additive_mask(attn_mask, is_causal, L, S, like):
-    """The additive mask M of eq. 8 (an array, or None): booleans become 0 / −∞; causal keeps j ≤ i."""
+    """The additive mask M of eq. M8 (an array, or None): booleans become 0 / −∞; causal keeps j ≤ i."""
     xp = xp_of(like)
     attn_mask = unwrap(attn_mask)
     mask = None
@@ -89,7 +89,7 @@ def _softmax_rows(a):
 
 
 class ScaledDotProductAttention(Function):
-    """O = softmax(τ Q Kᵀ + M) V (eq. 8).  Saved: Q, K, V, P, O.  VJP: eq. 9-11.
+    """O = softmax(τ Q Kᵀ + M) V (eq. M8).  Saved: Q, K, V, P, O.  VJP: eq. M9-M11.
 
     Operands are made contiguous first: NumPy's batched matmul only calls BLAS per (L, E) slice
     when each slice is laid out as a matrix, and the heads of a (B, N, 3, heads, d) projection are
@@ -120,7 +120,7 @@ class ScaledDotProductAttention(Function):
         if not (self.needs_grad[0] or self.needs_grad[1]):
             return None, None, dv
         da = g @ v.swapaxes(-1, -2)                                    # ∂L/∂P
-        da -= (g * self.o).sum(axis=-1, keepdims=True)                 # eq. 9-10: ∂L/∂A = P ⊙ (∂L/∂P − D),
+        da -= (g * self.o).sum(axis=-1, keepdims=True)                 # eq. M9-M10: ∂L/∂A = P ⊙ (∂L/∂P − D),
         da *= p                                                        # D = rowsum(∂L/∂P ⊙ P) = rowsum(G ⊙ O)
         dq = unbroadcast((da @ k) * scale, q.shape) if self.needs_grad[0] else None
         dk = unbroadcast((da.swapaxes(-1, -2) @ q) * scale, k.shape) if self.needs_grad[1] else None
@@ -132,7 +132,7 @@ def _scale(q, scale):
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
-    """softmax(τ Q Kᵀ + M) V through the fused Function (eq. 8-11). q (..., L, E), k (..., S, E), v (..., S, Ev)."""
+    """softmax(τ Q Kᵀ + M) V through the fused Function (eq. M8-M11). q (..., L, E), k (..., S, E), v (..., S, Ev)."""
     like = unwrap(q)
     mask = additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], like)
     return ScaledDotProductAttention.apply(q, k, v, mask=mask, scale=_scale(q, scale))

@@ -5,12 +5,12 @@ output (B, O, Ho, Wo) with Ho = ⌊(H + 2p − d(kh − 1) − 1)/s⌋ + 1 (like
 
 im2col gathers, for every output position, the K input values its kernel touches:
 
-    cols[(c, i, j), (b, u, v)] = x_pad[b, c, s·u + d·i, s·v + d·j]            (docs eq. 1)
+    cols[(c, i, j), (b, u, v)] = x_pad[b, c, s·u + d·i, s·v + d·j]            (docs/layers.md eq. M1)
 
 read through a strided *view* of the padded input and copied once into a (K, B·Ho·Wo) matrix,
-so the convolution is ONE matrix product y = W cols, W = w.reshape(O, K) (eq. 2). Backward:
+so the convolution is ONE matrix product y = W cols, W = w.reshape(O, K) (eq. M2). Backward:
 
-    ∂L/∂W = G colsᵀ,   ∂L/∂cols = Wᵀ G,   ∂L/∂x = col2im(∂L/∂cols)              (eq. 3-4)
+    ∂L/∂W = G colsᵀ,   ∂L/∂cols = Wᵀ G,   ∂L/∂x = col2im(∂L/∂cols)              (eq. M3-M4)
 
 with G = ∂L/∂y as an (O, B·Ho·Wo) matrix. col2im is im2col's adjoint: it adds each kernel tap's
 (B, C, Ho, Wo) slab of ∂L/∂cols into one strided slice of a zero (B, C, H + 2p, W + 2p) array
@@ -18,7 +18,7 @@ with G = ∂L/∂y as an (O, B·Ho·Wo) matrix. col2im is im2col's adjoint: it a
 
 The transposed convolution is the adjoint of the convolution, so its forward IS conv2d's input
 gradient (`conv2d_input_grad`, written once, used by both), and its input gradient is conv2d
-itself (eq. 5). Everything here is array-module code (`xp`), so it runs on NumPy and CuPy.
+itself (eq. M5). Everything here is array-module code (`xp`), so it runs on NumPy and CuPy.
 """
 from minidiff.autograd import Function
 from minidiff.backend import xp_of
@@ -60,7 +60,7 @@ def windows(x_pad, kernel, stride, dilation, out_hw):
 
 
 def im2col(x, kernel, stride, padding, dilation, out_hw):
-    """The (K, B·Ho·Wo) matrix of eq. 1, rows ordered (c, i, j), columns (b, u, v)."""
+    """The (K, B·Ho·Wo) matrix of eq. M1, rows ordered (c, i, j), columns (b, u, v)."""
     xp = xp_of(x)
     x_pad = xp.ascontiguousarray(pad2d(x, padding))
     view = windows(x_pad, kernel, stride, dilation, out_hw)   # (B, C, kh, kw, Ho, Wo)
@@ -90,7 +90,7 @@ def col2im(taps, x_shape, stride, padding, dilation):
 
 
 def conv2d_from_cols(cols, w, B, out_hw):
-    """y = W cols (eq. 2) as (B, O, Ho, Wo)."""
+    """y = W cols (eq. M2) as (B, O, Ho, Wo)."""
     O = w.shape[0]
     y = w.reshape(O, -1) @ cols                                   # (O, B·Ho·Wo)
     return xp_of(y).ascontiguousarray(y.reshape((O, B) + tuple(out_hw)).transpose(1, 0, 2, 3))
@@ -102,15 +102,15 @@ def as_matrix(g):
 
 
 def weight_grad(G, cols, shape):
-    """∂L/∂W = G colsᵀ (eq. 3), computed as (cols Gᵀ)ᵀ: the same product, but OpenBLAS runs the
+    """∂L/∂W = G colsᵀ (eq. M3), computed as (cols Gᵀ)ᵀ: the same product, but OpenBLAS runs the
     (K × N)(N × O) form 10-20x faster than (O × N)(N × K) when N = B·Ho·Wo is the long axis."""
     return (cols @ G.T).T.reshape(shape)
 
 
 def conv2d_input_grad(g, w, x_shape, stride, padding, dilation):
-    """∂L/∂x of y = conv2d(x, w) for upstream g (B, O, Ho, Wo): col2im(Wᵀ G) (eq. 4).
+    """∂L/∂x of y = conv2d(x, w) for upstream g (B, O, Ho, Wo): col2im(Wᵀ G) (eq. M4).
 
-    This one function is also the FORWARD of conv_transpose2d (eq. 5). Ho, Wo are read from g,
+    This one function is also the FORWARD of conv_transpose2d (eq. M5). Ho, Wo are read from g,
     so g may be shorter than the natural output (the transposed conv's output_padding case).
     """
     O, C, kh, kw = w.shape
@@ -141,10 +141,10 @@ def _check_geometry(name, stride, padding, dilation):
 
 
 class Conv2d(Function):
-    """y[b, o] = Σ_{c,i,j} w[o, c, i, j] x_pad[b, c, s·u + d·i, s·v + d·j] + bias[o]  (eq. 1-2).
+    """y[b, o] = Σ_{c,i,j} w[o, c, i, j] x_pad[b, c, s·u + d·i, s·v + d·j] + bias[o]  (eq. M1-M2).
 
     Inputs x (B, C, H, W), w (O, C, kh, kw), optional bias (O,). Saved: cols (K, B·Ho·Wo) and w.
-    VJP (eq. 3-4): ∂w = G colsᵀ, ∂x = col2im(Wᵀ G), ∂bias = Σ_{b,u,v} g.
+    VJP (eq. M3-M4): ∂w = G colsᵀ, ∂x = col2im(Wᵀ G), ∂bias = Σ_{b,u,v} g.
     """
 
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
@@ -171,7 +171,7 @@ class Conv2d(Function):
 
 
 class ConvTranspose2d(Function):
-    """y = conv2d_input_grad(x, w) + bias: the adjoint of conv2d applied to x (eq. 5).
+    """y = conv2d_input_grad(x, w) + bias: the adjoint of conv2d applied to x (eq. M5).
 
     Inputs x (B, Cin, H, W), w (Cin, Cout, kh, kw) (PyTorch's layout), optional bias (Cout,).
     Output (B, Cout, Hout, Wout), Hout = (H − 1)s − 2p + d(kh − 1) + output_padding + 1.

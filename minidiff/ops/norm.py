@@ -3,15 +3,15 @@
 Both standardise x over a set of n elements (a group of channels × H × W, or the trailing
 normalized_shape), then apply a per-channel (per-element) affine map:
 
-    μ = (1/n) Σ x,  σ² = (1/n) Σ (x − μ)²,  x̂ = (x − μ)/√(σ² + ε),  y = γ x̂ + β      (docs eq. 6)
+    μ = (1/n) Σ x,  σ² = (1/n) Σ (x − μ)²,  x̂ = (x − μ)/√(σ² + ε),  y = γ x̂ + β      (docs/layers.md eq. M6)
 
-Backward in closed form (derived in docs eq. 7), with ĝ = γ ⊙ g and means over the same n elements:
+Backward in closed form (derived in docs/layers.md eq. M7), with ĝ = γ ⊙ g and means over the same n elements:
 
     ∂L/∂x = (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)) / √(σ² + ε),
     ∂L/∂γ = Σ_{other axes} g ⊙ x̂,   ∂L/∂β = Σ_{other axes} g.
 
-`group_norm_reference` / `layer_norm_reference` build eq. 6 from primitive ops (autograd derives
-the backward); `GroupNorm` / `LayerNorm` are one Function each with eq. 7, tested against them.
+`group_norm_reference` / `layer_norm_reference` build eq. M6 from primitive ops (autograd derives
+the backward); `GroupNorm` / `LayerNorm` are one Function each with eq. M7, tested against them.
 """
 from minidiff import ops
 from minidiff.autograd import Function, unwrap
@@ -28,7 +28,7 @@ def _standardize(x, axes, eps):
 
 
 def _standardize_backward(g_hat, x_hat, inv_std, axes):
-    """∂L/∂x = (ĝ − mean(ĝ) − x̂ mean(ĝ x̂)) / √(σ² + ε)  (docs eq. 7)."""
+    """∂L/∂x = (ĝ − mean(ĝ) − x̂ mean(ĝ x̂)) / √(σ² + ε)  (docs/layers.md eq. M7)."""
     return (g_hat - g_hat.mean(axis=axes, keepdims=True)
             - x_hat * (g_hat * x_hat).mean(axis=axes, keepdims=True)) * inv_std
 
@@ -55,7 +55,7 @@ class GroupNorm(Function):
         y = (x − μ) · (r γ_c) + β_c,
         S_c = Σ_s g,  T_c = Σ_s g (x − μ)       (per sample and channel)
         mean(ĝ) = Σ_{c∈group} γ_c S_c / n,   mean(ĝ ⊙ x̂) = r Σ_{c∈group} γ_c T_c / n,
-        ∂L/∂x = g · (r γ_c) − (x − μ) · r² mean(ĝ ⊙ x̂) − r mean(ĝ),   (eq. 7 expanded)
+        ∂L/∂x = g · (r γ_c) − (x − μ) · r² mean(ĝ ⊙ x̂) − r mean(ĝ),   (eq. M7 expanded)
         ∂L/∂γ_c = Σ_b r T_c,   ∂L/∂β_c = Σ_b S_c.
     """
 
@@ -99,7 +99,7 @@ class GroupNorm(Function):
 class LayerNorm(Function):
     """y = γ ⊙ x̂ + β with x̂ standardised over the trailing k = γ.ndim axes.
 
-    Inputs x (..., *N), γ (*N), β (*N). Saved: x̂, 1/√(σ² + ε). VJP: docs eq. 7.
+    Inputs x (..., *N), γ (*N), β (*N). Saved: x̂, 1/√(σ² + ε). VJP: docs/layers.md eq. M7.
     """
 
     def forward(self, x, weight, bias, eps=1e-5):
@@ -120,7 +120,7 @@ class LayerNorm(Function):
         return dx, dw, db
 
 
-# ---------------------------------------------------------------- readable references (eq. 6 from primitives)
+# ---------------------------------------------------------------- readable references (eq. M6 from primitives)
 
 def standardize_reference(x, axes, eps):
     """x̂ = (x − μ)/√(σ² + ε) over axes, from primitive ops (autograd supplies the backward)."""
@@ -130,7 +130,7 @@ def standardize_reference(x, axes, eps):
 
 
 def group_norm_reference(x, num_groups, weight=None, bias=None, eps=1e-5):
-    """Group norm (eq. 6) composed of reshape/mean/sqrt/div/mul/add."""
+    """Group norm (eq. M6) composed of reshape/mean/sqrt/div/mul/add."""
     _check_group_norm(x, num_groups, weight, bias)
     B, C = x.shape[:2]
     x_hat = ops.reshape(standardize_reference(ops.reshape(x, (B, num_groups, -1)), 2, eps), x.shape)
@@ -140,7 +140,7 @@ def group_norm_reference(x, num_groups, weight=None, bias=None, eps=1e-5):
 
 
 def layer_norm_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
-    """Layer norm (eq. 6 over the trailing normalized_shape) composed of primitive ops."""
+    """Layer norm (eq. M6 over the trailing normalized_shape) composed of primitive ops."""
     axes = tuple(range(len(x.shape) - len(normalized_shape), len(x.shape)))
     y = standardize_reference(x, axes, eps)
     y = y if weight is None else ops.mul(y, weight)
