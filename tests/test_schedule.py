@@ -67,6 +67,16 @@ def test_t1_log_variance_follows_the_ddpm_code(s):
     np.testing.assert_allclose(log_large[1:], np.log(large[1:]), rtol=1e-14)
 
 
+@given(st.floats(1e-4, 0.5))
+def test_t1_log_variance_of_a_one_step_chain_is_log_beta_1(beta):
+    """T = 1 has no beta_tilde_2: the convention (docs/posterior.md (P4)) falls back to log beta_1, both variances."""
+    s = Schedule(np.array([beta]))
+    assert s.posterior_log_variance_clipped[1] == np.log(beta)
+    for variance in ("fixed_small", "fixed_large"):
+        _, log_var = s.model_variance(variance)
+        assert log_var[1] == np.log(beta)
+
+
 # ---------------------------------------------------------------- constructors
 
 @given(st.integers(21, 4000))
