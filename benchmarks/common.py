@@ -19,12 +19,25 @@ def machine_info():
             info[name] = __import__(name).__version__
         except Exception:
             info[name] = None
+    info.update(gpu_info())
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu_model"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
     except OSError:
         pass
     return info
+
+
+def gpu_info():
+    """The CUDA device a GPU row ran on (name, memory, driver and runtime versions), or {} without one."""
+    try:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        return {"gpu": props["name"].decode(), "gpu_memory_GiB": round(props["totalGlobalMem"] / 2**30, 1),
+                "cuda_driver": cupy.cuda.runtime.driverGetVersion(),
+                "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
+    except Exception:
+        return {}
 
 
 def timeit(fn, repeats=7, number=1, warmup=1):
