@@ -5,6 +5,8 @@ set -u
 out=${1:?usage: tools/gpu_check.sh OUTDIR}
 mkdir -p "$out"
 export PYTHONPATH=. HYPOTHESIS_PROFILE=ci-fixed
+# Without an install, kernels/ is importable as minidiff.kernels only through a link (setup.py maps it).
+python -c "import minidiff.kernels" 2>/dev/null || ln -sfn ../kernels minidiff/kernels
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 python -c "import cupy, numba, torch; print('cupy', cupy.__version__, 'numba', numba.__version__, 'torch', torch.__version__)" \
     > "$out/versions.txt" 2>&1
