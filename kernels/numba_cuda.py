@@ -35,10 +35,20 @@ AUTO_RANK = {"cupy": 1}  # after the CUDA C kernels; never "auto" for NumPy arra
 
 
 def probe():
+    """Whether a CUDA device is visible and Numba can compile and launch a kernel on it."""
     try:
-        return bool(cuda.is_available())
-    except Exception:  # a CUDA driver error without a GPU
+        if not cuda.is_available():
+            return False
+        one = cuda.to_device(np.zeros(1, np.float32))
+        _probe_kernel[1, 1](one)
+        return bool(one.copy_to_host()[0] == 1.0)
+    except Exception:  # a CUDA driver error without a GPU, or a Numba that cannot compile for this NumPy
         return False
+
+
+@cuda.jit
+def _probe_kernel(out):
+    out[0] = 1.0
 
 THREADS = 128     # threads per block (a power of two, for the tree reduction)
 MAX_BLOCKS = 1024  # grid-stride loops cover the rest; also the most partials stage 2 adds

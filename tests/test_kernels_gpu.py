@@ -14,7 +14,14 @@ from tests.strategies_kernels import unscaled_linear, problems
 
 pytestmark = pytest.mark.gpu
 # every registered implementation that declares CuPy arrays, other than the reference
-GPU_IMPLS = [name for name, module in K.REGISTRY.items() if "cupy" in module.BACKENDS and name != K.REFERENCE]
+DECLARED = [name for name, module in K.REGISTRY.items() if "cupy" in module.BACKENDS and name != K.REFERENCE]
+GPU_IMPLS = [name for name in DECLARED if name in K.available()]
+
+
+def test_every_declared_gpu_impl_runs_here():
+    """On a GPU machine each implementation that declares CuPy arrays must pass its probe (compile and launch)."""
+    missing = [name for name in DECLARED if name not in K.available()]
+    assert not missing, f"declared for CuPy arrays but their probe fails on this GPU: {missing}"
 
 
 def _cupy():
