@@ -66,6 +66,10 @@ class UNet(nn.Module):
     def __init__(self, in_channels=1, image_size=8, base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
                  attention_resolutions=(4,), dropout=0.1, groups=8, heads=1, dtype=None):
         super().__init__()
+        self.config = dict(in_channels=in_channels, image_size=image_size, base_channels=base_channels,
+                           channel_mults=tuple(channel_mults), num_res_blocks=num_res_blocks,
+                           attention_resolutions=tuple(attention_resolutions), dropout=dropout, groups=groups,
+                           heads=heads)                  # the constructor arguments, for mirrors and exports
         self.in_channels, self.image_size = in_channels, image_size
         if image_size % 2 ** (len(channel_mults) - 1):
             raise ValueError(f"UNet: image size {image_size} must be divisible by 2^{len(channel_mults) - 1} "
