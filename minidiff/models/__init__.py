@@ -1,6 +1,7 @@
 """Models trained by minidiff.train.Trainer: each has loss(batch, rng) -> (loss, metrics), name, hparams.
 
     ae.py          MLP / conv autoencoder (+ denoising option) and nearest-neighbour retrieval
+    dae.py         the denoising AE as an attractor: x <- x - eta (x - r(x)), r(x) - x ~ sigma^2 grad log p
     pca.py         PCA by SVD, the linear baseline (its recon-vs-latent sweep is in minidiff/experiments.py)
     vae.py         convolutional VAE (Gaussian or Bernoulli decoder, beta) and the conditional VAE
     unet.py        the DDPM noise-prediction U-Net
@@ -31,6 +32,6 @@ def load(path, use_ema=True):
 
 # Importing a model module registers its models: every module with a @register class is listed here
 # (tests/test_registries.py checks that nothing registers only when imported by hand).
-from minidiff.models import ae, classifier, ddpm, vae  # noqa: E402,F401
+from minidiff.models import ae, classifier, dae, ddpm, vae  # noqa: E402,F401
 
 __all__ = ["REGISTRY", "build", "register", "load"]
