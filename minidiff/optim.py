@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from minidiff import checks
 from minidiff.autograd import Tensor
 from minidiff.backend import to_numpy, xp_of
 
@@ -35,9 +36,8 @@ class Optimizer:
     state_names = ()
 
     def __init__(self, params, lr):
-        if lr < 0:
-            raise ValueError(f"learning rate must be >= 0, got {lr}")
-        self.params, self.lr, self.step_count = _param_list(params), float(lr), 0
+        lr = checks.real("lr", lr, minimum=0.0, where=type(self).__name__)
+        self.params, self.lr, self.step_count = _param_list(params), lr, 0
         self.state = {name: [None] * len(self.params) for name in self.state_names}
 
     def zero_grad(self):
@@ -81,8 +81,10 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr)
-        if nesterov and momentum <= 0:
-            raise ValueError("SGD: Nesterov momentum needs momentum > 0")
+        momentum = checks.real("momentum", momentum, minimum=0.0, where="SGD")
+        weight_decay = checks.real("weight_decay", weight_decay, minimum=0.0, where="SGD")
+        if checks.boolean("nesterov", nesterov, where="SGD") and momentum <= 0:
+            raise ValueError(f"SGD: Nesterov momentum needs momentum > 0, got momentum {momentum}")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
     def update(self, i, theta, grad):
@@ -102,9 +104,13 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Adam: betas must lie in [0, 1), got {betas}")
-        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        where = type(self).__name__
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
+        betas = tuple(checks.real(f"betas[{i}]", b, minimum=0.0, below=1.0, where=where) for i, b in enumerate(betas))
+        eps = checks.real("eps", eps, above=0.0, where=where)
+        weight_decay = checks.real("weight_decay", weight_decay, minimum=0.0, where=where)
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
     def update(self, i, theta, grad):
         (beta1, beta2), t = self.betas, self.step_count
@@ -132,6 +138,7 @@ class AdamW(Adam):
 
 def clip_grad_norm(params, max_norm):
     """Scale all gradients by min(1, max_norm/(‖g‖ + 1e-6)), ‖g‖ the global L2 norm; return ‖g‖ (a float)."""
+    max_norm = checks.real("max_norm", max_norm, minimum=0.0, finite=False, where="clip_grad_norm")
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
@@ -152,9 +159,7 @@ class EMA:
     """
 
     def __init__(self, module, decay=0.999):
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"EMA: decay must be in [0, 1], got {decay}")
-        self.decay = decay
+        self.decay = checks.real("decay", decay, minimum=0.0, maximum=1.0, where="EMA")
         self.shadow = {name: p.data.copy() for name, p in module.named_parameters()}
         self.num_updates = 0
 

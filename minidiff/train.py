@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from minidiff import checkpoint, optim
+from minidiff import checkpoint, checks, optim
 from minidiff.autograd import no_grad
 from minidiff.backend import default_rng, get_backend, manual_seed, to_numpy, xp
 from minidiff.data import BatchStream
@@ -49,12 +49,25 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
 
+    divergence_factor: float = 1e3    # a save is refused past this growth of the weights or the loss (§ guard)
+
     def __post_init__(self):
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"need steps >= 0, batch_size >= 1 and lr > 0; got {self.steps}, "
-                             f"{self.batch_size}, {self.lr}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        """Every field checked before the first step: a wrong value raises here, naming the field."""
+        where = "TrainConfig"
+        self.steps = checks.integer("steps", self.steps, minimum=1, where=where)
+        self.batch_size = checks.integer("batch_size", self.batch_size, minimum=1, where=where)
+        self.lr = checks.real("lr", self.lr, above=0.0, where=where)
+        checks.one_of("optimizer", self.optimizer, ("adam", "adamw"), where=where)
+        self.weight_decay = checks.real("weight_decay", self.weight_decay, minimum=0.0, where=where)
+        self.warmup_steps = checks.integer("warmup_steps", self.warmup_steps, minimum=0, where=where)
+        self.min_lr_ratio = checks.real("min_lr_ratio", self.min_lr_ratio, minimum=0.0, maximum=1.0, where=where)
+        self.grad_clip = checks.real("grad_clip", self.grad_clip, minimum=0.0, where=where)
+        self.ema_decay = checks.real("ema_decay", self.ema_decay, minimum=0.0, below=1.0, where=where)
+        for name in ("eval_every", "checkpoint_every", "log_every"):
+            setattr(self, name, checks.integer(name, getattr(self, name), minimum=0, where=where))
+        self.seed = checks.integer("seed", self.seed, minimum=0, where=where)
+        self.progress = checks.boolean("progress", self.progress, where=where)
+        self.divergence_factor = checks.real("divergence_factor", self.divergence_factor, above=1.0, where=where)
 
 
 def step_seed(seed, step):
@@ -83,6 +96,7 @@ class Trainer:
         self.history = {"step": [], "loss": [], "lr": [], "grad_norm": []}
         self.evals = []          # [{"step": k, name: value, ...}]
         self.last_checkpoint = None
+        self._start_rms = _rms(params)   # the divergence guard's reference scale (reset by resume)
 
     # ------------------------------------------------------------ one update
     def batch(self, step):
@@ -116,11 +130,37 @@ class Trainer:
 
     def _guard(self, what, value):
         if not math.isfinite(value):
-            last = (f"the last good checkpoint is {self.last_checkpoint!r} (step {self._last_saved_step})"
-                    if self.last_checkpoint else "no checkpoint was written yet")
-            raise TrainingDiverged(f"training stopped: the {what} is {value} at step {self.step} "
-                                   f"(lr {self.optimizer.lr:.3g}); nothing was saved after it and {last}. "
-                                   "Lower --lr or raise the gradient clipping.")
+            self._stop(f"the {what} is {value} at step {self.step}", "nothing was saved after it")
+
+    def _stop(self, reason, saved):
+        last = (f"the last good checkpoint is {self.last_checkpoint!r} (step {self._last_saved_step})"
+                if self.last_checkpoint else "no checkpoint was written yet")
+        raise TrainingDiverged(f"training stopped: {reason} (lr {self.optimizer.lr:.3g}); {saved} and {last}. "
+                               "Lower --lr or raise the gradient clipping.")
+
+    def divergence(self):
+        """Why the current weights must not be saved, or None (docs/reliability.md, "the save guard").
+
+        Refused: any NaN/Inf among the parameters, the EMA copy or the optimiser state; parameters whose
+        RMS exceeds divergence_factor times that of the weights this session started from (floor 1e-3);
+        a last loss above L_1 + divergence_factor * max(|L_1|, 1), L_1 the run's first loss.
+        """
+        groups = {"parameter": self.model.state_dict(), "EMA weight": self.ema.state_dict() if self.ema else {},
+                  "optimiser state": self.optimizer.state_dict()}
+        for kind, arrays in groups.items():
+            for name, a in arrays.items():
+                if hasattr(a, "dtype") and not np.isfinite(to_numpy(a)).all():
+                    return f"the {kind} {name!r} holds NaN or Inf at step {self.step}"
+        factor, rms = self.config.divergence_factor, _rms(self.model.parameters())
+        limit = factor * max(self._start_rms, 1e-3)
+        if rms > limit:
+            return (f"the parameters' RMS is {rms:.3g} at step {self.step}, over {factor:g} x the "
+                    f"{self._start_rms:.3g} they started from")
+        losses = self.history["loss"]
+        if losses and losses[-1] > losses[0] + factor * max(abs(losses[0]), 1.0):
+            return (f"the loss is {losses[-1]:.3g} at step {self.step}, diverged from the first loss "
+                    f"{losses[0]:.3g} (limit: first + {factor:g} x max(|first|, 1))")
+        return None
 
     # ------------------------------------------------------------ the loop
     def fit(self):
@@ -192,7 +232,11 @@ class Trainer:
                 "history": self.history, "evals": self.evals}
 
     def save(self, path=None):
+        """Write the checkpoint, after `divergence()` finds the weights fit to keep; else TrainingDiverged."""
         path = path or self.checkpoint_path()
+        reason = self.divergence()
+        if reason:
+            self._stop(reason, f"{path!r} was not written")
         opt_arrays = {k: v for k, v in self.optimizer.state_dict().items() if k not in ("step", "lr")}
         checkpoint.save_checkpoint(path, self.model.state_dict(), self.state(),
                                    ema=self.ema.state_dict() if self.ema else None, optim=opt_arrays)
@@ -214,6 +258,7 @@ class Trainer:
             self.ema.num_updates = state["ema_num_updates"]
         self.step, self.history, self.evals = state["step"], state["history"], state["evals"]
         self.last_checkpoint, self._last_saved_step = path, self.step
+        self._start_rms = _rms(self.model.parameters())
         return self
 
 
@@ -232,6 +277,15 @@ class _SwapWeights:
     def __exit__(self, *exc):
         if self.saved is not None:
             self.model.load_state_dict(self.saved, strict=False)
+
+
+def _rms(params):
+    """sqrt(mean of theta^2) over every parameter element, in float64."""
+    total, count = 0.0, 0
+    for p in params:
+        total += float((to_numpy(p.data).astype(np.float64) ** 2).sum())
+        count += p.data.size
+    return math.sqrt(total / max(count, 1))
 
 
 def _format(metrics):

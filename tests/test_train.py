@@ -164,7 +164,7 @@ def test_step_seeds_are_distinct_and_fixed(seed, step):
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="lr > 0"):
+    with pytest.raises(ValueError, match="lr must be > 0"):
         TrainConfig(lr=0)
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="rmsprop")
