@@ -45,13 +45,36 @@ def data_arrays(**arrays):
     return _backend(first_arr)
 
 
+MAX_T = 10 ** 7  # far above any real chain; a larger claimed T is a corrupt or hostile schedule object
+
+
 def schedule_length(schedule):
-    """T of a duck-typed schedule (tables of length T+1), after checking it has the tables."""
+    """T of a duck-typed schedule, after checking every table the kernels read is 1-D, real and of length T+1.
+
+    The kernels gather table[t_b] without bounds checks, so a table shorter than T+1 (or a T larger
+    than the tables, or absurd) would read past its end; this runs before any kernel code.
+    """
     missing = [name for name in SCHEDULE_TABLES if not hasattr(schedule, name)]
     if missing:
         raise TypeError(f"schedule {type(schedule).__name__} lacks the tables {missing} "
                         "(expected a minidiff.diffusion.Schedule or an object with its attributes)")
-    return len(schedule.alpha_bars) - 1
+    lengths = {}
+    for name in SCHEDULE_TABLES:
+        table = getattr(schedule, name)
+        shape, kind = np.shape(table), np.asarray(table).dtype.kind if np.ndim(table) <= 1 else None
+        if len(shape) != 1 or kind not in ("f", "i", "u"):
+            raise TypeError(f"schedule.{name} must be a 1-D table of real numbers (t = 0..T), got shape {shape}"
+                            + (f" and dtype kind {kind!r}" if kind else ""))
+        lengths[name] = shape[0]
+    T = lengths["alpha_bars"] - 1
+    claimed = getattr(schedule, "T", T)
+    if isinstance(claimed, bool) or not isinstance(claimed, (int, np.integer)) or not 1 <= claimed <= MAX_T:
+        raise ValueError(f"schedule.T must be an integer in 1..{MAX_T}, got {claimed!r}")
+    short = {name: n for name, n in lengths.items() if n != claimed + 1}
+    if short:
+        raise ValueError(f"schedule tables must all have length T + 1 = {claimed + 1} (t = 0..T); got lengths "
+                         f"{short}")
+    return int(claimed)
 
 
 def timesteps(t, batch, backend, T):

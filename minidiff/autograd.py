@@ -88,7 +88,14 @@ class Tensor:
     __array_priority__ = 1000  # numpy scalars/arrays defer to Tensor's operators
 
     def __init__(self, data, requires_grad=False, dtype=None):
-        self.data = _as_array(data, dtype)
+        try:
+            self.data = _as_array(data, dtype)
+        except ValueError as e:  # a ragged list, or a string numpy cannot read as the dtype
+            raise ValueError(f"Tensor: data must be a rectangular array of numbers, got {type(data).__name__} "
+                             f"({e})") from None
+        if self.data.dtype.kind not in "biufc":
+            raise TypeError(f"Tensor: data must be numbers (bool, integer, floating or complex), got "
+                            f"{type(data).__name__} {data!r:.40} of dtype {self.data.dtype}")
         if requires_grad and self.data.dtype.kind not in "fc":
             raise TypeError(f"only floating tensors can require gradients, got dtype {self.data.dtype}")
         self.requires_grad = bool(requires_grad)

@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from minidiff import checks
+
 # ---------------------------------------------------------------- image data sets
 
 
@@ -41,10 +43,13 @@ def scale_to_unit_interval(pixels, max_value):
 
 def train_test_split(x, y, test_fraction, seed):
     """Split by one seeded permutation: the last round(test_fraction N) shuffled items are the test set."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    order = np.random.default_rng(seed).permutation(len(x))
+    test_fraction = checks.real("test_fraction", test_fraction, above=0.0, below=1.0, where="train_test_split")
+    checks.batch("train_test_split", x=x, y=y)
     n_test = int(round(test_fraction * len(x)))
+    if not 1 <= n_test <= len(x) - 1:
+        raise ValueError(f"train_test_split: test_fraction {test_fraction} of {len(x)} items gives {n_test} test "
+                         f"and {len(x) - n_test} training items; both sets need at least one")
+    order = np.random.default_rng(seed).permutation(len(x))
     train, test = order[:-n_test], order[-n_test:]
     return x[train], y[train], x[test], y[test]
 

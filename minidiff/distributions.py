@@ -6,7 +6,7 @@ return nats per sample, shape (B,). Shapes follow docs/notation.md.
 """
 import math
 
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.autograd import Function, unwrap
 from minidiff.backend import xp_of
 
@@ -145,6 +145,9 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="exact"):
     space, accurate in the tails) or "tanh" (the DDPM reference code's approximation, with its
     1e-12 floors), see docs/vlb_bits_per_dim.md.
     """
+    checks.same_shape("discretized_gaussian_log_likelihood", x=x, mean=mean)
+    if hasattr(log_scale, "shape"):
+        checks.per_sample("log_scale", log_scale, x, "discretized_gaussian_log_likelihood")
     data = unwrap(x)
     if float(data.min()) < -1.0 - 1e-6 or float(data.max()) > 1.0 + 1e-6:
         raise ValueError(f"x must lie in [-1, 1] (256 levels), got values in "
@@ -171,4 +174,5 @@ def bernoulli_log_likelihood(x, logits):
 
     softplus(l) = max(l, 0) + log(1 + exp(-|l|)) is evaluated without overflow.
     """
+    checks.same_shape("bernoulli_log_likelihood", x=x, logits=logits)
     return x * logits - (ops.relu(logits) + ops.log(1.0 + ops.exp(-ops.abs(logits))))

@@ -7,7 +7,7 @@ closed-form backward in minidiff.ops.{conv,norm,attention}; the rest are composi
 """
 import numpy as np
 
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.autograd import unwrap
 from minidiff.backend import backend_name_of, default_rng, xp_of
 from minidiff.ops.attention import scaled_dot_product_attention
@@ -23,9 +23,13 @@ silu, gelu, relu, sigmoid, tanh = ops.silu, ops.gelu, ops.relu, ops.sigmoid, ops
 
 def linear(x, weight, bias=None):
     """y = x Wᵀ + b for x (..., in), W (out, in), b (out,). Autograd of matmul/add gives ∂x = g W, ∂W = gᵀ x."""
-    if weight.shape[-1] != x.shape[-1] or len(weight.shape) != 2:
-        raise ValueError(f"linear: input (..., {x.shape[-1]}) needs weight (out, {x.shape[-1]}), "
-                         f"got weight {tuple(weight.shape)}")
+    checks.array_like("x", x, "linear")
+    if len(x.shape) < 1:
+        raise ValueError("linear: x must have shape (..., in), got a 0-d array")
+    checks.shape("weight", weight, (None, x.shape[-1]), "linear",
+                 because=f" = (out, in) for x of shape {tuple(x.shape)}")
+    if bias is not None:
+        checks.shape("bias", bias, (weight.shape[0],), "linear", because=" = (out,)")
     lead = tuple(x.shape[:-1])
     x2 = x if len(lead) == 1 else ops.reshape(x, (-1, x.shape[-1]))   # one 2-D product, not a batch of them
     y = ops.matmul(x2, ops.transpose(weight))

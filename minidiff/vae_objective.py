@@ -11,7 +11,7 @@ with fixed log-variance), a (mean, logvar) pair (Gaussian with learned variance)
 """
 import math
 
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.autograd import unwrap
 from minidiff.backend import xp_of
 from minidiff.distributions import (DiagonalGaussian, bernoulli_log_likelihood, gaussian_log_density,
@@ -27,13 +27,19 @@ def reconstruction_log_likelihood(x, decoder_output, likelihood="gaussian", deco
         log p = sum_i -1/2 (log 2 pi + log sigma^2 + (x_i - mean_i)^2 / sigma^2)
     bernoulli: decoder_output = logits l; log p = sum_i x_i l_i - softplus(l_i), x in {0, 1}.
     """
+    checks.one_of("likelihood", likelihood, LIKELIHOODS, "reconstruction_log_likelihood")
     if likelihood == "bernoulli":
+        checks.shape("logits", decoder_output, tuple(x.shape), "reconstruction_log_likelihood",
+                     because=" (that of x)")
         return sum_except_batch(bernoulli_log_likelihood(x, decoder_output))
-    if likelihood != "gaussian":
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     mean, logvar = decoder_output if isinstance(decoder_output, tuple) else (decoder_output, decoder_logvar)
-    if tuple(mean.shape) != tuple(x.shape):
-        raise ValueError(f"decoder mean shape {tuple(mean.shape)} != data shape {tuple(x.shape)}")
+    checks.shape("decoder mean", mean, tuple(x.shape), "reconstruction_log_likelihood", because=" (that of x)")
+    if hasattr(logvar, "shape"):  # one log sigma^2 for all (0-d), or one per element
+        if len(logvar.shape):
+            checks.shape("decoder logvar", logvar, tuple(x.shape), "reconstruction_log_likelihood",
+                         because=" (that of x, or 0-d)")
+    else:
+        checks.real("decoder_logvar", logvar, where="reconstruction_log_likelihood")
     return sum_except_batch(gaussian_log_density(x, mean, logvar))
 
 
@@ -45,11 +51,18 @@ def elbo(x, posterior, decoder_output, likelihood="gaussian", beta=1.0, decoder_
     only beta < 1 can exceed log p(x).
     Returns {"elbo": (B,), "reconstruction": (B,), "kl": (B,)} in nats per sample.
     """
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+    beta = checks.real("beta", beta, minimum=0.0, where="elbo")
+    _check_posterior(x, posterior, "elbo")
     reconstruction = reconstruction_log_likelihood(x, decoder_output, likelihood, decoder_logvar)
     kl = posterior.kl()
     return {"elbo": reconstruction - beta * kl, "reconstruction": reconstruction, "kl": kl}
+
+
+def _check_posterior(x, posterior, where):
+    """posterior is a DiagonalGaussian over the same batch as x."""
+    if not isinstance(posterior, DiagonalGaussian):
+        raise TypeError(f"{where}: posterior must be a DiagonalGaussian (q(z|x)), got {type(posterior).__name__}")
+    checks.batch(where, x=x, **{"posterior.mean": posterior.mean})
 
 
 def vae_loss(x, posterior, decoder_output, likelihood="gaussian", beta=1.0, decoder_logvar=0.0):
@@ -66,8 +79,8 @@ def importance_weighted_bound(x, posterior, decode, K, rng, likelihood="gaussian
     decode(z) -> decoder output for z of shape (K B, ...). L_1 is a one-sample ELBO; E[L_K] grows
     with K towards log p(x) (Burda et al. 2016). Returns (B,) nats.
     """
-    if int(K) < 1:
-        raise ValueError(f"K must be >= 1, got {K}")
+    K = checks.integer("K", K, minimum=1, where="importance_weighted_bound")
+    _check_posterior(x, posterior, "importance_weighted_bound")
     mean, logvar = posterior.mean, posterior.logvar
     batch = x.shape[0]
     data = unwrap(mean)

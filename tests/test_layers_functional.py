@@ -138,7 +138,7 @@ def test_embedding_matches_torch(n, d, data):
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda: F.linear(np.ones((2, 3)), np.ones((4, 2))), ValueError, "weight (out, 3)"),
+    (lambda: F.linear(np.ones((2, 3)), np.ones((4, 2))), ValueError, "weight must have shape (*, 3) = (out, in)"),
     (lambda: F.dropout(np.ones(3), 1.5), ValueError, "p must be in [0, 1]"),
     (lambda: F.interpolate(np.ones((1, 1, 2, 2)), scale_factor=2, mode="bilinear"), ValueError, "nearest"),
     (lambda: F.interpolate(np.ones((1, 1, 2, 2))), ValueError, "exactly one of size / scale_factor"),

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import minidiff.kernels as kernels
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.autograd import Function, Tensor
 from minidiff.backend import to_numpy, xp_of
 from minidiff.diffusion.process import check_t, p_mean_variance, q_posterior, q_sample
@@ -36,6 +36,7 @@ def l_simple(eps_hat, eps):
 
     Squared noise units. Arrays in -> 0-d array; Tensors in -> scalar Tensor.
     """
+    checks.same_shape("l_simple", eps_hat=eps_hat, eps=eps)
     return eps_loss(eps_hat, eps)
 
 
@@ -44,6 +45,9 @@ def eps_loss(eps_hat, eps, weights=None):
 
     The composed reference that `fused_eps_loss` (one fused kernel) is tested against.
     """
+    checks.same_shape("eps_loss", eps_hat=eps_hat, eps=eps)
+    if weights is not None:
+        checks.shape("weights", weights, (eps.shape[0],), "eps_loss", because=" (one per sample)")
     squared = (eps_hat - eps) ** 2
     if weights is not None:
         squared = squared * per_sample(weights, np.arange(eps.shape[0]), squared)
@@ -90,7 +94,8 @@ def elbo_weighted_loss(eps_hat, eps, t, schedule, variance="fixed_small"):
     w_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) (Schedule.elbo_weight_table), so for
     t >= 2 each sample's term is its KL term L_{t-1} per dimension minus a constant (eq. E11).
     """
-    t = check_t(t, eps, schedule)
+    checks.same_shape("elbo_weighted_loss", eps=eps, eps_hat=eps_hat)
+    t = check_t(t, eps, schedule, "elbo_weighted_loss")
     return eps_loss(eps_hat, eps, weights=schedule.elbo_weight_table(variance)[to_numpy(t)])
 
 
@@ -109,8 +114,9 @@ def vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance="fixed_small", clip_x0=
     (see p_mean_variance's prediction).
     """
     if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    t = check_t(t, x_t, schedule)
+        raise ValueError(f"vb_terms_bpd: decoder must be one of {DECODERS}, got {decoder!r}")
+    checks.same_shape("vb_terms_bpd", x_t=x_t, x0=x0, eps_hat=eps_hat)
+    t = check_t(t, x_t, schedule, "vb_terms_bpd")
     true_mean, _, true_log_variance = q_posterior(x0, x_t, t, schedule)
     mean, _, log_variance, _ = p_mean_variance(eps_hat, x_t, t, schedule, variance, clip_x0, prediction)
     kl = _mean_over_dims(normal_kl(true_mean, true_log_variance, mean, log_variance))
@@ -124,6 +130,7 @@ def vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance="fixed_small", clip_x0=
 
 def prior_bpd(x0, schedule):
     """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, (B,), eq. (L4). Constant in theta."""
+    checks.batch("prior_bpd", x0=x0)
     t = np.full(x0.shape[0], schedule.T)
     mean = per_sample(schedule.sqrt_alpha_bars, t, x0) * x0
     log_variance = per_sample(np.full(schedule.T + 1, np.log1p(-schedule.alpha_bars[-1])), t, x0)
@@ -137,6 +144,14 @@ def _model_t(schedule, t):
     return xp_of(t).asarray(schedule.timesteps)[t]
 
 
+def _model_output(model, x_t, t, where):
+    """model(x_t, t) checked to be eps_hat of x_t's shape: a (B, 1, ..., 1) output must not broadcast."""
+    eps_hat = model(x_t, t)
+    checks.array_like("model(x_t, t)", eps_hat, where)
+    checks.shape("model(x_t, t)", eps_hat, tuple(x_t.shape), where, because=" (that of x_t)")
+    return eps_hat
+
+
 def _draw(rng, like):
     return rng.standard_normal(like.shape, dtype=like.dtype)
 
@@ -148,12 +163,13 @@ def nll_bpd(model, x0, schedule, rng, variance="fixed_small", clip_x0=False, dec
     model(x_t, t) -> eps_hat on arrays (t the original timesteps); a fresh eps ~ N(0, I) per t.
     Returns {"total_bpd": (B,), "prior_bpd": (B,), "vb_bpd": (B, T) with column t-1 = term t}.
     """
+    checks.batch("nll_bpd", x0=x0)
     xp, batch = xp_of(x0), x0.shape[0]
     terms = []
     for step in tqdm(range(1, schedule.T + 1), disable=not progress, desc="vlb", leave=False):
         t = xp.full(batch, step)
         x_t = q_sample(x0, t, _draw(rng, x0), schedule)
-        eps_hat = model(x_t, _model_t(schedule, t))
+        eps_hat = _model_output(model, x_t, _model_t(schedule, t), "nll_bpd")
         terms.append(vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance, clip_x0, decoder=decoder, cdf=cdf))
     vb, prior = xp.stack(terms, axis=1), prior_bpd(x0, schedule)
     return {"total_bpd": vb.sum(axis=1) + prior, "prior_bpd": prior, "vb_bpd": vb}
@@ -168,13 +184,15 @@ def nll_bpd_importance(model, x0, schedule, rng, n_t=1, proposal=None, variance=
     proposal: probabilities p(1..T) (length T, positive, sum 1), uniform by default. Its
     expectation equals that of `nll_bpd`'s total for the same model and x0.
     """
+    checks.batch("nll_bpd_importance", x0=x0)
+    n_t = checks.integer("n_t", n_t, minimum=1, where="nll_bpd_importance")
     p = _check_proposal(proposal, schedule.T)
     xp, batch = xp_of(x0), x0.shape[0]
     t_np = rng_choice(rng, schedule.T, p, (n_t, batch))
     x_rep = xp.concatenate([x0] * n_t, axis=0)
     t = xp.asarray(t_np.reshape(-1))
     x_t = q_sample(x_rep, t, _draw(rng, x_rep), schedule)
-    eps_hat = model(x_t, _model_t(schedule, t))
+    eps_hat = _model_output(model, x_t, _model_t(schedule, t), "nll_bpd_importance")
     terms = vb_terms_bpd(x_rep, x_t, t, eps_hat, schedule, variance, clip_x0, decoder=decoder, cdf=cdf)
     weighted = terms.reshape(n_t, batch) / xp.asarray(p[t_np - 1])
     return prior_bpd(x0, schedule) + weighted.mean(axis=0)

@@ -10,7 +10,7 @@ in training. Derivations: docs/forward_process.md, docs/posterior.md, docs/eps_p
 import numpy as np
 
 import minidiff.kernels as kernels
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.autograd import Tensor
 from minidiff.backend import xp_of
 from minidiff.kernels import reference as kernel_reference
@@ -19,18 +19,16 @@ from minidiff.kernels.reference import per_sample
 PREDICTIONS = ("eps", "x0", "v")
 
 
-def check_t(t, x, schedule):
+def check_t(t, x, schedule, where=""):
     """t as an integer array of shape (B,) in 1..T on x's backend, or a clear ValueError/TypeError."""
-    xp = xp_of(x)
-    t = xp.asarray(t)
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"t must hold integer timesteps 1..T, got dtype {t.dtype}")
-    if t.shape != (x.shape[0],):
-        raise ValueError(f"t must have shape (B,) = ({x.shape[0]},) for data of shape {tuple(x.shape)}, "
-                         f"got shape {t.shape}")
-    if t.size and (int(t.min()) < 1 or int(t.max()) > schedule.T):
-        raise ValueError(f"t must lie in 1..T = 1..{schedule.T}, got values in {int(t.min())}..{int(t.max())}")
-    return t
+    checks.array_like("x", x, where)
+    return checks.timesteps(t, x.shape[0] if len(x.shape) else 0, schedule.T, xp_of(x), where)
+
+
+def _checked(where, t, schedule, **named):
+    """check_t against the first named array, and every named array of its shape (no broadcasting)."""
+    checks.same_shape(where, **named)
+    return check_t(t, next(iter(named.values())), schedule, where)
 
 
 # ---------------------------------------------------------------- forward process, docs/forward_process.md
@@ -43,6 +41,7 @@ def q_step_mean_variance(x_prev, t, schedule):
 
 def q_step_sample(x_prev, t, eps, schedule):
     """Sample q(x_t | x_{t-1}): x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps, eq. (F1)."""
+    _checked("q_step_sample", t, schedule, x_prev=x_prev, eps=eps)
     mean, variance = q_step_mean_variance(x_prev, t, schedule)
     return mean + ops.sqrt(variance) * eps
 
@@ -63,7 +62,7 @@ def q_sample(x0, t, eps, schedule, impl="auto"):
     The equation's one home is kernels/reference.py; arrays go through the fused kernel
     (`impl` as in minidiff.kernels), Tensors through the reference (differentiable in x0, eps).
     """
-    t = check_t(t, x0, schedule)
+    t = _checked("q_sample", t, schedule, x0=x0, eps=eps)
     if isinstance(x0, Tensor) or isinstance(eps, Tensor):
         return kernel_reference.q_sample(x0, t, eps, schedule)
     return kernels.q_sample(x0, t, eps, schedule, impl=impl)
@@ -81,7 +80,7 @@ def q_posterior(x0, x_t, t, schedule):
     Returns (mean (B, ...), variance (B, 1..), log_variance (B, 1..)); the log-variance is the
     clipped one (log beta_tilde_2 at t = 1, where beta_tilde_1 = 0), as in the DDPM code.
     """
-    t = check_t(t, x_t, schedule)
+    t = _checked("q_posterior", t, schedule, x_t=x_t, x0=x0)
     coef1, coef2 = per_sample(schedule.posterior_mean_coef1, t, x_t), per_sample(schedule.posterior_mean_coef2, t, x_t)
     mean = coef1 * x0 + coef2 * x_t
     return (mean, per_sample(schedule.posterior_variance, t, x_t),
@@ -97,30 +96,35 @@ def _roots(t, like, schedule):
 
 def x0_from_eps(x_t, t, eps, schedule):
     """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), eq. (E1)."""
+    t = _checked("x0_from_eps", t, schedule, x_t=x_t, eps=eps)
     sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
     return (x_t - sqrt_one_minus_ab * eps) / sqrt_ab
 
 
 def eps_from_x0(x_t, t, x0, schedule):
     """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t), eq. (E2)."""
+    t = _checked("eps_from_x0", t, schedule, x_t=x_t, x0=x0)
     sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
     return (x_t - sqrt_ab * x0) / sqrt_one_minus_ab
 
 
 def v_from_x0_eps(x0, eps, t, schedule):
     """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0, eq. (E3) (Salimans & Ho 2022)."""
+    t = _checked("v_from_x0_eps", t, schedule, x0=x0, eps=eps)
     sqrt_ab, sqrt_one_minus_ab = _roots(t, x0, schedule)
     return sqrt_ab * eps - sqrt_one_minus_ab * x0
 
 
 def x0_from_v(x_t, t, v, schedule):
     """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v, eq. (E4)."""
+    t = _checked("x0_from_v", t, schedule, x_t=x_t, v=v)
     sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
     return sqrt_ab * x_t - sqrt_one_minus_ab * v
 
 
 def eps_from_v(x_t, t, v, schedule):
     """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v, eq. (E5)."""
+    t = _checked("eps_from_v", t, schedule, x_t=x_t, v=v)
     sqrt_ab, sqrt_one_minus_ab = _roots(t, x_t, schedule)
     return sqrt_one_minus_ab * x_t + sqrt_ab * v
 
@@ -151,7 +155,7 @@ def p_mean_variance(eps_hat, x_t, t, schedule, variance="fixed_small", clip_x0=F
     the form kernels.reverse_step uses (eq. E7; tests/test_process.py::test_mean_gap_is_proportional_to_the_noise_error,
     test_p_mean_variance_agrees_with_the_kernels_reverse_step).
     """
-    t = check_t(t, x_t, schedule)
+    t = _checked("p_mean_variance", t, schedule, x_t=x_t, eps_hat=eps_hat)
     var_table, log_var_table = schedule.model_variance(variance)
     x0_hat = predict_x0(eps_hat, x_t, t, schedule, prediction)
     if clip_x0:

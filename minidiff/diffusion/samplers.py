@@ -47,7 +47,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import minidiff.kernels as kernels
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.backend import default_rng, xp_of
 from minidiff.diffusion.process import ddim_sigma, eps_from_x0, x0_from_eps
 from minidiff.diffusion.schedule import Schedule
@@ -182,14 +182,15 @@ class Draws:
             raise ValueError(f"x_T has shape {tuple(self.x_T.shape)}, expected {shape}")
 
     def z(self, i, x, k):
-        """z for the i-th step (chain step k), shaped like x: noise[i] if given, zeros at k = 1, else a draw."""
+        """z for the i-th step (chain step k), shaped like x: zeros at k = 1 (a given noise[i] is ignored
+        there, so a NaN in it cannot reach the sample), else noise[i] if given, else a draw."""
         if self.noise is not None:
             z = self.noise[i]
-            if tuple(z.shape) != tuple(x.shape):
-                raise ValueError(f"noise[{i}] has shape {tuple(z.shape)}, expected {tuple(x.shape)}")
-            return xp_of(x).asarray(z, dtype=x.dtype)
+            checks.shape(f"noise[{i}]", z, tuple(x.shape), "Draws", because=" (that of x_T)")
         if k == 1:
             return xp_of(x).zeros_like(x)
+        if self.noise is not None:
+            return xp_of(x).asarray(z, dtype=x.dtype)
         return self.rng.standard_normal(x.shape, dtype=x.dtype)
 
 
@@ -206,6 +207,7 @@ def run_chain(sampler, model, chain, draws, return_trajectory=False, progress=Fa
     trajectory = [x.copy()] if return_trajectory else None
     for i, k in enumerate(tqdm(range(chain.T, 0, -1), disable=not progress, desc=sampler.name, leave=False)):
         eps_hat = xp.asarray(model(x, xp.full(x.shape[0], model_steps[k])), dtype=x.dtype)
+        checks.shape("model(x_t, t)", eps_hat, x.shape, sampler.name, because=" (that of x_t)")
         x = sampler.step(state, x, k, eps_hat, draws.z(i, x, k))
         if return_trajectory:
             trajectory.append(x.copy())

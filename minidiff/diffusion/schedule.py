@@ -230,7 +230,10 @@ def _check_T(T):
 
 
 def _check_betas(betas):
-    betas = np.asarray(betas, dtype=np.float64)
+    raw = np.asarray(betas)
+    if raw.dtype.kind not in "fiu":  # complex, strings, objects: np.asarray(float64) would drop or fail
+        raise TypeError(f"betas must be real numbers beta_1..beta_T, got dtype {raw.dtype}")
+    betas = raw.astype(np.float64)
     if betas.ndim != 1 or betas.size < 1:
         raise ValueError(f"betas must be a 1-D array beta_1..beta_T with T >= 1, got shape {betas.shape}")
     if not np.all(np.isfinite(betas)):

@@ -5,6 +5,8 @@ broadcast axes (`unbroadcast`). Notation: g = ∂L/∂y (upstream gradient).
 """
 import math
 
+import numpy as np
+
 from minidiff.autograd import Function, unbroadcast, unwrap
 from minidiff.backend import xp_of
 
@@ -79,18 +81,23 @@ class Neg(Function):
 
 
 class PowScalar(Function):
-    """y = x^p for a constant p.  VJP: g · p · x^(p−1)."""
+    """y = x^p for a constant p.  VJP: g · p · x^(p−1), and 0 for p = 0 (x^0 is constant; 0 · 0^−1 would be NaN)."""
 
     def forward(self, x, p):
         self.x, self.p = x, p
         return x ** p
 
     def backward(self, g):
+        if self.p == 0:
+            return (xp_of(g).zeros_like(g),)
         return (g * self.p * self.x ** (self.p - 1),)
 
 
 class Pow(Function):
-    """y = a^b (both tensors).  VJP: ∂L/∂a = g · b · a^(b−1), ∂L/∂b = g · y · log a."""
+    """y = a^b (both tensors).  VJP: ∂L/∂a = g · b · a^(b−1), ∂L/∂b = g · y · log a.
+
+    As PyTorch at the edges: ∂L/∂a = 0 where b = 0, ∂L/∂b = 0 where a = 0 and b ≥ 0 (y log a → 0 there).
+    """
 
     def forward(self, a, b):
         _check_broadcast("pow", a, b)
@@ -100,8 +107,14 @@ class Pow(Function):
 
     def backward(self, g):
         xp = xp_of(g)
-        da = unbroadcast(g * self.b * self.a ** (self.b - 1), self.a.shape) if self.needs_grad[0] else None
-        db = unbroadcast(g * self.y * xp.log(self.a), self.b.shape) if self.needs_grad[1] else None
+        zero = xp.zeros((), dtype=g.dtype)
+        da = db = None
+        if self.needs_grad[0]:
+            da = unbroadcast(xp.where(self.b == 0, zero, g * self.b * self.a ** (self.b - 1)), self.a.shape)
+        if self.needs_grad[1]:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                dlog = g * self.y * xp.log(self.a)
+            db = unbroadcast(xp.where((self.a == 0) & (self.b >= 0), zero, dlog), self.b.shape)
         return da, db
 
 
@@ -177,11 +190,11 @@ class Sigmoid(Function):
 
 
 class ReLU(Function):
-    """y = max(x, 0).  VJP: g · [x > 0]."""
+    """y = max(x, 0) (relu(−inf) = 0, relu(NaN) = NaN, as PyTorch).  VJP: g · [x > 0]."""
 
     def forward(self, x):
         self.mask = x > 0
-        return x * self.mask
+        return xp_of(x).maximum(x, x.dtype.type(0))
 
     def backward(self, g):
         return (g * self.mask,)
@@ -245,19 +258,25 @@ class GELUTanh(Function):
 
 
 class Clip(Function):
-    """y = min(max(x, lo), hi).  VJP: g · [lo ≤ x ≤ hi] (as PyTorch's clamp)."""
+    """y = min(max(x, lo), hi), lo/hi constants that may broadcast x to a larger shape (as PyTorch's clamp).
+
+    VJP: g · [lo ≤ x ≤ hi], summed back over the axes the bounds broadcast x along.
+    """
 
     def forward(self, x, lo=None, hi=None):
         xp = xp_of(x)
-        self.mask = xp.ones(x.shape, dtype=bool)
+        for name, bound in (("lo", lo), ("hi", hi)):
+            if bound is not None:
+                _check_broadcast(f"clip ({name})", x, xp.asarray(bound))
+        self.mask, self.shape = True, x.shape
         if lo is not None:
-            self.mask &= x >= lo
+            self.mask = self.mask & (x >= lo)
         if hi is not None:
-            self.mask &= x <= hi
+            self.mask = self.mask & (x <= hi)
         return xp.clip(x, lo, hi)
 
     def backward(self, g):
-        return (g * self.mask,)
+        return (unbroadcast(g * self.mask, self.shape),)
 
 
 class Where(Function):

@@ -13,6 +13,8 @@ Backward in closed form (derived in docs/layers.md eq. M7), with ĝ = γ ⊙ g a
 `group_norm_reference` / `layer_norm_reference` build eq. M6 from primitive ops (autograd derives
 the backward); `GroupNorm` / `LayerNorm` are one Function each with eq. M7, tested against them.
 """
+import math
+
 from minidiff import ops
 from minidiff.autograd import Function, unwrap
 from minidiff.backend import xp_of
@@ -64,7 +66,7 @@ class GroupNorm(Function):
         xp = xp_of(x)
         B, C = x.shape[:2]
         G = num_groups
-        x4 = x.reshape(B, G, C // G, -1)
+        x4 = x.reshape(B, G, C // G, math.prod(x.shape[2:]))   # explicit n_s: B = 0 is a valid empty batch
         n = x4.shape[2] * x4.shape[3]
         self.centered = x4 - x4.mean(axis=(2, 3), keepdims=True)                      # x − μ
         var = xp.einsum("bgcs,bgcs->bg", self.centered, self.centered) / n
@@ -133,7 +135,8 @@ def group_norm_reference(x, num_groups, weight=None, bias=None, eps=1e-5):
     """Group norm (eq. M6) composed of reshape/mean/sqrt/div/mul/add."""
     _check_group_norm(x, num_groups, weight, bias)
     B, C = x.shape[:2]
-    x_hat = ops.reshape(standardize_reference(ops.reshape(x, (B, num_groups, -1)), 2, eps), x.shape)
+    grouped = (B, num_groups, math.prod(x.shape[1:]) // num_groups)
+    x_hat = ops.reshape(standardize_reference(ops.reshape(x, grouped), 2, eps), x.shape)
     channel = (1, C) + (1,) * (len(x.shape) - 2)
     y = x_hat if weight is None else ops.mul(x_hat, ops.reshape(weight, channel))
     return y if bias is None else ops.add(y, ops.reshape(bias, channel))

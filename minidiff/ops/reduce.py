@@ -1,21 +1,37 @@
 """Reductions and the softmax family. g = ∂L/∂y; axes as NumPy's (None = all)."""
 import builtins
 
+import numpy as np
+
 from minidiff.autograd import Function
 from minidiff.backend import xp_of
 
 
 def _axes(axis, ndim):
-    """Normalise axis (None, int or tuple) to a sorted tuple of non-negative axes."""
+    """Normalise axis (None, int or tuple) to a sorted tuple of non-negative axes.
+
+    A 0-d array takes axis 0 or -1 as PyTorch does (dim in [-1, 0]) and reduces over nothing.
+    """
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = (axis,) if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool) else axis
+    if not isinstance(axes, (tuple, list)) or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+                                                      for a in axes):
+        raise TypeError(f"axis must be None, an integer or a tuple of integers, got {axis!r}")
     out = []
     for a in axes:
-        if not -ndim <= a < builtins.max(ndim, 1):
+        if not -builtins.max(ndim, 1) <= a < builtins.max(ndim, 1):
             raise ValueError(f"axis {a} is out of range for an array of {ndim} dimensions")
-        out.append(a % ndim if ndim else 0)
+        if ndim:
+            out.append(int(a) % ndim)
     return tuple(sorted(set(out)))
+
+
+def _one_axis(axis, ndim):
+    """A single axis for the softmax family, normalised (a 0-d input has none: returns ())."""
+    if isinstance(axis, (tuple, list)) and len(axis) != 1:
+        raise TypeError(f"axis must be one integer for softmax/log_softmax, got {axis!r}")
+    return _axes(axis, ndim)
 
 
 def _expand(g, shape, axes, keepdims):
@@ -74,6 +90,9 @@ class Max(Function):
 
     def forward(self, x, axis=None, keepdims=False):
         self.shape, self.axes, self.keepdims = x.shape, _axes(axis, x.ndim), keepdims
+        if any(x.shape[a] == 0 for a in self.axes):
+            raise ValueError(f"max: the reduced axes {self.axes} of shape {tuple(x.shape)} must not be empty "
+                             "(a max of no elements is undefined)")
         y = x.max(axis=self.axes, keepdims=True)
         self.mask = x == y
         return y if keepdims else y.squeeze(self.axes) if self.axes else y
@@ -84,8 +103,11 @@ class Max(Function):
 
 
 def _logsumexp(x, axis):
-    """log Σ exp x along axis (keepdims), shifted by the max so it never overflows."""
+    """log Σ exp x along axis (keepdims), shifted by the max so it never overflows; −inf over an empty axis."""
     xp = xp_of(x)
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if any(x.shape[a] == 0 for a in axes):  # log of an empty sum, as PyTorch
+        return xp.full(tuple(1 if i in axes else n for i, n in enumerate(x.shape)), -xp.inf, dtype=x.dtype)
     m = x.max(axis=axis, keepdims=True)
     m = xp.where(xp.isfinite(m), m, 0)
     return m + xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True))
@@ -95,8 +117,8 @@ class Softmax(Function):
     """y_i = e^{x_i} / Σ_j e^{x_j} along axis.  VJP: y ⊙ (g − Σ_j g_j y_j)  (docs/autograd.md)."""
 
     def forward(self, x, axis=-1):
-        self.axis = axis
-        self.y = xp_of(x).exp(x - _logsumexp(x, axis))
+        self.axis = _one_axis(axis, x.ndim)
+        self.y = xp_of(x).exp(x - _logsumexp(x, self.axis))
         return self.y
 
     def backward(self, g):
@@ -108,8 +130,8 @@ class LogSoftmax(Function):
     """y = x − logsumexp(x) along axis.  VJP: g − softmax(x) Σ_j g_j."""
 
     def forward(self, x, axis=-1):
-        self.axis = axis
-        y = x - _logsumexp(x, axis)
+        self.axis = _one_axis(axis, x.ndim)
+        y = x - _logsumexp(x, self.axis)
         self.softmax = xp_of(x).exp(y)
         return y
 

@@ -55,21 +55,33 @@ class BroadcastTo(Function):
         return (unbroadcast(g, self.shape),)
 
 
+def _axis(op, axis, ndim):
+    """axis as one non-negative integer in 0..ndim-1 (negative counts from the end), or a clear error."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{op}: axis must be an integer, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{op}: axis {axis} is out of range for {ndim}-d inputs (need -{ndim} <= axis < {ndim})")
+    return int(axis) % ndim
+
+
 class Concatenate(Function):
-    """y = [x_1, ..., x_n] joined along axis.  VJP: g split back into the input sizes."""
+    """y = [x_1, ..., x_n] joined along axis.  VJP: g split back into the input sizes, each in its input's dtype."""
 
     def forward(self, *xs, axis=0):
         ref = xs[0]
-        axis = axis % ref.ndim
+        if ref.ndim == 0:
+            raise ValueError("concatenate: 0-d inputs cannot be joined (need at least one axis)")
+        axis = _axis("concatenate", axis, ref.ndim)
         for x in xs[1:]:
             if x.ndim != ref.ndim or any(x.shape[i] != ref.shape[i] for i in range(ref.ndim) if i != axis):
                 raise ValueError(f"concatenate: shapes {[tuple(a.shape) for a in xs]} differ off axis {axis}")
-        self.axis = axis
+        self.axis, self.dtypes = axis, [x.dtype for x in xs]
         self.bounds = np.cumsum([x.shape[axis] for x in xs])[:-1]
         return xp_of(ref).concatenate(xs, axis=axis)
 
     def backward(self, g):
-        return tuple(xp_of(g).split(g, self.bounds, axis=self.axis))
+        parts = xp_of(g).split(g, self.bounds, axis=self.axis)
+        return tuple(part.astype(dtype, copy=False) for part, dtype in zip(parts, self.dtypes))
 
 
 class Stack(Function):
@@ -78,11 +90,11 @@ class Stack(Function):
     def forward(self, *xs, axis=0):
         if any(x.shape != xs[0].shape for x in xs):
             raise ValueError(f"stack: all shapes must be equal, got {[tuple(a.shape) for a in xs]}")
-        self.axis = axis % (xs[0].ndim + 1)
-        return xp_of(xs[0]).stack(xs, axis=axis)
+        self.axis, self.dtypes = _axis("stack", axis, xs[0].ndim + 1), [x.dtype for x in xs]
+        return xp_of(xs[0]).stack(xs, axis=self.axis)
 
     def backward(self, g):
-        return tuple(g.take(i, axis=self.axis) for i in range(g.shape[self.axis]))
+        return tuple(g.take(i, axis=self.axis).astype(d, copy=False) for i, d in enumerate(self.dtypes))
 
 
 def _is_basic(index):
