@@ -1,9 +1,9 @@
 """The command line: `python -m minidiff train|sample|eval|plot ...` (docs/training.md §8).
 
     python -m minidiff train ddpm --dataset digits --out runs/ddpm      # the README's main job
-    python -m minidiff sample --checkpoint runs/ddpm/model.safetensors --n 64 --out samples.npy
+    python -m minidiff sample --checkpoint runs/ddpm/model.safetensors --n 64 --out runs/samples.npy
     python -m minidiff eval --checkpoint runs/ddpm/model.safetensors --classifier runs/classifier/model.safetensors
-    python -m minidiff plot schedules --out figures/
+    python -m minidiff plot schedules --out runs/figures
 
 `train` writes into --out: model.safetensors (weights, EMA, optimiser, step: resumable), metrics.json
 (model, steps, initial_loss, final_loss and the held-out metrics) and PNG figures.
@@ -11,78 +11,110 @@
 The choices come from the registries: models from minidiff.models.REGISTRY, samplers from
 minidiff.diffusion.SAMPLERS (their options by --sampler-option KEY=VALUE), schedules from
 minidiff.diffusion.SCHEDULES (`train ddpm --set schedule=NAME`, `plot schedules`).
+
+Every argument, path and checkpoint is checked before the first step or sample (`validate_*`);
+a mistake prints one `error: ...` line naming the flag and exits with status 2 (UsageError).
+Which model-specific flag applies to which model is one table per command (TRAIN_FLAGS,
+SAMPLING_FLAGS, PLOT_FLAGS): a new flag adds one line there. Exit statuses: 0 done, 1 a run-time
+failure that is not a bug (RUN_TIME_ERRORS: divergence, a missing backend, a corrupt file, a full
+disk), 2 a usage error, 130 interrupted. Any other exception is a bug in minidiff and keeps its
+traceback.
 """
 import argparse
+import inspect
+import io
 import json
+import math
 import os
 import sys
 import time
 
 import numpy as np
 
-from minidiff import backend, data, models, plots
+from minidiff import backend, checkpoint, data, models, plots
 from minidiff.autograd import no_grad
-from minidiff.diffusion import SAMPLERS, schedules_at
+from minidiff.diffusion import SAMPLERS, make_sampler, schedules_at
 from minidiff.train import TrainConfig, Trainer, TrainingDiverged
+
+DATASETS = ["digits", "shapes", "mnist", "fashion-mnist"]
+IDX_DATASETS = ("mnist", "fashion-mnist")
+
+
+class UsageError(Exception):
+    """A mistake on the command line (a flag's value, an output path, a checkpoint that does not fit the
+    command): found before any work, reported as one `error:` line, exit status 2."""
+
+
+# Failures of the run that are not bugs in minidiff: one `error:` line, exit status 1.
+RUN_TIME_ERRORS = (TrainingDiverged, backend.BackendError, checkpoint.CheckpointError, data.IDXError, OSError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one `error: ...` line (and exit status 2), without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m minidiff", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m minidiff", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model and write checkpoint, metrics.json and figures")
     t.add_argument("model", choices=list(models.REGISTRY))
-    t.add_argument("--dataset", default="digits", choices=["digits", "shapes", "mnist", "fashion-mnist"])
-    t.add_argument("--data-root", help="folder holding the four IDX files (mnist, fashion-mnist)")
-    t.add_argument("--steps", type=int, help="optimiser steps (default: the model's)")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
+    t.add_argument("--dataset", default="digits", choices=DATASETS)
+    t.add_argument("--data-root", help="folder holding the four IDX files (mnist, fashion-mnist only)")
+    t.add_argument("--steps", type=int, help="optimiser steps, >= 1 (default: the model's: ddpm 1500, vae 1500, "
+                                             "cvae 1500, ae 2000, classifier 1000)")
+    t.add_argument("--batch-size", type=int, help="default: the model's (ddpm 64, others 128)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default: the model's)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="output folder (default: runs/<model>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/model.safetensors")
-    t.add_argument("--eval-every", type=int, help="held-out evaluation every N steps (default: at the end)")
-    t.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (default 500)")
+    t.add_argument("--eval-every", type=int, help="held-out evaluation every N steps (default: the model's: "
+                                                  "vae and cvae every 250 steps, the others only at the end)")
+    t.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (default 500; 0: only at the end)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model hyperparameter, e.g. --set latent_dim=2 --set kind=conv (JSON values)")
     _common(t)
 
     s = sub.add_parser("sample", help="draw N samples from a checkpoint into an .npy (+ a PNG grid beside it)")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--out", required=True, help="FILE.npy")
+    s.add_argument("--checkpoint", required=True, help="a model.safetensors written by train")
+    s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument("--out", required=True, help="FILE.npy (FILE.png is written beside it)")
     _sampling(s)
-    s.add_argument("--eta", type=float, help="DDIM only (same as --sampler-option eta=E)")
-    s.add_argument("--label", type=int, help="cVAE only: the digit to draw (default: 0..9 in turn)")
+    s.add_argument("--eta", type=float, help="ddim sampler only (same as --sampler-option eta=E)")
+    s.add_argument("--label", type=int, help="cvae only: the digit to draw (default: 0..9 in turn)")
     s.add_argument("--seed", type=int, default=0)
     _common(s)
 
     e = sub.add_parser("eval", help="held-out metrics and sample quality of a checkpoint")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="a model.safetensors written by train")
     e.add_argument("--classifier", help="classifier checkpoint for sample quality (train classifier)")
-    e.add_argument("--n", type=int, default=1000, help="samples scored for quality")
+    e.add_argument("--n", type=int, default=1000, help="samples scored for quality (default 1000)")
     _sampling(e)
-    e.add_argument("--dataset", default=None, help="default: the one the checkpoint was trained on")
-    e.add_argument("--data-root")
-    e.add_argument("--out", help="write the metrics as JSON here")
+    e.add_argument("--dataset", default=None, choices=DATASETS, help="default: the one the checkpoint was trained on")
+    e.add_argument("--data-root", help="folder holding the four IDX files (mnist, fashion-mnist only)")
+    e.add_argument("--out", help="write the metrics as JSON here (FILE.json)")
     e.add_argument("--seed", type=int, default=0)
     _common(e)
 
     f = sub.add_parser("plot", help="figures: 'checkpoint' (a model's figures) or 'schedules' or 'recon-vs-latent'")
-    f.add_argument("what", choices=["checkpoint", "schedules", "recon-vs-latent"])
-    f.add_argument("--checkpoint")
+    f.add_argument("what", choices=list(PLOTS))
+    f.add_argument("--checkpoint", help="checkpoint only: the model whose figures to draw")
     f.add_argument("--out", required=True, help="output folder")
-    f.add_argument("--T", type=int, default=200)
-    f.add_argument("--steps", type=int, default=600, help="recon-vs-latent: training steps per model")
+    f.add_argument("--T", type=int, help="schedules only: the number of steps T (default 200)")
+    f.add_argument("--steps", type=int, help="recon-vs-latent only: training steps per model (default 600)")
     f.add_argument("--seed", type=int, default=0)
     _common(f)
     return p
 
 
 def _sampling(p):
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm", help="DDPM only")
-    p.add_argument("--steps", type=int, help="DDPM only: sample on K respaced steps")
+    p.add_argument("--sampler", choices=list(SAMPLERS), help="ddpm only: the reverse-chain sampler (default ddpm)")
+    p.add_argument("--steps", type=int, help="ddpm only: sample on K respaced steps, 1 <= K <= T (default: all T)")
     p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="DDPM only: a sampler option, e.g. --sampler-option eta=0.5 for ddim (JSON values)")
+                   help="ddpm only: a sampler option, e.g. --sampler-option eta=0.5 for ddim (JSON values)")
 
 
 def _common(p):
@@ -95,20 +127,86 @@ def main(argv=None):
     try:
         if args.backend:
             backend.set_backend(args.backend)
-        return {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
-    except (TrainingDiverged, backend.BackendError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        return _fail(e, 2)
+    except RUN_TIME_ERRORS as e:
+        return _fail(e, 1)
+    except KeyboardInterrupt:  # outside `train` (which saves first): nothing is half-written, outputs are atomic
+        return _fail(f"interrupted; {args.command} wrote nothing", 130)
 
 
-# ---------------------------------------------------------------- train
+def _fail(message, status):
+    _write(f"error: {message}", file=sys.stderr)
+    return status
 
-def _parse_sets(items, flag="--set"):
+
+def _write(line, file=None):
+    """Print a line without breaking a tqdm bar that may be on the screen."""
+    from tqdm.auto import tqdm
+    tqdm.write(str(line), file=file or sys.stdout)
+
+
+# ---------------------------------------------------------------- validation (before any work)
+
+def at_least(flag, value, minimum):
+    """`value` unless it is below `minimum` (None passes: the default applies)."""
+    if value is not None and value < minimum:
+        raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+    return value
+
+
+def positive_real(flag, value):
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} must be a finite number > 0, got {value}")
+    return value
+
+
+def writable_folder(flag, path):
+    """`path` is a folder that exists or can be made, and can be written into."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag}: {path!r} is an existing file, expected a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{flag}: cannot create {path!r}: {existing!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot write into {existing!r} (permission denied)")
+
+
+def writable_file(flag, path, extension):
+    """`path` ends in `extension`, is not a folder, and its folder is writable."""
+    if not path.endswith(extension) or len(os.path.basename(path)) <= len(extension):
+        raise UsageError(f"{flag} must name a {extension} file, got {path!r}")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag}: {path!r} is an existing folder, expected a {extension} file")
+    writable_folder(flag, os.path.dirname(os.path.abspath(path)))
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag}: {path!r} exists and cannot be overwritten (permission denied)")
+
+
+def load_checkpoint(flag, path):
+    """(model, state) of the training checkpoint at `path`; a missing, foreign or corrupt file is a UsageError."""
+    if os.path.isdir(path):
+        hint = os.path.join(path, Trainer.CHECKPOINT)
+        raise UsageError(f"{flag}: {path!r} is a folder, expected a checkpoint file"
+                         + (f" (did you mean {hint!r}?)" if os.path.isfile(hint) else ""))
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag}: {path!r} does not exist")
+    try:
+        return models.load(path)
+    except (checkpoint.CheckpointError, KeyError, ValueError, TypeError) as e:  # not a minidiff checkpoint
+        raise UsageError(f"{flag}: {path!r} is not a checkpoint minidiff can load ({e})") from None
+
+
+def parse_pairs(flag, items):
+    """{key: JSON value (or the string itself)} from KEY=VALUE items."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        if not sep or not key:
+            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -116,47 +214,166 @@ def _parse_sets(items, flag="--set"):
     return out
 
 
+def given(args, dest):
+    """Whether the user typed flag `dest` (flags that matter only when given default to None / [] / False)."""
+    value = getattr(args, dest, None)
+    return value is not None and value is not False and value != []
+
+
+def check_applies(table, args, model, command):
+    """Each flag of `table` that the user gave must apply to `model`: {dest: (test(model), 'for whom')}."""
+    for dest, (applies, for_whom) in table.items():
+        if given(args, dest) and not applies(model):
+            raise UsageError(f"--{dest.replace('_', '-')} is for {for_whom}; {command} got a {model.name} model")
+
+
+def _samples_by_chain(model):
+    """The model samples by a reverse chain of diffusion.SAMPLERS (the DDPM)."""
+    return hasattr(model, "schedule") and hasattr(model, "sample_images")
+
+
+def _class_conditional(model):
+    return bool(getattr(model, "num_classes", 0))
+
+
+def _can_sample(model):
+    return hasattr(model, "sample_images")
+
+
+# Flags of `train` that only some models take (dest: (test on the built model, who takes it)).
+TRAIN_FLAGS = {
+    "eval_every": (lambda m: hasattr(m, "evaluate"), "models with held-out metrics"),
+}
+
+# Flags of `sample` and `eval` that only some models take.
+SAMPLING_FLAGS = {
+    "sampler": (_samples_by_chain, "diffusion models (ddpm)"),
+    "steps": (_samples_by_chain, "diffusion models (ddpm)"),
+    "sampler_option": (_samples_by_chain, "diffusion models (ddpm)"),
+    "eta": (_samples_by_chain, "diffusion models (ddpm) with --sampler ddim"),
+    "label": (_class_conditional, "class-conditional models (cvae)"),
+}
+
+# Flags of `plot` and the figures they apply to.
+PLOT_FLAGS = {"checkpoint": ("checkpoint",), "T": ("schedules",), "steps": ("recon-vs-latent",)}
+
+
+def validate_common(args):
+    at_least("--seed", args.seed, 0)
+
+
+def validate_dataset(args):
+    if args.data_root is not None:
+        if args.dataset not in IDX_DATASETS:
+            raise UsageError(f"--data-root is for --dataset mnist or fashion-mnist, not {args.dataset!r}")
+        if not os.path.isdir(args.data_root):
+            raise UsageError(f"--data-root: {args.data_root!r} is not a folder")
+    elif args.dataset in IDX_DATASETS:
+        raise UsageError(f"--dataset {args.dataset} needs --data-root DIR (the folder of its four IDX files)")
+
+
+def validate_sampling(args, model, command):
+    """The sampling flags fit `model`; the sampler and its options build (so a typo fails before sampling)."""
+    if not _can_sample(model):
+        samplable = sorted(name for name, cls in models.REGISTRY.items() if hasattr(cls, "sample_images"))
+        raise UsageError(f"--checkpoint holds a {model.name} model, which cannot be sampled; {command} takes "
+                         f"{', '.join(samplable)}")
+    check_applies(SAMPLING_FLAGS, args, model, command)
+    options = sampler_options(args)
+    if _samples_by_chain(model):
+        try:
+            make_sampler(args.sampler or "ddpm", **options)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"--sampler-option: {e}") from None
+        if args.steps is not None and not 1 <= args.steps <= model.T:
+            raise UsageError(f"--steps must be in 1..{model.T} (the model's T), got {args.steps}")
+    if getattr(args, "label", None) is not None and not 0 <= args.label < model.num_classes:
+        raise UsageError(f"--label must be in 0..{model.num_classes - 1}, got {args.label}")
+
+
+def sampler_options(args):
+    """The --sampler-option KEY=VALUE pairs (and --eta where the command has it) as keyword options."""
+    options = parse_pairs("--sampler-option", args.sampler_option)
+    if getattr(args, "eta", None) is not None:
+        if "eta" in options:
+            raise UsageError("--eta: eta given twice: use --eta or --sampler-option eta=..., not both")
+        options["eta"] = args.eta
+    return options
+
+
+# ---------------------------------------------------------------- train
+
 def new_model(args, dataset):
     """The model `args.model` with its defaults for the dataset and the --set overrides, seeded by --seed."""
     cls = models.REGISTRY[args.model]
+    sets = parse_pairs("--set", args.set)
+    accepted = [name for name in inspect.signature(cls).parameters if name != "dtype"]
+    unknown = [key for key in sets if key not in accepted]
+    if unknown:
+        raise UsageError(f"--set: {args.model} has no hyperparameter {unknown[0]!r}; it takes {', '.join(accepted)}")
     backend.manual_seed(args.seed)
-    return cls(**cls.default_hparams(dataset), **_parse_sets(args.set))
+    try:
+        return cls(**{**cls.default_hparams(dataset), **sets})
+    except (TypeError, ValueError) as e:  # a --set value the model refuses
+        raise UsageError(f"--set: {args.model} refuses {sets}: {e}") from None
 
 
 def train_config(cls, args):
     """The model's default TrainConfig with the command-line overrides."""
     cfg = dict(cls.TRAIN_DEFAULTS, seed=args.seed, progress=not args.no_progress)
-    for key, flag in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"),
-                      ("eval_every", "eval_every"), ("checkpoint_every", "checkpoint_every")):
-        if getattr(args, flag) is not None:
-            cfg[key] = getattr(args, flag)
-    return TrainConfig(**cfg)
+    for key in ("steps", "batch_size", "lr", "eval_every", "checkpoint_every"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    try:
+        return TrainConfig(**cfg)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+def validate_train(args):
+    validate_common(args)
+    at_least("--steps", args.steps, 1)
+    at_least("--batch-size", args.batch_size, 1)
+    positive_real("--lr", args.lr)
+    at_least("--eval-every", args.eval_every, 0)
+    at_least("--checkpoint-every", args.checkpoint_every, 0)
+    validate_dataset(args)
+    writable_folder("--out", args.out)
+    if args.resume and not os.path.isfile(os.path.join(args.out, Trainer.CHECKPOINT)):
+        raise UsageError(f"--resume: {os.path.join(args.out, Trainer.CHECKPOINT)!r} does not exist")
 
 
 def cmd_train(args):
-    out = args.out or os.path.join("runs", args.model)
+    args.out = args.out or os.path.join("runs", args.model)
+    validate_train(args)
     dataset = data.load_images(args.dataset, args.data_root, seed=0)
     model = new_model(args, dataset)
+    check_applies(TRAIN_FLAGS, args, model, "train")
     config = train_config(type(model), args)
-    trainer = Trainer(model, config, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, out_dir=out,
-                      meta={"dataset": args.dataset})
+    trainer = Trainer(model, config, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
+                      out_dir=args.out, meta={"dataset": args.dataset})
     if args.resume:
-        trainer.resume()
-        print(f"resumed {trainer.checkpoint_path()} at step {trainer.step}")
+        try:
+            trainer.resume()
+        except checkpoint.CheckpointError as e:  # another model, other hyperparameters, or a corrupt file
+            raise UsageError(f"--resume: {e}") from None
+        if trainer.step >= config.steps:
+            raise UsageError(f"--steps {config.steps}: {trainer.checkpoint_path()!r} is already at step "
+                             f"{trainer.step}; pass a larger --steps to train on")
+        _write(f"resumed {trainer.checkpoint_path()} at step {trainer.step}")
     started = time.time()
     trainer.fit()
     seconds = time.time() - started
-    print(f"trained {args.model} for {trainer.step} steps in {seconds:.0f} s; checkpoint {trainer.last_checkpoint}")
+    _write(f"trained {args.model} for {trainer.step} steps in {seconds:.0f} s; checkpoint {trainer.last_checkpoint}")
     with trainer.averaged_weights():
-        figures = model.figures(out, dataset, trainer, backend.default_rng(seed=args.seed))
+        figures = model.figures(args.out, dataset, trainer, backend.default_rng(seed=args.seed))
     metrics = run_metrics(trainer, args.dataset, seconds, figures)
     if hasattr(model, "report"):
         with trainer.averaged_weights():
             metrics.update(model.report(dataset))
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_json(os.path.join(args.out, "metrics.json"), metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("figures", "evals", "hparams")}, indent=2))
-    print(f"wrote {os.path.join(out, 'metrics.json')} and {len(figures)} figures in {out}/")
+    print(f"wrote {os.path.join(args.out, 'metrics.json')} and {_count(len(figures), 'figure')} in {args.out}/")
     return 0
 
 
@@ -177,51 +394,80 @@ def run_metrics(trainer, dataset, seconds, figures):
     return metrics
 
 
+def write_json(path, value):
+    checkpoint.atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode("utf-8"))
+
+
+def _count(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 # ---------------------------------------------------------------- sample / eval / plot
 
-def sampler_options(args):
-    """The --sampler-option KEY=VALUE pairs (and --eta where the command has it) as keyword options."""
-    options = _parse_sets(args.sampler_option, "--sampler-option")
-    if getattr(args, "eta", None) is not None:
-        if "eta" in options:
-            raise ValueError("eta given twice: use --eta or --sampler-option eta=..., not both")
-        options["eta"] = args.eta
-    return options
+def validate_sample(args):
+    validate_common(args)
+    at_least("--n", args.n, 1)
+    writable_file("--out", args.out, ".npy")
+    model, state = load_checkpoint("--checkpoint", args.checkpoint)
+    validate_sampling(args, model, "sample")
+    return model, state
 
 
 def cmd_sample(args):
-    model, state = models.load(args.checkpoint)
+    model, state = validate_sample(args)
     rng = backend.default_rng(seed=args.seed)
-    images = model.sample_images(args.n, rng, sampler=args.sampler, steps=args.steps, label=args.label,
+    images = model.sample_images(args.n, rng, sampler=args.sampler or "ddpm", steps=args.steps, label=args.label,
                                  **sampler_options(args))
-    if not args.out.endswith(".npy"):
-        raise ValueError(f"--out must name a .npy file, got {args.out!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    np.save(args.out, images)
+    buffer = io.BytesIO()
+    np.save(buffer, images)
+    checkpoint.atomic_write_bytes(args.out, buffer.getvalue())
     png = plots.save_sample_grid(images, args.out[:-4] + ".png", title=f"{model.name} samples" + (
-        f" ({args.sampler}, {args.steps or 'all'} steps)" if model.name == "ddpm" else ""))
+        f" ({args.sampler or 'ddpm'}, {args.steps or 'all'} steps)" if _samples_by_chain(model) else ""))
     print(f"wrote {args.out} {images.shape} in [{images.min():.2f}, {images.max():.2f}] and {png}")
     return 0
 
 
+def validate_eval(args):
+    validate_common(args)
+    at_least("--n", args.n, 1)
+    if args.out is not None:
+        writable_file("--out", args.out, ".json")
+    model, state = load_checkpoint("--checkpoint", args.checkpoint)
+    if not hasattr(model, "evaluate"):
+        raise UsageError(f"--checkpoint holds a {model.name} model, which has no held-out metrics")
+    args.dataset = args.dataset or state.get("dataset", "digits")
+    validate_dataset(args)
+    classifier = None
+    if args.classifier is not None:
+        classifier, _ = load_checkpoint("--classifier", args.classifier)
+        if classifier.name != "classifier":
+            raise UsageError(f"--classifier: {args.classifier!r} holds a {classifier.name} model, expected a "
+                             "classifier (python -m minidiff train classifier)")
+        validate_sampling(args, model, "eval --classifier")
+    else:
+        for dest in SAMPLING_FLAGS:
+            if given(args, dest):
+                raise UsageError(f"--{dest.replace('_', '-')}: eval samples only with --classifier, which is not given")
+    return model, state, classifier
+
+
 def cmd_eval(args):
     from minidiff import quality
-    model, state = models.load(args.checkpoint)
-    dataset = data.load_images(args.dataset or state.get("dataset", "digits"), args.data_root, seed=0)
+    model, state, classifier = validate_eval(args)
+    dataset = data.load_images(args.dataset, args.data_root, seed=0)
     rng = backend.default_rng(seed=args.seed)
     result = {"model": model.name, "checkpoint": args.checkpoint, "step": state["step"]}
     model.eval()
     with no_grad():
         result.update(model.evaluate(backend.xp().asarray(dataset.x_test), backend.xp().asarray(dataset.y_test),
                                      backend.default_rng(seed=(args.seed, 2 ** 31))))
-    if args.classifier and model.name != "classifier":
-        classifier, _ = models.load(args.classifier)
+    if classifier is not None:
         labels = np.arange(args.n) % dataset.num_classes
         started = time.time()
-        samples = model.sample_images(args.n, rng, sampler=args.sampler, steps=args.steps, label=labels,
+        samples = model.sample_images(args.n, rng, sampler=args.sampler or "ddpm", steps=args.steps, label=labels,
                                       **sampler_options(args))
         result["sampling_seconds"] = round(time.time() - started, 1)
-        requested = labels if model.name == "cvae" else None
+        requested = labels if _class_conditional(model) else None
         result["quality"] = quality.sample_quality(classifier, samples, dataset.x_test, requested)
         result["quality"]["reference_frechet_train_vs_test"] = quality.reference_distance(
             classifier, dataset.x_train, dataset.x_test, args.n, seed=args.seed)
@@ -229,27 +475,50 @@ def cmd_eval(args):
                                               / result["quality"]["reference_frechet_train_vs_test"])
     print(json.dumps(result, indent=2))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out, result)
     return 0
+
+
+def validate_plot(args):
+    validate_common(args)
+    for dest, figures in PLOT_FLAGS.items():
+        if given(args, dest) and args.what not in figures:
+            raise UsageError(f"--{dest} is for plot {' or '.join(figures)}, not plot {args.what}")
+    at_least("--T", args.T, 1)
+    at_least("--steps", args.steps, 1)
+    writable_folder("--out", args.out)
+    if args.what == "checkpoint":
+        if args.checkpoint is None:
+            raise UsageError("--checkpoint: plot checkpoint needs --checkpoint PATH")
+        return load_checkpoint("--checkpoint", args.checkpoint)
+    return None, None
+
+
+def plot_checkpoint(args, model, state):
+    dataset = data.load_images(state.get("dataset", "digits"), None, seed=0)
+    return model.figures(args.out, dataset, None, backend.default_rng(seed=args.seed))
+
+
+def plot_schedules(args, model, state):
+    """Every registered schedule that exists at --T."""
+    return [plots.save_schedule_curves(schedules_at(args.T or 200), os.path.join(args.out, "schedules.png"))]
+
+
+def plot_recon_vs_latent(args, model, state):
+    from minidiff import experiments
+    return [experiments.recon_vs_latent_figure(os.path.join(args.out, "recon_vs_latent.png"), steps=args.steps or 600,
+                                               seed=args.seed, progress=not args.no_progress)]
+
+
+PLOTS = {"checkpoint": plot_checkpoint, "schedules": plot_schedules, "recon-vs-latent": plot_recon_vs_latent}
 
 
 def cmd_plot(args):
+    model, state = validate_plot(args)
     os.makedirs(args.out, exist_ok=True)
-    if args.what == "schedules":  # every registered schedule that exists at --T
-        path = plots.save_schedule_curves(schedules_at(args.T), os.path.join(args.out, "schedules.png"))
+    for path in PLOTS[args.what](args, model, state):
         print(f"wrote {path}")
-    elif args.what == "recon-vs-latent":
-        from minidiff import experiments
-        path = experiments.recon_vs_latent_figure(os.path.join(args.out, "recon_vs_latent.png"), steps=args.steps,
-                                                  seed=args.seed, progress=not args.no_progress)
-        print(f"wrote {path}")
-    else:
-        if not args.checkpoint:
-            raise ValueError("plot checkpoint needs --checkpoint PATH")
-        model, state = models.load(args.checkpoint)
-        dataset = data.load_images(state.get("dataset", "digits"), None, seed=0)
-        for path in model.figures(args.out, dataset, None, backend.default_rng(seed=args.seed)):
-            print(f"wrote {path}")
     return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plot": cmd_plot}
