@@ -26,7 +26,10 @@ import io
 import json
 import math
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -34,7 +37,7 @@ import numpy as np
 from minidiff import backend, checkpoint, data, models, plots
 from minidiff.autograd import no_grad
 from minidiff.diffusion import SAMPLERS, make_sampler, schedules_at
-from minidiff.train import TrainConfig, Trainer, TrainingDiverged
+from minidiff.train import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
 
 DATASETS = ["digits", "shapes", "mnist", "fashion-mnist"]
 IDX_DATASETS = ("mnist", "fashion-mnist")
@@ -74,6 +77,8 @@ def _parser():
     t.add_argument("--eval-every", type=int, help="held-out evaluation every N steps (default: the model's: "
                                                   "vae and cvae every 250 steps, the others only at the end)")
     t.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (default 500; 0: only at the end)")
+    t.add_argument("--checkpoint-minutes", type=float, default=5.0,
+                   help="also checkpoint when this many minutes passed since the last one (default 5; 0: off)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model hyperparameter, e.g. --set latent_dim=2 --set kind=conv (JSON values)")
     _common(t)
@@ -123,7 +128,9 @@ def _common(p):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         if args.backend:
             backend.set_backend(args.backend)
@@ -132,8 +139,13 @@ def main(argv=None):
         return _fail(e, 2)
     except RUN_TIME_ERRORS as e:
         return _fail(e, 1)
-    except KeyboardInterrupt:  # outside `train` (which saves first): nothing is half-written, outputs are atomic
-        return _fail(f"interrupted; {args.command} wrote nothing", 130)
+    except TrainingInterrupted as e:  # the first Ctrl-C / SIGTERM during train: the step finished and was saved
+        _write(f"{e}; continue with: {resume_command(args)}" if e.saved else str(e), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second signal in train, or Ctrl-C elsewhere: outputs are written atomically
+        last = getattr(args, "last_checkpoint", None)
+        return _fail(f"aborted at once; {args.command} wrote nothing more"
+                     + (f" (the last checkpoint is {last})" if last else ""), 130)
 
 
 def _fail(message, status):
@@ -321,7 +333,7 @@ def new_model(args, dataset):
 def train_config(cls, args):
     """The model's default TrainConfig with the command-line overrides."""
     cfg = dict(cls.TRAIN_DEFAULTS, seed=args.seed, progress=not args.no_progress)
-    for key in ("steps", "batch_size", "lr", "eval_every", "checkpoint_every"):
+    for key in ("steps", "batch_size", "lr", "eval_every", "checkpoint_every", "checkpoint_minutes"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     try:
@@ -337,6 +349,8 @@ def validate_train(args):
     positive_real("--lr", args.lr)
     at_least("--eval-every", args.eval_every, 0)
     at_least("--checkpoint-every", args.checkpoint_every, 0)
+    if not (math.isfinite(args.checkpoint_minutes) and args.checkpoint_minutes >= 0):
+        raise UsageError(f"--checkpoint-minutes must be a finite number >= 0, got {args.checkpoint_minutes}")
     validate_dataset(args)
     writable_folder("--out", args.out)
     if args.resume and not os.path.isfile(os.path.join(args.out, Trainer.CHECKPOINT)):
@@ -362,7 +376,8 @@ def cmd_train(args):
                              f"{trainer.step}; pass a larger --steps to train on")
         _write(f"resumed {trainer.checkpoint_path()} at step {trainer.step}")
     started = time.time()
-    trainer.fit()
+    with StopOnSignal(trainer, args):
+        trainer.fit()
     seconds = time.time() - started
     _write(f"trained {args.model} for {trainer.step} steps in {seconds:.0f} s; checkpoint {trainer.last_checkpoint}")
     with trainer.averaged_weights():
@@ -375,6 +390,40 @@ def cmd_train(args):
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("figures", "evals", "hparams")}, indent=2))
     print(f"wrote {os.path.join(args.out, 'metrics.json')} and {_count(len(figures), 'figure')} in {args.out}/")
     return 0
+
+
+def resume_command(args):
+    """The command line that continues this run: the same arguments with --resume."""
+    argv = args.argv + ([] if args.resume else ["--resume"])
+    return " ".join(["python -m minidiff", *map(shlex.quote, argv)])
+
+
+class StopOnSignal:
+    """While training: the first SIGINT or SIGTERM asks the trainer to stop after the step in progress (it
+    saves, then fit() raises TrainingInterrupted); a second one aborts at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, trainer, args):
+        self.trainer, self.args, self.previous = trainer, args, {}
+
+    def handle(self, signum, frame):
+        self.args.last_checkpoint = self.trainer.last_checkpoint
+        if self.trainer.stop_reason:
+            raise KeyboardInterrupt
+        self.trainer.request_stop(signal.Signals(signum).name)
+        _write(f"{signal.Signals(signum).name}: finishing step {self.trainer.step + 1}, then saving "
+               "(press Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # only the main thread receives signals
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.args.last_checkpoint = self.trainer.last_checkpoint
 
 
 def run_metrics(trainer, dataset, seconds, figures):

@@ -7,7 +7,9 @@ A model is a minidiff.nn.Module with
 The Trainer runs Adam or AdamW with linear warm-up and cosine decay of the learning rate, global
 gradient-norm clipping, an EMA of the weights (evaluation and sampling use the EMA copy), a tqdm bar
 showing the loss, held-out evaluation every `eval_every` steps, checkpoints every
-`checkpoint_every` steps and at the end, and resume.
+`checkpoint_every` steps, every `checkpoint_minutes` of wall time and at the end, and resume.
+`request_stop()` (the CLI calls it on SIGINT / SIGTERM) ends fit() after the step in progress: the
+state is saved if it is finite, and fit() raises TrainingInterrupted saying where.
 
 Determinism: before step k it calls manual_seed(step_seed(seed, k)); the batch (data.BatchStream),
 the loss's noise and every dropout mask are then functions of (seed, k) alone, so a run resumed
@@ -19,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 
 import numpy as np
 
@@ -30,6 +33,18 @@ from minidiff.data import BatchStream
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm became NaN or Inf."""
+
+
+class TrainingInterrupted(Exception):
+    """fit() stopped at `step` because request_stop() was called; `checkpoint` holds that step if `saved`,
+    else (the state was not finite, or there is no out_dir) it is the last good checkpoint or None."""
+
+    def __init__(self, step, checkpoint, saved, reason):
+        self.step, self.checkpoint, self.saved, self.reason = step, checkpoint, saved, reason
+        where = (f"saved step {step} to {checkpoint}" if saved else
+                 f"step {step} not saved; the last checkpoint is {checkpoint}" if checkpoint else
+                 f"step {step} not saved and no checkpoint was written")
+        super().__init__(f"training stopped by {reason} at step {step}: {where}")
 
 
 @dataclasses.dataclass
@@ -45,6 +60,7 @@ class TrainConfig:
     ema_decay: float = 0.995          # 0: no EMA; warmed up as min(decay, (1 + k) / (10 + k))
     eval_every: int = 0               # 0: only at the end
     checkpoint_every: int = 500       # 0: only at the end
+    checkpoint_minutes: float = 0.0   # also when this much wall time passed since the last save (0: off)
     log_every: int = 0                # print a loss line every N steps (0: ten lines per run)
     seed: int = 0
     progress: bool = True
@@ -68,6 +84,8 @@ class TrainConfig:
         self.seed = checks.integer("seed", self.seed, minimum=0, where=where)
         self.progress = checks.boolean("progress", self.progress, where=where)
         self.divergence_factor = checks.real("divergence_factor", self.divergence_factor, above=1.0, where=where)
+        self.checkpoint_minutes = checks.real("checkpoint_minutes", self.checkpoint_minutes, minimum=0.0,
+                                              where=where)
 
 
 def step_seed(seed, step):
@@ -95,8 +113,10 @@ class Trainer:
         self.step = 0
         self.history = {"step": [], "loss": [], "lr": [], "grad_norm": []}
         self.evals = []          # [{"step": k, name: value, ...}]
-        self.last_checkpoint = None
+        self.last_checkpoint, self._last_saved_step = None, None
         self._start_rms = _rms(params)   # the divergence guard's reference scale (reset by resume)
+        self._saved_at = time.monotonic()   # the wall clock of the time-based checkpoint
+        self.stop_reason = None             # set by request_stop(): fit() ends after the step in progress
 
     # ------------------------------------------------------------ one update
     def batch(self, step):
@@ -164,21 +184,28 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
     def fit(self):
-        """Train until config.steps; evaluates and checkpoints on schedule. Returns self."""
+        """Train until config.steps; evaluates and checkpoints on schedule. Returns self.
+
+        Raises TrainingInterrupted after the step in progress once request_stop() was called."""
         cfg = self.config
+        self._saved_at = time.monotonic()
         bar = _progress(self.step, cfg.steps, cfg.progress, type(self.model).__name__)
-        while self.step < cfg.steps:
-            value, _ = self.train_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-            if self.step % (cfg.log_every or max(1, cfg.steps // 10)) == 0:
-                self.log(bar)
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps and self._can_evaluate():
-                bar.write(f"step {self.step:>6}  held-out: " + _format(self.evaluate()))
-            if self.out_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
-                    and self.step < cfg.steps:
-                self.save()
-        bar.close()
+        try:  # the bar is closed before any error is printed, so the message gets a line of its own
+            while self.step < cfg.steps:
+                value, _ = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                if self.step % (cfg.log_every or max(1, cfg.steps // 10)) == 0:
+                    self.log(bar)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps \
+                        and self._can_evaluate():
+                    bar.write(f"step {self.step:>6}  held-out: " + _format(self.evaluate()))
+                if self.stop_reason and self.step < cfg.steps:
+                    self._stop_on_request()
+                if self.out_dir and self.step < cfg.steps and self._checkpoint_due():
+                    self.save()
+        finally:
+            bar.close()
         if hasattr(self.model, "on_fit_end"):  # e.g. the AE fits a Gaussian to its training codes
             with self.averaged_weights(), no_grad():
                 self.model.eval()
@@ -188,6 +215,28 @@ class Trainer:
         if self.out_dir:
             self.save()
         return self
+
+    def request_stop(self, reason="a request"):
+        """Ask fit() to stop after the step in progress (safe to call from a signal handler)."""
+        self.stop_reason = reason
+
+    def _checkpoint_due(self):
+        cfg = self.config
+        return bool((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or
+                    (cfg.checkpoint_minutes and time.monotonic() - self._saved_at >= 60 * cfg.checkpoint_minutes))
+
+    def _stop_on_request(self):
+        """Save the state just reached if it is finite (and not saved already), then raise TrainingInterrupted."""
+        saved = self.out_dir is not None and self._last_saved_step == self.step
+        if self.out_dir is not None and not saved and self._state_is_finite():
+            self.save()
+            saved = True
+        raise TrainingInterrupted(self.step, self.last_checkpoint, saved, self.stop_reason)
+
+    def _state_is_finite(self):
+        """No NaN or Inf among the weights, the EMA copy and the optimiser's arrays."""
+        groups = (self.model.state_dict(), self.ema.state_dict() if self.ema else {}, self.optimizer.state_dict())
+        return all(np.isfinite(to_numpy(a)).all() for g in groups for a in g.values() if hasattr(a, "dtype"))
 
     def log(self, bar):
         """One line: step, the mean loss since the last line, the learning rate."""
@@ -240,7 +289,7 @@ class Trainer:
         opt_arrays = {k: v for k, v in self.optimizer.state_dict().items() if k not in ("step", "lr")}
         checkpoint.save_checkpoint(path, self.model.state_dict(), self.state(),
                                    ema=self.ema.state_dict() if self.ema else None, optim=opt_arrays)
-        self.last_checkpoint, self._last_saved_step = path, self.step
+        self.last_checkpoint, self._last_saved_step, self._saved_at = path, self.step, time.monotonic()
         return path
 
     def resume(self, path=None):
