@@ -259,7 +259,7 @@ def test_cli_sampler_options_come_from_the_flags():
     assert cli.sampler_options(parse(base)) == {}
     assert cli.sampler_options(parse(base + ["--sampler-option", "eta=0.5"])) == {"eta": 0.5}
     assert cli.sampler_options(parse(base + ["--eta", "0.25"])) == {"eta": 0.25}
-    with pytest.raises(ValueError, match="eta given twice"):
+    with pytest.raises(cli.UsageError, match="eta given twice"):
         cli.sampler_options(parse(base + ["--eta", "0.25", "--sampler-option", "eta=0.5"]))
     with pytest.raises(ValueError, match="--sampler-option expects KEY=VALUE"):
         cli.sampler_options(parse(base + ["--sampler-option", "eta"]))
