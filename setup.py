@@ -22,7 +22,7 @@ setup(
         "safetensors>=0.4",  # checkpoints are encoded and decoded by the safetensors library
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.4"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.4", "diffusers>=0.30"],  # diffusers: the interop oracle
         "gpu": ["cupy-cuda12x", "numba-cuda"],
         "bench": ["threadpoolctl"],
     },

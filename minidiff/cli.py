@@ -4,6 +4,8 @@
     python -m minidiff sample --checkpoint runs/ddpm/model.safetensors --n 64 --out runs/samples.npy
     python -m minidiff eval --checkpoint runs/ddpm/model.safetensors --classifier runs/classifier/model.safetensors
     python -m minidiff plot schedules --out runs/figures
+    python -m minidiff export --checkpoint runs/ddpm/model.safetensors --format diffusers --out runs/pipeline
+    python -m minidiff import --from runs/pipeline --out runs/imported/model.safetensors
 
 `train` writes into --out: model.safetensors (weights, EMA, optimiser, step: resumable), metrics.json
 (model, steps, initial_loss, final_loss and the held-out metrics) and PNG figures.
@@ -112,7 +114,20 @@ def _parser():
     f.add_argument("--steps", type=int, help="recon-vs-latent only: training steps per model (default 600)")
     f.add_argument("--seed", type=int, default=0)
     _common(f)
+    _interop_parsers(sub)
     return p
+
+
+def _interop_parsers(sub):
+    x = sub.add_parser("export", help="write a DDPM checkpoint as a diffusers DDPMPipeline folder (docs/interop.md)")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--format", choices=["diffusers"], default="diffusers")
+    x.add_argument("--out", required=True, help="output folder")
+    i = sub.add_parser("import", help="read a diffusers DDPMPipeline or UNet2DModel folder into a DDPM checkpoint")
+    i.add_argument("--from", dest="source", required=True, help="the diffusers folder")
+    i.add_argument("--out", required=True, help="FILE.safetensors")
+    for command in (x, i):
+        _common(command)
 
 
 def _sampling(p):
@@ -570,4 +585,34 @@ def cmd_plot(args):
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plot": cmd_plot}
+# ---------------------------------------------------------------- export / import (diffusers)
+
+def cmd_export(args):
+    from minidiff.interop import diffusers
+    validate_common(args)
+    writable_folder("--out", args.out)
+    model, _ = load_checkpoint("--checkpoint", args.checkpoint)
+    if model.name != "ddpm":
+        raise UsageError(f"--checkpoint: export --format diffusers takes a ddpm checkpoint, got {model.name!r}")
+    print(f"wrote {diffusers.export_pipeline(model, args.out)} (DDPMPipeline.from_pretrained opens it)")
+    return 0
+
+
+def cmd_import(args):
+    from minidiff.interop import diffusers
+    validate_common(args)
+    if not os.path.isdir(args.source):
+        raise UsageError(f"--from: {args.source!r} is not a folder (expected a diffusers pipeline or UNet2DModel)")
+    writable_file("--out", args.out, ".safetensors")
+    try:
+        model = diffusers.import_pipeline(args.source)
+    except (ValueError, KeyError) as e:  # a config minidiff cannot represent, named by the importer
+        raise UsageError(f"--from: {args.source!r}: {e}") from None
+    checkpoint.save_checkpoint(args.out, model.state_dict(), {"model": model.name, "hparams": model.hparams,
+                                                              "step": 0, "imported_from": os.path.abspath(args.source)})
+    print(f"wrote {args.out}: a ddpm checkpoint ({model.hparams['schedule']} schedule, T={model.T}) for sample / eval")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plot": cmd_plot, "export": cmd_export,
+            "import": cmd_import}

@@ -6,8 +6,12 @@ Training step (Algorithm 1), with the fused kernels of minidiff.kernels:
     L   = mean over B x D of (eps_hat(x_t, t) - eps)^2             diffusion.fused_eps_loss (squared noise units)
 Evaluation: the VLB of the test images in bits/dim by the full loop over t (diffusion.nll_bpd).
 Sampling: any sampler registered in diffusion.SAMPLERS ('ddpm': the fused reverse step; 'ddim'), on a
-respaced chain if asked. The schedule is any name registered in diffusion.SCHEDULES.
+respaced chain if asked. The schedule is any name registered in diffusion.SCHEDULES (with its options).
+The network is any U-Net of `UNETS` (`--set unet=diffusers`: diffusers' UNet2DModel layout, docs/interop.md);
+it predicts eps, x_0 or v (`prediction`), converted to eps_hat for the samplers and the VLB (eq. N2, N5).
 """
+import math
+
 import os
 
 import numpy as np
@@ -16,8 +20,33 @@ import minidiff.kernels as kernels
 from minidiff import diffusion, nn, plots
 from minidiff.autograd import Tensor, no_grad
 from minidiff.backend import to_numpy, xp_of
+from minidiff.diffusion.process import PREDICTIONS
 from minidiff.models.base import as_images, loss_figure, register
 from minidiff.models.unet import UNet
+from minidiff.models.unet_diffusers import DiffusersUNet
+
+
+def teaching_unet(image_shape, hp, dtype):
+    """The teaching U-Net (models/unet.py) with the DDPM's widths."""
+    c, h, _ = image_shape
+    return UNet(c, h, hp["base_channels"], tuple(hp["channel_mults"]), hp["num_res_blocks"],
+                tuple(hp["attention_resolutions"]), hp["dropout"], dtype=dtype)
+
+
+def diffusers_unet(image_shape, hp, dtype):
+    """diffusers' UNet2DModel layout with the same widths, then any UNet2DModel argument in hp["unet_config"]."""
+    c, h, _ = image_shape
+    chans = [hp["base_channels"] * m for m in hp["channel_mults"]]
+    attention = [h // 2 ** i in hp["attention_resolutions"] for i in range(len(chans))]
+    config = {"sample_size": h, "in_channels": c, "out_channels": c, "block_out_channels": chans,
+              "layers_per_block": hp["num_res_blocks"], "attention_head_dim": None, "dropout": hp["dropout"],
+              "norm_num_groups": math.gcd(8, *chans),
+              "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+              "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)]}
+    return DiffusersUNet(**{**config, **(hp["unet_config"] or {})}, dtype=dtype)
+
+
+UNETS = {"teaching": teaching_unet, "diffusers": diffusers_unet}   # DDPM(unet=NAME), `--set unet=NAME`
 
 
 @register
@@ -26,19 +55,23 @@ class DDPM(nn.Module):
     TRAIN_DEFAULTS = dict(steps=1500, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.995)
 
     def __init__(self, image_shape=(1, 8, 8), T=200, schedule="cosine", base_channels=32, channel_mults=(1, 2),
-                 num_res_blocks=1, attention_resolutions=(4,), dropout=0.1, eval_images=64, dtype=None):
+                 num_res_blocks=1, attention_resolutions=(4,), dropout=0.1, eval_images=64, unet="teaching",
+                 unet_config=None, schedule_options=None, prediction="eps", clip_x0=True, dtype=None):
         super().__init__()
-        self.schedule = diffusion.make_schedule(schedule, T)      # a name in diffusion.SCHEDULES, default options
+        self.schedule = diffusion.make_schedule(schedule, T, **(schedule_options or {}))   # a diffusion.SCHEDULES name
         c, h, w = image_shape
         if h != w:
             raise ValueError(f"DDPM: square images only, got {h}x{w}")
         self.hparams = {"image_shape": list(image_shape), "T": T, "schedule": schedule,
                         "base_channels": base_channels, "channel_mults": list(channel_mults),
                         "num_res_blocks": num_res_blocks, "attention_resolutions": list(attention_resolutions),
-                        "dropout": dropout, "eval_images": eval_images}
+                        "dropout": dropout, "eval_images": eval_images, "unet": unet, "unet_config": unet_config,
+                        "schedule_options": schedule_options, "prediction": prediction, "clip_x0": clip_x0}
+        if unet not in UNETS or prediction not in PREDICTIONS:
+            raise ValueError(f"DDPM: unet must be one of {list(UNETS)} and prediction one of {PREDICTIONS}, "
+                             f"got {unet!r}, {prediction!r}")
         self.image_shape, self.T = tuple(image_shape), T
-        self.unet = UNet(c, h, base_channels, tuple(channel_mults), num_res_blocks, tuple(attention_resolutions),
-                         dropout, dtype=dtype)
+        self.unet = UNETS[unet](self.image_shape, self.hparams, dtype)
 
     @classmethod
     def default_hparams(cls, dataset):
@@ -55,12 +88,24 @@ class DDPM(nn.Module):
         t = xp.asarray(rng.integers(1, self.T + 1, size=x0.shape[0]))
         eps = rng.standard_normal(x0.shape, dtype=x0.dtype)
         x_t = kernels.q_sample(x0, t, eps, self.schedule)
-        return diffusion.fused_eps_loss(self(Tensor(x_t), t), eps), {}
+        return diffusion.fused_eps_loss(self(Tensor(x_t), t), self.target(x0, eps, t)), {}
+
+    def target(self, x0, eps, t):
+        """The network's regression target: eps, x_0, or v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (N3)."""
+        prediction = self.hparams["prediction"]
+        if prediction == "v":
+            return diffusion.v_from_x0_eps(x0, eps, t, self.schedule)
+        return eps if prediction == "eps" else x0
 
     def eps_array(self, x_t, t):
         """eps_theta on arrays, no graph: the `model(x_t, t)` callable the samplers and the VLB take."""
         with no_grad():
-            return self(Tensor(x_t), t).data
+            output = self(Tensor(x_t), t).data
+        prediction = self.hparams["prediction"]
+        if prediction == "eps":
+            return output
+        convert = diffusion.eps_from_x0 if prediction == "x0" else diffusion.eps_from_v   # eq. (N2), (N5)
+        return convert(x_t, xp_of(x_t).asarray(t), output, self.schedule)
 
     def evaluate(self, x, y, rng):
         """Test VLB in bits/dim (full loop over t) on the first `eval_images` images, and the test eps-loss."""
@@ -71,17 +116,19 @@ class DDPM(nn.Module):
                 "test_prior_bits_per_dim": float(to_numpy(vlb["prior_bpd"]).mean()),
                 "test_eps_loss": float(to_numpy(loss.data))}
 
-    def sample(self, n, rng, sampler="ddpm", steps=None, clip_x0=True, return_trajectory=False, progress=False,
+    def sample(self, n, rng, sampler="ddpm", steps=None, clip_x0=None, return_trajectory=False, progress=False,
                **options):
         """n images (n, C, H, W) from x_T ~ N(0, I) by a sampler of diffusion.SAMPLERS, on K steps if given.
 
         sampler: its registry name ('ddpm' ancestral, 'ddim', ...); options: its keyword-only options
-        (eta=... for 'ddim'). clip_x0 clips the predicted x_0 to the data range [-1, 1] at every step.
+        (eta=... for 'ddim'). clip_x0 clips the predicted x_0 to the data range [-1, 1] at every step
+        (default: the hparam clip_x0, True unless a model imported from diffusers says clip_sample false).
         DDIM (eta = 0) needs it here: the cosine schedule's last step has beta_T = 0.999, so
         x0_hat = (x_T - sqrt(1 - alpha_bar_T) eps_hat) / sqrt(alpha_bar_T) multiplies the error of eps_hat
         by about 1/sqrt(alpha_bar_T), and without fresh noise DDIM never washes it out (docs/training.md §5).
         """
         self.eval()
+        clip_x0 = self.hparams["clip_x0"] if clip_x0 is None else clip_x0
         chosen = diffusion.make_sampler(sampler, clip_x0=clip_x0, **options)
         return diffusion.sample(chosen, self.eps_array, (n,) + self.image_shape, self.schedule, rng, steps=steps,
                                 return_trajectory=return_trajectory, progress=progress)

@@ -24,12 +24,12 @@ from minidiff.nn import init
 class ResBlock(nn.Module):
     """Two GroupNorm -> SiLU -> Conv3x3 stages with the projected time embedding added in between."""
 
-    def __init__(self, c_in, c_out, emb_dim, dropout=0.0, groups=8, dtype=None):
+    def __init__(self, c_in, c_out, emb_dim, dropout=0.0, groups=8, dtype=None, eps=1e-5):
         super().__init__()
-        self.norm1 = nn.GroupNorm(math.gcd(groups, c_in), c_in, dtype=dtype)
+        self.norm1 = nn.GroupNorm(math.gcd(groups, c_in), c_in, eps, dtype=dtype)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, dtype=dtype)
         self.emb = nn.Linear(emb_dim, c_out, dtype=dtype)
-        self.norm2 = nn.GroupNorm(math.gcd(groups, c_out), c_out, dtype=dtype)
+        self.norm2 = nn.GroupNorm(math.gcd(groups, c_out), c_out, eps, dtype=dtype)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, dtype=dtype)
         self.skip = nn.Conv2d(c_in, c_out, 1, dtype=dtype) if c_in != c_out else nn.Identity()

@@ -50,12 +50,15 @@ class SelfAttention2d(Module):
         return f"{self.channels}, num_heads={self.num_heads}"
 
 
-def sinusoidal_embedding(t, embedding_dim, max_period=10000.0, dtype=None):
-    """e(t) = [sin(t ω_0), ..., sin(t ω_{h−1}), cos(t ω_0), ..., cos(t ω_{h−1})], ω_i = P^(−i/h) (eq. M13).
+def sinusoidal_embedding(t, embedding_dim, max_period=10000.0, dtype=None, freq_shift=0, flip_sin_to_cos=False):
+    """e(t) = [sin(t ω_0), ..., sin(t ω_{h−1}), cos(t ω_0), ..., cos(t ω_{h−1})], ω_i = P^(−i/(h − s)) (eq. M13).
 
-    h = ⌊embedding_dim/2⌋: the transformer positional encoding (frequencies P^(−2i/embedding_dim)) with
-    its sin channels first; an odd embedding_dim gets a final zero column. t: (B,) timesteps (ints or
-    floats). Returns (B, embedding_dim) in `dtype` (default: minidiff's default float dtype), computed in float64.
+    h = ⌊embedding_dim/2⌋, s = freq_shift: with s = 0 the transformer positional encoding (frequencies
+    P^(−2i/embedding_dim)) with its sin channels first; flip_sin_to_cos puts the cos channels first.
+    (s, flip) = (1, False) is the original DDPM code's embedding and (0, True) diffusers' default
+    (its `freq_shift`, `flip_sin_to_cos`). An odd embedding_dim gets a final zero column. t: (B,)
+    timesteps (ints or floats). Returns (B, embedding_dim) in `dtype` (default: minidiff's default
+    float dtype), computed in float64.
     """
     a = xp_of(t).asarray(t, dtype=np.float64)
     if a.ndim != 1:
@@ -63,9 +66,13 @@ def sinusoidal_embedding(t, embedding_dim, max_period=10000.0, dtype=None):
     if embedding_dim < 2:
         raise ValueError(f"sinusoidal_embedding: embedding_dim must be >= 2, got {embedding_dim}")
     half = embedding_dim // 2
-    omega = xp_of(a).exp(-math.log(max_period) * xp_of(a).arange(half) / half)
+    if half - freq_shift <= 0:
+        raise ValueError(f"sinusoidal_embedding: freq_shift must be < embedding_dim // 2 = {half}, got {freq_shift}")
+    omega = xp_of(a).exp(-math.log(max_period) * xp_of(a).arange(half) / (half - freq_shift))
     args = a[:, None] * omega[None, :]
     parts = [xp_of(a).sin(args), xp_of(a).cos(args)]
+    if flip_sin_to_cos:
+        parts.reverse()
     if embedding_dim % 2:
         parts.append(xp_of(a).zeros((len(a), 1)))
     return xp_of(a).concatenate(parts, axis=1).astype(get_default_dtype() if dtype is None else dtype)
