@@ -589,7 +589,6 @@ def cmd_plot(args):
 
 def cmd_export(args):
     from minidiff.interop import diffusers
-    validate_common(args)
     writable_folder("--out", args.out)
     model, _ = load_checkpoint("--checkpoint", args.checkpoint)
     if model.name != "ddpm":
@@ -600,7 +599,6 @@ def cmd_export(args):
 
 def cmd_import(args):
     from minidiff.interop import diffusers
-    validate_common(args)
     if not os.path.isdir(args.source):
         raise UsageError(f"--from: {args.source!r} is not a folder (expected a diffusers pipeline or UNet2DModel)")
     writable_file("--out", args.out, ".safetensors")

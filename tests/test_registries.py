@@ -261,7 +261,7 @@ def test_cli_sampler_options_come_from_the_flags():
     assert cli.sampler_options(parse(base + ["--eta", "0.25"])) == {"eta": 0.25}
     with pytest.raises(cli.UsageError, match="eta given twice"):
         cli.sampler_options(parse(base + ["--eta", "0.25", "--sampler-option", "eta=0.5"]))
-    with pytest.raises(ValueError, match="--sampler-option expects KEY=VALUE"):
+    with pytest.raises(cli.UsageError, match="--sampler-option expects KEY=VALUE"):
         cli.sampler_options(parse(base + ["--sampler-option", "eta"]))
     eval_args = parse(["eval", "--checkpoint", "m.safetensors", "--sampler-option", "eta=1"])
     assert cli.sampler_options(eval_args) == {"eta": 1}
