@@ -3,7 +3,7 @@ hypothesis-drawn geometries (kernel, stride, padding, output padding, dilation),
 that ties the two convolutions together, and clear errors for bad input (docs/layers.md §1-3)."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import minidiff as md
 import minidiff.functional as F
@@ -81,6 +81,34 @@ def test_col2im_is_the_adjoint_of_im2col():
     taps = r.reshape((3, 3, 2, 2) + out_hw).transpose(1, 2, 0, 3, 4, 5)   # rows (c, i, j) -> taps[i, j] (C, B, ...)
     back = conv_ops.col2im(taps, x.shape, *args[1:])
     np.testing.assert_allclose(np.vdot(cols, r), np.vdot(x, back), rtol=1e-12)
+
+
+@given(conv_problems(max_channels=4, max_side=9), st.sampled_from([np.float64, np.float32]), st.integers(0, 99))
+def test_stride_one_input_grad_as_a_conv_equals_col2im(problem, dtype, seed):
+    """Eq. M20 (∂L/∂x as conv2d of g with the flipped kernel) equals eq. M4's col2im form: to 1e-12 in
+    float64, to float32 round-off in float32; every stride-1 geometry with p <= d(k − 1) takes it."""
+    x, w, _, geo = problem
+    geo["stride"] = (1, 1)
+    assume(all(p <= d * (k - 1) for p, d, k in zip(geo["padding"], geo["dilation"], w.shape[2:])))
+    x, w = x.astype(dtype), w.astype(dtype)
+    y_shape = F.conv2d(x, w, **geo).shape
+    g = np.random.default_rng(seed).standard_normal(y_shape).astype(dtype)
+    args = (g, w, x.shape, geo["stride"], geo["padding"], geo["dilation"])
+    assert conv_ops._input_grad_is_a_conv(*args)
+    fast, reference = conv_ops.conv2d_input_grad(*args), conv_ops.conv2d_input_grad_reference(*args)
+    assert fast.dtype == reference.dtype == dtype and fast.shape == reference.shape == x.shape
+    scale = np.abs(g).sum(axis=1).max() * np.abs(w).max() * w.shape[2] * w.shape[3] + 1e-30
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(fast, reference, rtol=0, atol=tol * scale)
+
+
+def test_input_grad_takes_col2im_for_strides_and_output_padding():
+    """Stride 2, or g shorter than the natural output (a transposed conv's output_padding), stay on eq. M4."""
+    w = np.ones((2, 3, 3, 3))
+    assert conv_ops._input_grad_is_a_conv(np.ones((1, 2, 5, 5)), w, (1, 3, 5, 5), (1, 1), (1, 1), (1, 1))
+    assert not conv_ops._input_grad_is_a_conv(np.ones((1, 2, 3, 3)), w, (1, 3, 5, 5), (2, 2), (1, 1), (1, 1))
+    assert not conv_ops._input_grad_is_a_conv(np.ones((1, 2, 4, 5)), w, (1, 3, 5, 5), (1, 1), (1, 1), (1, 1))
+    assert not conv_ops._input_grad_is_a_conv(np.ones((1, 2, 9, 9)), w, (1, 3, 5, 5), (1, 1), (3, 3), (1, 1))
 
 
 def test_plain_arrays_give_plain_arrays():

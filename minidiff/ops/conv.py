@@ -16,9 +16,11 @@ with G = ∂L/∂y as an (O, B·Ho·Wo) matrix. col2im is im2col's adjoint: it a
 (B, C, Ho, Wo) slab of ∂L/∂cols into one strided slice of a zero (B, C, H + 2p, W + 2p) array
 (kh·kw slice additions, no scatter), then crops the padding.
 
-The transposed convolution is the adjoint of the convolution, so its forward IS conv2d's input
-gradient (`conv2d_input_grad`, written once, used by both), and its input gradient is conv2d
-itself (eq. M5). Everything here is array-module code (`xp`), so it runs on NumPy and CuPy.
+For stride 1 the input gradient is itself a convolution, of g with the flipped, transposed kernel
+(eq. M20): im2col of g and one product, no col2im. The transposed convolution is the adjoint of the
+convolution, so its forward IS conv2d's input gradient (`conv2d_input_grad`, written once, used by
+both), and its input gradient is conv2d itself (eq. M5). Everything here is array-module code
+(`xp`), so it runs on NumPy and CuPy.
 """
 from minidiff.autograd import Function
 from minidiff.backend import xp_of
@@ -108,6 +110,39 @@ def weight_grad(G, cols, shape):
 
 
 def conv2d_input_grad(g, w, x_shape, stride, padding, dilation):
+    """∂L/∂x of y = conv2d(x, w) for upstream g (B, O, Ho, Wo): eq. M20 when stride is 1, else eq. M4.
+
+    Both compute the same sums (`conv2d_input_grad_reference` is the col2im form, kept as the readable
+    definition and tested against this one); they differ only in the order of the additions.
+    """
+    if _input_grad_is_a_conv(g, w, x_shape, stride, padding, dilation):
+        return conv2d_input_grad_as_conv(g, w, x_shape, padding, dilation)
+    return conv2d_input_grad_reference(g, w, x_shape, stride, padding, dilation)
+
+
+def _input_grad_is_a_conv(g, w, x_shape, stride, padding, dilation):
+    """Eq. M20 applies: stride 1, padding p <= d(k − 1), and g of the natural output size (no output_padding)."""
+    return (tuple(stride) == (1, 1)
+            and all(p <= d * (k - 1) for p, d, k in zip(padding, dilation, w.shape[2:]))
+            and all(conv_output_size(n, k, 1, p, d) == m for n, k, p, d, m in
+                    zip(x_shape[2:], w.shape[2:], padding, dilation, g.shape[2:])))
+
+
+def conv2d_input_grad_as_conv(g, w, x_shape, padding, dilation):
+    """∂L/∂x of a stride-1 convolution as a convolution of g (eq. M20):
+
+        ∂L/∂x = conv2d(g, w̃, padding = d(k − 1) − p, dilation = d),   w̃[c, o, i, j] = w[o, c, kh − 1 − i, kw − 1 − j]
+
+    i.e. im2col of g and one product, instead of the product Wᵀ G and col2im's kh·kw slice additions.
+    """
+    kernel = w.shape[2:]
+    w_flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)                       # (C, O, kh, kw)
+    full = tuple(d * (k - 1) - p for k, p, d in zip(kernel, padding, dilation))
+    cols = im2col(g, kernel, (1, 1), full, dilation, tuple(x_shape[2:]))
+    return conv2d_from_cols(cols, w_flipped, g.shape[0], tuple(x_shape[2:]))
+
+
+def conv2d_input_grad_reference(g, w, x_shape, stride, padding, dilation):
     """∂L/∂x of y = conv2d(x, w) for upstream g (B, O, Ho, Wo): col2im(Wᵀ G) (eq. M4).
 
     This one function is also the FORWARD of conv_transpose2d (eq. M5). Ho, Wo are read from g,
