@@ -60,7 +60,8 @@ def dropout(x, p=0.5, training=True, rng=None):
         return ops.mul(x, xp_of(data).zeros((), dtype=data.dtype))
     rng = default_rng(backend=backend_name_of(data)) if rng is None else rng
     keep = rng.random(data.shape) >= p
-    return ops.mul(x, (keep / (1.0 - p)).astype(data.dtype))
+    scale = data.dtype.type(1.0 / (1.0 - p))           # 1/(1 − p) rounded once to x's dtype: no float64 mask
+    return ops.mul(x, keep.astype(data.dtype) * scale)
 
 
 def _nearest_index(n_in, n_out, scale_factor):

@@ -93,6 +93,16 @@ def test_dropout_gradcheck(x, p, seed):
     gradcheck(lambda x: F.dropout(x, p, rng=np.random.default_rng(seed)), [x])
 
 
+@given(st.floats(0.0, 0.9), st.integers(0, 99), st.sampled_from([np.float32, np.float64]))
+def test_dropout_mask_is_in_the_input_dtype_and_equals_the_rounded_scale(p, seed, dtype):
+    """The mask is m/(1 − p) with 1/(1 − p) rounded to x's dtype once (float32 stays float32)."""
+    x = np.random.default_rng(seed).standard_normal((3, 50)).astype(dtype)
+    y = F.dropout(x, p, rng=np.random.default_rng(seed))
+    keep = np.random.default_rng(seed).random(x.shape) >= p
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, x * np.where(keep, dtype(1.0 / (1.0 - p)), dtype(0)))
+
+
 def test_dropout_is_seeded_by_manual_seed():
     md.manual_seed(3)
     a = F.dropout(np.ones(50), 0.5)
