@@ -20,7 +20,8 @@ the other). Each worker times, after 2 warm-up steps:
   peak     the peak resident-memory growth over one training step: free heap pages are returned first
            (malloc_trim), VmHWM is reset to VmRSS (/proc/self/clear_refs), one step runs, growth = VmHWM − VmRSS
   sampling (digits only) images/s for 64 images by 200-step DDPM and 50-step DDIM (clipped x0, one run each)
-and prints one JSON line. Reported: the median over processes of each worker's median; ratio = ours/torch.
+and prints one JSON line. Reported: the median over processes of each worker's median; ratio = ours/torch;
+paired_ratios: ours/torch of each round's two processes (their spread is the load's effect).
 
 FLOPs model (multiply-add = 2 FLOPs), counted on the PyTorch mirror with forward hooks: conv/conv-transpose
 2·B·O·Ho·Wo·C·kh·kw (the transposed conv: that of the conv it is the adjoint of), linear 2·rows·in·out,
@@ -357,7 +358,11 @@ def summarise(runs, facts):
            "peak_ratio": ours["peak_mib"] / theirs["peak_mib"], "params": facts["params"],
            "step_parts_s": {fw: {k: m[k] for k in ("forward_loss_s", "backward_s", "optimizer_s")}
                             for fw, m in med.items()},
-           "step_gflops_per_s": {fw: facts["step_gflop"] / m["step_s"] for fw, m in med.items()}}
+           "step_gflops_per_s": {fw: facts["step_gflop"] / m["step_s"] for fw, m in med.items()},
+           # ours_i / torch_i of the processes run back to back: on a shared machine the load changes between
+           # rounds, and the spread of these says how far one ratio can be trusted
+           "paired_ratios": {k: [a[k] / b[k] for a, b in zip(runs["ours"], runs["torch"])]
+                             for k in ("step_s", "forward_s", "peak_mib")}}
     if "ddpm200_images_per_s" in ours:
         out["sampling_images_per_s"] = {fw: {"ddpm200": m["ddpm200_images_per_s"], "ddim50": m["ddim50_images_per_s"]}
                                         for fw, m in med.items()}
