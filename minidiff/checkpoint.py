@@ -75,11 +75,50 @@ def _metadata(buffer):
     return json.loads(bytes(buffer[8:8 + n]).decode("utf-8")).get("__metadata__") or {}
 
 
+def _temporary_prefix(path, pid):
+    """Temp files for `path` are named .<name>.<pid>.<random>.tmp: the writer's process id tells an orphan."""
+    return f".{os.path.basename(path)}.{pid}."
+
+
+def remove_orphaned_temporaries(path):
+    """Delete the temp files of `path` left by writers that died mid-save (SIGKILL, power loss); return them.
+
+    A temp file belongs to the process whose id is in its name; it is an orphan when that process no
+    longer exists. Files of a live writer (another process saving to the same path) are left alone.
+    """
+    folder, stem = os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}."
+    removed = []
+    for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+        pid = entry[len(stem):].split(".", 1)[0]
+        if entry.startswith(stem) and entry.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.remove(os.path.join(folder, entry))
+                removed.append(entry)
+            except FileNotFoundError:  # another process cleaned it first
+                pass
+    return removed
+
+
+def _alive(pid):
+    """Whether process `pid` exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
 def atomic_write_bytes(path, payload):
-    """Write bytes to `path` atomically: temp file in the same folder, fsync, os.replace, fsync folder."""
+    """Write bytes to `path` atomically: temp file in the same folder, fsync, os.replace, fsync folder.
+
+    Temp files that earlier, killed writers left for the same path are removed first.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    remove_orphaned_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path, os.getpid()), suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
