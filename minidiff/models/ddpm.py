@@ -8,7 +8,7 @@ Evaluation: the VLB of the test images in bits/dim by the full loop over t (diff
 Sampling: any sampler registered in diffusion.SAMPLERS ('ddpm': the fused reverse step; 'ddim'), on a
 respaced chain if asked. The schedule is any name registered in diffusion.SCHEDULES (with its options).
 The network is any U-Net of `UNETS` (`--set unet=diffusers`: diffusers' UNet2DModel layout, docs/interop.md);
-it predicts eps, x_0 or v (`prediction`), converted to eps_hat for the samplers and the VLB (eq. N2, N5).
+it predicts eps, x_0 or v (`prediction`), converted to eps_hat for the samplers and the VLB (eq. E2, E5).
 """
 import math
 
@@ -91,7 +91,7 @@ class DDPM(nn.Module):
         return diffusion.fused_eps_loss(self(Tensor(x_t), t), self.target(x0, eps, t)), {}
 
     def target(self, x0, eps, t):
-        """The network's regression target: eps, x_0, or v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (N3)."""
+        """The network's regression target: eps, x_0, or v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (E3)."""
         prediction = self.hparams["prediction"]
         if prediction == "v":
             return diffusion.v_from_x0_eps(x0, eps, t, self.schedule)
@@ -104,7 +104,7 @@ class DDPM(nn.Module):
         prediction = self.hparams["prediction"]
         if prediction == "eps":
             return output
-        convert = diffusion.eps_from_x0 if prediction == "x0" else diffusion.eps_from_v   # eq. (N2), (N5)
+        convert = diffusion.eps_from_x0 if prediction == "x0" else diffusion.eps_from_v   # eq. (E2), (E5)
         return convert(x_t, xp_of(x_t).asarray(t), output, self.schedule)
 
     def evaluate(self, x, y, rng):
