@@ -125,6 +125,7 @@ def eps_loss(eps_hat, eps, weights=None, impl="auto", out=None):
     data's dtype, gradient shaped like eps_hat); the gradient goes into `out` if given.
     """
     backend = checks.data_arrays(eps_hat=eps_hat, eps=eps)
+    checks.nonempty("eps_hat", eps_hat)
     weights = checks.weights(weights, eps_hat.shape[0], backend)
     checks.out_array(out, eps_hat)
     return resolve(impl, backend).eps_loss(eps_hat, eps, weights, out=out)
@@ -155,8 +156,9 @@ def normal(seed, shape, offset=0, dtype="float32", impl="auto"):
     is on the implementation's first backend ("auto": NumPy).
     """
     shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
-    if not shape or dtype not in checks.FLOAT_DTYPES:
-        raise ValueError(f"normal needs a (B, ...) shape and float32/float64, got {shape} and {dtype}")
+    if not shape or min(shape) < 0 or dtype not in checks.FLOAT_DTYPES:
+        raise ValueError(f"normal needs a (B, ...) shape of sizes >= 0 and float32/float64, got shape {shape} "
+                         f"and dtype {dtype}")
     checks.philox_stream(seed, offset, shape)
     backend = "numpy" if impl == "auto" else _first_backend(impl)
     return resolve(impl, backend).normal(seed, shape, offset, dtype)
@@ -183,6 +185,7 @@ def q_sample_philox(x0, t, seed, schedule, offset=0, impl="auto", out=None):
 def eps_loss_philox(eps_hat, seed, offset=0, weights=None, impl="auto", out=None):
     """Eq. (2)-(3) with eps = normal(seed, eps_hat.shape, offset) regenerated, not read back."""
     backend = checks.data_arrays(eps_hat=eps_hat)
+    checks.nonempty("eps_hat", eps_hat)
     weights = checks.weights(weights, eps_hat.shape[0], backend)
     checks.philox_stream(seed, offset, eps_hat.shape)
     checks.out_array(out, eps_hat)

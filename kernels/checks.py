@@ -87,6 +87,8 @@ def timesteps(t, batch, backend, T):
         raise TypeError(f"t must hold integer timesteps, got dtype {t.dtype}")
     if t.shape != (batch,):
         raise ValueError(f"t must have shape (B,) = ({batch},) to match the batch, got shape {t.shape}")
+    if t.size == 0:  # an empty batch: nothing to index
+        return t
     lo, hi = int(t.min()), int(t.max())
     if lo < 1 or hi > T:
         raise ValueError(f"t must lie in 1..T = 1..{T}, got values in {lo}..{hi}")
@@ -98,7 +100,11 @@ def weights(w, batch, backend):
     if w is None:
         return None
     if not hasattr(w, "dtype"):
-        w = np.asarray(w, dtype=np.float64)
+        try:
+            w = np.asarray(w, dtype=np.float64)
+        except (TypeError, ValueError):  # a string, a ragged list, an object
+            raise TypeError(f"weights must be a float array of shape (B,) = ({batch},), got {type(w).__name__} "
+                            f"{w!r:.40}") from None
     if _backend(w) != backend:
         raise TypeError(f"arrays of different backends: the data is {backend}, weights is {_backend(w)}")
     if w.dtype.kind != "f":
@@ -106,6 +112,13 @@ def weights(w, batch, backend):
     if w.shape != (batch,):
         raise ValueError(f"weights must have shape (B,) = ({batch},), got shape {w.shape}")
     return w
+
+
+def nonempty(name, a):
+    """Check that a loss input holds at least one element (the loss is a mean over its elements)."""
+    if a.size == 0:
+        raise ValueError(f"{name} must hold at least one element (the loss is a mean over them), "
+                         f"got shape {a.shape}")
 
 
 def variance(name):
@@ -130,8 +143,9 @@ def philox_stream(seed, offset, shape):
             raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if not 0 <= int(seed) < 2**64:
         raise ValueError(f"seed must lie in 0..2^64 - 1, got {seed}")
-    if int(offset) < 0 or int(offset) + shape[0] > 2**64:
-        raise ValueError(f"offset must be >= 0 with offset + B <= 2^64, got offset {offset} for B = {shape[0]}")
+    if not 0 <= int(offset) < 2**64 or int(offset) + shape[0] > 2**64:
+        raise ValueError(f"offset must lie in 0..2^64 - 1 with offset + B <= 2^64, got offset {offset} for "
+                         f"B = {shape[0]}")
     per_sample = int(np.prod(shape[1:], dtype=np.int64))
     if per_sample > 4 * 2**32:
         raise ValueError(f"at most 2^34 elements per sample (the 32-bit block counter), got {per_sample}")

@@ -119,7 +119,12 @@ def _reverse_clip(x_t, t, eps_hat, z, recip_sqrt_alpha_bar, recipm1, coef1, coef
 
 def _rows(a):
     """The (B, M) C-contiguous view the kernels index (a copy only if a is not contiguous)."""
-    return np.ascontiguousarray(a).reshape(a.shape[0], -1)
+    return _as_rows(np.ascontiguousarray(a))
+
+
+def _as_rows(a):
+    """a reshaped to (B, M), M the elements per sample (spelled out: reshape(0, -1) is ambiguous)."""
+    return a.reshape(a.shape[0], int(np.prod(a.shape[1:], dtype=np.int64)))
 
 
 def _result(out, like):
@@ -129,14 +134,14 @@ def _result(out, like):
 def q_sample(x0, t, eps, schedule, out=None):
     out = _result(out, x0)
     coefs = tables.get(schedule, ("sqrt_alpha_bars", "sqrt_one_minus_alpha_bars"), x0.dtype)
-    _q_sample(_rows(x0), t.astype(np.intp), _rows(eps), *coefs, out.reshape(x0.shape[0], -1))
+    _q_sample(_rows(x0), t.astype(np.intp), _rows(eps), *coefs, _as_rows(out))
     return out
 
 
 def eps_loss(eps_hat, eps, weights=None, out=None):
     grad = _result(out, eps_hat)
     w = np.ones(eps_hat.shape[0], eps_hat.dtype) if weights is None else weights.astype(eps_hat.dtype)
-    loss = _eps_loss(_rows(eps_hat), _rows(eps), w, grad.reshape(eps_hat.shape[0], -1))
+    loss = _eps_loss(_rows(eps_hat), _rows(eps), w, _as_rows(grad))
     return np.asarray(loss, dtype=eps_hat.dtype), grad
 
 
@@ -149,7 +154,7 @@ def reverse_step(x_t, t, eps_hat, z, schedule, variance="fixed_small", clip_x0=F
     else:
         names, kernel = ("recip_sqrt_alpha", "eps_coef"), _reverse_eps
     coefs = tables.get(schedule, names + ("sigma_" + variance,), x_t.dtype)
-    kernel(*data, *coefs, out.reshape(x_t.shape[0], -1))
+    kernel(*data, *coefs, _as_rows(out))
     return out
 
 
@@ -221,7 +226,7 @@ def _philox_eps_loss(eps_hat, k0, k1, offset, w, grad):
 
 def normal(seed, shape, offset=0, dtype=np.float32):
     out = np.empty(shape, dtype)
-    _philox_normal(*philox.key(seed), np.uint64(offset), out.reshape(shape[0], -1))
+    _philox_normal(*philox.key(seed), np.uint64(offset), _as_rows(out))
     return out
 
 
@@ -229,7 +234,7 @@ def q_sample_philox(x0, t, seed, schedule, offset=0, out=None):
     out = _result(out, x0)
     coefs = tables.get(schedule, ("sqrt_alpha_bars", "sqrt_one_minus_alpha_bars"), x0.dtype)
     _philox_q_sample(_rows(x0), t.astype(np.intp), *coefs, *philox.key(seed), np.uint64(offset),
-                     out.reshape(x0.shape[0], -1))
+                     _as_rows(out))
     return out
 
 
@@ -237,5 +242,5 @@ def eps_loss_philox(eps_hat, seed, offset=0, weights=None, out=None):
     grad = _result(out, eps_hat)
     w = np.ones(eps_hat.shape[0], eps_hat.dtype) if weights is None else weights.astype(eps_hat.dtype)
     loss = _philox_eps_loss(_rows(eps_hat), *philox.key(seed), np.uint64(offset), w,
-                            grad.reshape(eps_hat.shape[0], -1))
+                            _as_rows(grad))
     return np.asarray(loss, dtype=eps_hat.dtype), grad

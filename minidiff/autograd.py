@@ -90,9 +90,9 @@ class Tensor:
     def __init__(self, data, requires_grad=False, dtype=None):
         try:
             self.data = _as_array(data, dtype)
-        except ValueError as e:  # a ragged list, or a string numpy cannot read as the dtype
+        except ValueError:  # a ragged list, or a string numpy cannot read as the dtype
             raise ValueError(f"Tensor: data must be a rectangular array of numbers, got {type(data).__name__} "
-                             f"({e})") from None
+                             f"{data!r:.40}" + (f" as dtype {np.dtype(dtype)}" if dtype is not None else "")) from None
         if self.data.dtype.kind not in "biufc":
             raise TypeError(f"Tensor: data must be numbers (bool, integer, floating or complex), got "
                             f"{type(data).__name__} {data!r:.40} of dtype {self.data.dtype}")

@@ -230,7 +230,10 @@ def _check_T(T):
 
 
 def _check_betas(betas):
-    raw = np.asarray(betas)
+    try:
+        raw = np.asarray(betas)
+    except ValueError:  # a ragged list
+        raise ValueError(f"betas must be a 1-D array beta_1..beta_T, got a ragged {type(betas).__name__}") from None
     if raw.dtype.kind not in "fiu":  # complex, strings, objects: np.asarray(float64) would drop or fail
         raise TypeError(f"betas must be real numbers beta_1..beta_T, got dtype {raw.dtype}")
     betas = raw.astype(np.float64)

@@ -24,7 +24,9 @@ def _axes(axis, ndim):
             raise ValueError(f"axis {a} is out of range for an array of {ndim} dimensions")
         if ndim:
             out.append(int(a) % ndim)
-    return tuple(sorted(set(out)))
+    if len(set(out)) != len(out):
+        raise ValueError(f"axis {tuple(axes)!r} names an axis twice")
+    return tuple(sorted(out))
 
 
 def _one_axis(axis, ndim):
