@@ -90,7 +90,8 @@ class PowScalar(Function):
     def backward(self, g):
         if self.p == 0:
             return (xp_of(g).zeros_like(g),)
-        return (g * self.p * self.x ** (self.p - 1),)
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0^(p-1) = inf for p < 1, as in PyTorch
+            return (g * self.p * self.x ** (self.p - 1),)
 
 
 class Pow(Function):
@@ -110,7 +111,9 @@ class Pow(Function):
         zero = xp.zeros((), dtype=g.dtype)
         da = db = None
         if self.needs_grad[0]:
-            da = unbroadcast(xp.where(self.b == 0, zero, g * self.b * self.a ** (self.b - 1)), self.a.shape)
+            with np.errstate(divide="ignore", invalid="ignore"):  # 0^(b-1) = inf for b < 1, as in PyTorch
+                dpow = g * self.b * self.a ** (self.b - 1)
+            da = unbroadcast(xp.where(self.b == 0, zero, dpow), self.a.shape)
         if self.needs_grad[1]:
             with np.errstate(divide="ignore", invalid="ignore"):
                 dlog = g * self.y * xp.log(self.a)
