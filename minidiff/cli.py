@@ -39,7 +39,7 @@ import numpy as np
 from minidiff import backend, checkpoint, data, models, plots
 from minidiff.autograd import no_grad
 from minidiff.diffusion import SAMPLERS, make_sampler, schedules_at
-from minidiff.train import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
+from minidiff.train import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted, progress_option
 
 DATASETS = ["digits", "shapes", "mnist", "fashion-mnist"]
 IDX_DATASETS = ("mnist", "fashion-mnist")
@@ -69,16 +69,16 @@ def _parser():
     t.add_argument("model", choices=list(models.REGISTRY))
     t.add_argument("--dataset", default="digits", choices=DATASETS)
     t.add_argument("--data-root", help="folder holding the four IDX files (mnist, fashion-mnist only)")
-    t.add_argument("--steps", type=int, help="optimiser steps, >= 1 (default: the model's: ddpm 1500, vae 1500, "
-                                             "cvae 1500, ae 2000, classifier 1000)")
-    t.add_argument("--batch-size", type=int, help="default: the model's (ddpm 64, others 128)")
-    t.add_argument("--lr", type=float, help="peak learning rate (default: the model's)")
+    t.add_argument("--steps", type=int, help=f"optimiser steps, >= 1 (default: the model's: {_defaults('steps')})")
+    t.add_argument("--batch-size", type=int, help=f"default: the model's ({_defaults('batch_size')})")
+    t.add_argument("--lr", type=float, help=f"peak learning rate (default: the model's: {_defaults('lr')})")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="output folder (default: runs/<model>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/model.safetensors")
-    t.add_argument("--eval-every", type=int, help="held-out evaluation every N steps (default: the model's: "
-                                                  "vae and cvae every 250 steps, the others only at the end)")
-    t.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (default 500; 0: only at the end)")
+    t.add_argument("--eval-every", type=int, help=f"held-out evaluation every N steps, 0: only at the end "
+                                                  f"(default: the model's: {_defaults('eval_every')})")
+    t.add_argument("--checkpoint-every", type=int, help=f"checkpoint every N steps, 0: only at the end "
+                                                        f"(default: the model's: {_defaults('checkpoint_every')})")
     t.add_argument("--checkpoint-minutes", type=float, default=5.0,
                    help="also checkpoint when this many minutes passed since the last one (default 5; 0: off)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -116,6 +116,14 @@ def _parser():
     _common(f)
     _interop_parsers(sub)
     return p
+
+
+def _defaults(field):
+    """Each model's default for a TrainConfig field, for the help texts: "ae 2000, classifier 1000, ..."."""
+    values = {name: cls.TRAIN_DEFAULTS.get(field, getattr(TrainConfig, field)) for name, cls in models.REGISTRY.items()}
+    if len(set(values.values())) == 1:
+        return f"{next(iter(values.values())):g} for every model"
+    return ", ".join(f"{name} {value:g}" for name, value in values.items())
 
 
 def _interop_parsers(sub):
@@ -395,8 +403,10 @@ def cmd_train(args):
         trainer.fit()
     seconds = time.time() - started
     _write(f"trained {args.model} for {trainer.step} steps in {seconds:.0f} s; checkpoint {trainer.last_checkpoint}")
+    _write(f"drawing {args.model}'s figures into {args.out}/", file=sys.stderr)
     with trainer.averaged_weights():
-        figures = model.figures(args.out, dataset, trainer, backend.default_rng(seed=args.seed))
+        figures = model.figures(args.out, dataset, trainer, backend.default_rng(seed=args.seed),
+                                **progress_option(model.figures, not args.no_progress))
     metrics = run_metrics(trainer, args.dataset, seconds, figures)
     if hasattr(model, "report"):
         with trainer.averaged_weights():
@@ -468,6 +478,17 @@ def _count(n, noun):
 
 # ---------------------------------------------------------------- sample / eval / plot
 
+def draw_samples(args, model, n, label):
+    """n samples of `model` as the flags ask, with a line saying what is drawn and a bar over the steps."""
+    chain = _samples_by_chain(model)
+    _write(f"sampling {_count(n, 'image')} from {args.checkpoint}" + (
+        f" with the {args.sampler or 'ddpm'} sampler on {args.steps or model.T} steps" if chain else ""),
+        file=sys.stderr)
+    options = {**sampler_options(args), **progress_option(model.sample_images, not args.no_progress)}
+    return model.sample_images(n, backend.default_rng(seed=args.seed), sampler=args.sampler or "ddpm",
+                               steps=args.steps, label=label, **options)
+
+
 def validate_sample(args):
     validate_common(args)
     at_least("--n", args.n, 1)
@@ -479,9 +500,7 @@ def validate_sample(args):
 
 def cmd_sample(args):
     model, state = validate_sample(args)
-    rng = backend.default_rng(seed=args.seed)
-    images = model.sample_images(args.n, rng, sampler=args.sampler or "ddpm", steps=args.steps, label=args.label,
-                                 **sampler_options(args))
+    images = draw_samples(args, model, args.n, args.label)
     buffer = io.BytesIO()
     np.save(buffer, images)
     checkpoint.atomic_write_bytes(args.out, buffer.getvalue())
@@ -519,17 +538,17 @@ def cmd_eval(args):
     from minidiff import quality
     model, state, classifier = validate_eval(args)
     dataset = data.load_images(args.dataset, args.data_root, seed=0)
-    rng = backend.default_rng(seed=args.seed)
     result = {"model": model.name, "checkpoint": args.checkpoint, "step": state["step"]}
     model.eval()
+    _write(f"held-out metrics of {args.checkpoint} on the {args.dataset} test split", file=sys.stderr)
     with no_grad():
         result.update(model.evaluate(backend.xp().asarray(dataset.x_test), backend.xp().asarray(dataset.y_test),
-                                     backend.default_rng(seed=(args.seed, 2 ** 31))))
+                                     backend.default_rng(seed=(args.seed, 2 ** 31)),
+                                     **progress_option(model.evaluate, not args.no_progress)))
     if classifier is not None:
         labels = np.arange(args.n) % dataset.num_classes
         started = time.time()
-        samples = model.sample_images(args.n, rng, sampler=args.sampler or "ddpm", steps=args.steps, label=labels,
-                                      **sampler_options(args))
+        samples = draw_samples(args, model, args.n, labels)
         result["sampling_seconds"] = round(time.time() - started, 1)
         requested = labels if _class_conditional(model) else None
         result["quality"] = quality.sample_quality(classifier, samples, dataset.x_test, requested)
@@ -560,7 +579,9 @@ def validate_plot(args):
 
 def plot_checkpoint(args, model, state):
     dataset = data.load_images(state.get("dataset", "digits"), None, seed=0)
-    return model.figures(args.out, dataset, None, backend.default_rng(seed=args.seed))
+    _write(f"drawing the figures of {args.checkpoint} into {args.out}/", file=sys.stderr)
+    return model.figures(args.out, dataset, None, backend.default_rng(seed=args.seed),
+                         **progress_option(model.figures, not args.no_progress))
 
 
 def plot_schedules(args, model, state):

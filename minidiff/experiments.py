@@ -8,6 +8,7 @@ import order (models never import the trainer).
 """
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -22,12 +23,19 @@ from minidiff.train import TrainConfig, Trainer
 
 
 def recon_vs_latent(sizes=(2, 4, 8, 16, 32), steps=600, seed=0, progress=False):
-    """Test MSE per pixel against latent size d for PCA, the MLP AE and the VAE (decoded posterior mean)."""
+    """Test MSE per pixel against latent size d for PCA, the MLP AE and the VAE (decoded posterior mean);
+    with `progress`, a bar over the models and a line on stderr naming each model and latent size."""
+    from tqdm.auto import tqdm
     ds = data.digits()
     results = {"PCA": [], "AE (MLP)": [], "VAE (conv)": []}
+    bar = tqdm(total=2 * len(sizes), disable=not progress, desc="recon-vs-latent", unit="model", dynamic_ncols=True)
     for d in sizes:
         results["PCA"].append(PCA(d).fit(ds.x_train).reconstruction_mse(ds.x_test))
         for name, cls in (("AE (MLP)", AE), ("VAE (conv)", VAE)):
+            if progress:
+                bar.write(f"recon-vs-latent: training the {name} with latent size d = {d} for {steps} steps",
+                          file=sys.stderr)
+            bar.set_postfix_str(f"{name}, d={d}")
             manual_seed(seed)
             model = cls(ds.image_shape, latent_dim=d)
             config = TrainConfig(**{**cls.TRAIN_DEFAULTS, "steps": steps, "seed": seed, "progress": progress,
@@ -39,6 +47,8 @@ def recon_vs_latent(sizes=(2, 4, 8, 16, 32), steps=600, seed=0, progress=False):
                 x_hat = model(Tensor(x)) if name.startswith("AE") else model.image_mean(
                     model.decode(model.posterior(Tensor(x)).mean))
                 results[name].append(float(((x_hat.numpy() - ds.x_test) ** 2).mean()))
+            bar.update(1)
+    bar.close()
     return {name: (list(sizes), errors) for name, errors in results.items()}
 
 

@@ -163,6 +163,7 @@ def save_schedule_curves(schedules, path):
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.subplots_adjust(wspace=0.3)  # room for the right panel's y-label between the panels
     return _save(fig, path)
 
 

@@ -18,6 +18,7 @@ A loss or gradient norm that is NaN or Inf stops training with TrainingDiverged;
 saved after that point, so the last checkpoint on disk is the last good one.
 """
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -255,7 +256,8 @@ class Trainer:
         with self.averaged_weights(), no_grad():
             self.model.eval()
             result = self.model.evaluate(xp().asarray(self.x_eval), xp().asarray(self.y_eval),
-                                         default_rng(seed=(self.config.seed, 2 ** 31)))
+                                         default_rng(seed=(self.config.seed, 2 ** 31)),
+                                         **progress_option(self.model.evaluate, self.config.progress))
         result = {"step": self.step, **{k: float(v) for k, v in result.items()}}
         if self.evals and self.evals[-1]["step"] == self.step:
             self.evals[-1] = result
@@ -335,6 +337,11 @@ def _rms(params):
         total += float((to_numpy(p.data).astype(np.float64) ** 2).sum())
         count += p.data.size
     return math.sqrt(total / max(count, 1))
+
+
+def progress_option(method, enabled):
+    """{"progress": enabled} for a model method with a long loop that can show a bar (it takes `progress`), else {}."""
+    return {"progress": enabled} if "progress" in inspect.signature(method).parameters else {}
 
 
 def _format(metrics):

@@ -107,10 +107,11 @@ class DDPM(nn.Module):
         convert = diffusion.eps_from_x0 if prediction == "x0" else diffusion.eps_from_v   # eq. (E2), (E5)
         return convert(x_t, xp_of(x_t).asarray(t), output, self.schedule)
 
-    def evaluate(self, x, y, rng):
-        """Test VLB in bits/dim (full loop over t) on the first `eval_images` images, and the test eps-loss."""
+    def evaluate(self, x, y, rng, progress=False):
+        """Test VLB in bits/dim (full loop over t, a tqdm bar if `progress`) on the first `eval_images` images,
+        and the test eps-loss."""
         x = x[:self.hparams["eval_images"]]
-        vlb = diffusion.nll_bpd(self.eps_array, x, self.schedule, rng)
+        vlb = diffusion.nll_bpd(self.eps_array, x, self.schedule, rng, progress=progress)
         loss, _ = self.loss((x, y), rng)
         return {"test_bits_per_dim": float(to_numpy(vlb["total_bpd"]).mean()),
                 "test_prior_bits_per_dim": float(to_numpy(vlb["prior_bpd"]).mean()),
@@ -133,15 +134,17 @@ class DDPM(nn.Module):
         return diffusion.sample(chosen, self.eps_array, (n,) + self.image_shape, self.schedule, rng, steps=steps,
                                 return_trajectory=return_trajectory, progress=progress)
 
-    def sample_images(self, n, rng, sampler="ddpm", steps=None, label=None, **options):
-        """n samples as a NumPy array in [-1, 1], (n, C, H, W); options go to the sampler (eta=... for 'ddim')."""
-        return as_images(self.sample(n, rng, sampler, steps, **options))
+    def sample_images(self, n, rng, sampler="ddpm", steps=None, label=None, progress=False, **options):
+        """n samples as a NumPy array in [-1, 1], (n, C, H, W); options go to the sampler (eta=... for 'ddim');
+        a tqdm bar over the steps if `progress`."""
+        return as_images(self.sample(n, rng, sampler, steps, progress=progress, **options))
 
     # ------------------------------------------------------------ figures
-    def figures(self, out, dataset, trainer, rng):
-        """Samples, the forward-noising strip, the reverse trajectory, alpha_bar/SNR curves, the loss curve."""
+    def figures(self, out, dataset, trainer, rng, progress=False):
+        """Samples, the forward-noising strip, the reverse trajectory, alpha_bar/SNR curves, the loss curve;
+        a tqdm bar over the sampling steps if `progress`."""
         paths = [loss_figure(trainer, out, "eps-loss (squared noise units)")] if trainer else []
-        x0, trajectory = self.sample(64, rng, return_trajectory=True)
+        x0, trajectory = self.sample(64, rng, return_trajectory=True, progress=progress)
         paths.append(plots.save_sample_grid(as_images(x0), os.path.join(out, "samples.png"), nrow=8,
                                             title=f"DDPM samples (T={self.T}, {self.hparams['schedule']})"))
         keep = np.unique(np.linspace(0, self.T, 9).round().astype(int))     # trajectory[k] is x_{T-k}
