@@ -538,6 +538,10 @@ def cmd_eval(args):
     from minidiff import quality
     model, state, classifier = validate_eval(args)
     dataset = data.load_images(args.dataset, args.data_root, seed=0)
+    for key, value in (("image_shape", list(dataset.image_shape)), ("levels", dataset.levels)):
+        if key in model.hparams and list(np.atleast_1d(model.hparams[key])) != list(np.atleast_1d(value)):
+            raise UsageError(f"--dataset {args.dataset}: its {key} is {value}, but the checkpoint's model was "
+                             f"built for {model.hparams[key]}")
     result = {"model": model.name, "checkpoint": args.checkpoint, "step": state["step"]}
     model.eval()
     _write(f"held-out metrics of {args.checkpoint} on the {args.dataset} test split", file=sys.stderr)

@@ -23,13 +23,19 @@ from minidiff import checks
 
 @dataclasses.dataclass
 class ImageDataset:
-    """A train/test split of images in [-1, 1]: x_* (N, C, H, W) float32, y_* (N,) int64."""
+    """A train/test split of images in [-1, 1]: x_* (N, C, H, W) float32, y_* (N,) int64.
+
+    levels: the number K of grey levels the pixels take, on the grid x = -1 + 2k/(K - 1), k = 0..K-1
+    (17 for the 0..16 digits, 256 for 8-bit MNIST, 2 for the black-and-white shapes); the
+    discretised decoder's bins and bits/dim are on this grid (docs/vlb_bits_per_dim.md §2).
+    """
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    levels: int
 
     @property
     def image_shape(self):
@@ -37,7 +43,7 @@ class ImageDataset:
 
 
 def scale_to_unit_interval(pixels, max_value):
-    """x = 2 p / p_max - 1: maps integer intensities 0..p_max to [-1, 1] (float32)."""
+    """x = 2 p / p_max - 1: maps integer intensities 0..p_max to [-1, 1] (float32), p_max + 1 levels."""
     return (pixels.astype(np.float32) * np.float32(2.0 / max_value) - np.float32(1.0))
 
 
@@ -58,9 +64,11 @@ def digits(test_fraction=0.2, seed=0):
     """The 8x8 digits of scikit-learn (UCI optical digits), (N, 1, 8, 8) in [-1, 1], 10 classes."""
     from sklearn.datasets import load_digits
     bunch = load_digits()
-    x = scale_to_unit_interval(bunch.images, 16.0)[:, None]  # (1797, 1, 8, 8)
+    max_value = 16  # pixel values 0..16: 17 levels
+    x = scale_to_unit_interval(bunch.images, max_value)[:, None]  # (1797, 1, 8, 8)
     y = bunch.target.astype(np.int64)
-    return ImageDataset("digits", *train_test_split(x, y, test_fraction, seed), num_classes=10)
+    return ImageDataset("digits", *train_test_split(x, y, test_fraction, seed), num_classes=10,
+                        levels=max_value + 1)
 
 
 # ---------------------------------------------------------------- IDX files (MNIST format)
@@ -142,9 +150,10 @@ def mnist(root, name="mnist"):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise IDXError(f"{root}: {split} images {images.shape} and labels {labels.shape} do not match "
                            "(expected (N, H, W) and (N,))")
-    return ImageDataset(name, scale_to_unit_interval(parts["x_train"], 255.0)[:, None],
-                        parts["y_train"].astype(np.int64), scale_to_unit_interval(parts["x_test"], 255.0)[:, None],
-                        parts["y_test"].astype(np.int64), num_classes=10)
+    max_value = 255  # 8-bit pixels: 256 levels
+    return ImageDataset(name, scale_to_unit_interval(parts["x_train"], max_value)[:, None],
+                        parts["y_train"].astype(np.int64), scale_to_unit_interval(parts["x_test"], max_value)[:, None],
+                        parts["y_test"].astype(np.int64), num_classes=10, levels=max_value + 1)
 
 
 # ---------------------------------------------------------------- procedural shapes
@@ -179,7 +188,7 @@ def shapes(n=1500, size=16, test_fraction=0.2, seed=0):
         centre = rng.uniform(radius, size - radius, size=2)
         images[i, 0] = np.where(draw_shape(SHAPE_NAMES[label], size, centre, radius), 1.0, -1.0)
     return ImageDataset("shapes", *train_test_split(images, labels.astype(np.int64), test_fraction, seed),
-                        num_classes=len(SHAPE_NAMES))
+                        num_classes=len(SHAPE_NAMES), levels=2)
 
 
 def load_images(name, root=None, seed=0):

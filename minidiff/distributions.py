@@ -11,7 +11,8 @@ from minidiff.autograd import Function, unwrap
 from minidiff.backend import xp_of
 
 LOG_2PI = math.log(2.0 * math.pi)
-BIN_HALF_WIDTH = 1.0 / 255.0  # 256 levels on [-1, 1]: bin centres k/127.5 - 1, half-width 1/255
+LEVELS = 256  # the default grid of the discretised decoder: 8-bit data, x = k/127.5 - 1, k = 0..255
+GRID_TOLERANCE = 1e-2  # how far (in grid steps) data may sit from a level: float32 rounding, not a wrong grid
 
 
 # ---------------------------------------------------------------- Gaussian densities and KL
@@ -136,30 +137,57 @@ def approx_standard_normal_cdf(x):
     return 0.5 * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
-def discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="exact"):
-    """log P(x) for x on the 256-level grid of [-1, 1] under N(mean, exp(log_scale)^2), eq. (L5)-(L6).
+def discretized_bin_edges(x, levels=LEVELS):
+    """The bin (lower, upper) of each x on the K-level grid of [-1, 1], eq. (L5)-(L6); K = levels.
 
-        P(x) = Phi((x + 1/255 - mu)/s) - Phi((x - 1/255 - mu)/s)
+        levels x_k = -1 + 2k/(K - 1), k = 0..K-1;  bin of x_k = [x_k - h, x_k + h],  h = 1/(K - 1)
+    with the lowest bin's lower edge at -inf and the highest bin's upper edge at +inf, so the K bins
+    tile the real line. x: data (array or Tensor, used as a constant) that must lie on this grid;
+    data of another grid (the 17-level digits scored as 8-bit) is refused with a ValueError.
+    Returns two arrays of x's shape and dtype.
+    """
+    levels = checks.integer("levels", levels, minimum=2, where="discretized_bin_edges")
+    data = unwrap(x)
+    xp = xp_of(data)
+    if float(data.min()) < -1.0 - 1e-6 or float(data.max()) > 1.0 + 1e-6:
+        raise ValueError(f"x must lie in [-1, 1] ({levels} levels), got values in "
+                         f"[{float(data.min())}, {float(data.max())}]")
+    index = (data + 1.0) * ((levels - 1) / 2.0)  # k, up to rounding
+    nearest = xp.rint(index)
+    off = float(xp.abs(index - nearest).max())
+    if off > GRID_TOLERANCE:
+        raise ValueError(f"x must lie on the {levels}-level grid -1 + 2k/{levels - 1} of [-1, 1] (the data's own "
+                         f"levels: a dataset's .levels), got a value {off:.3g} grid steps off it")
+    half_width = 1.0 / (levels - 1)
+    lower = xp.where(nearest == 0, -xp.inf, data - half_width).astype(data.dtype)
+    upper = xp.where(nearest == levels - 1, xp.inf, data + half_width).astype(data.dtype)
+    return lower, upper
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="exact", levels=LEVELS):
+    """log P(x) for x on the K-level grid of [-1, 1] under N(mean, exp(log_scale)^2), eq. (L5)-(L6).
+
+        P(x) = Phi((x + h - mu)/s) - Phi((x - h - mu)/s),   h = 1/(K - 1) (1/255 for K = 256)
     with the lowest bin's lower edge at -inf and the highest bin's upper edge at +inf, so the
-    256 probabilities sum to 1. Elementwise, nats. cdf: "exact" (default; the normal CDF in log
-    space, accurate in the tails) or "tanh" (the DDPM reference code's approximation, with its
-    1e-12 floors), see docs/vlb_bits_per_dim.md.
+    K probabilities sum to 1 (`discretized_bin_edges`). levels: K, the data's number of grey levels
+    (256 for 8-bit images, 17 for the 0..16 digits; `ImageDataset.levels`). Elementwise, nats.
+    cdf: "exact" (default; the normal CDF in log space, accurate in the tails) or "tanh" (the DDPM
+    reference code's approximation, with its 1e-12 floors), see docs/vlb_bits_per_dim.md.
     """
     checks.same_shape("discretized_gaussian_log_likelihood", x=x, mean=mean)
     if hasattr(log_scale, "shape"):
         checks.per_sample("log_scale", log_scale, x, "discretized_gaussian_log_likelihood")
-    data = unwrap(x)
-    if float(data.min()) < -1.0 - 1e-6 or float(data.max()) > 1.0 + 1e-6:
-        raise ValueError(f"x must lie in [-1, 1] (256 levels), got values in "
-                         f"[{float(data.min())}, {float(data.max())}]")
+    if cdf not in ("exact", "tanh"):
+        raise ValueError(f"cdf must be 'exact' or 'tanh', got {cdf!r}")
+    lower_edge, upper_edge = discretized_bin_edges(x, levels)
+    xp = xp_of(lower_edge)
+    bottom, top = xp.isinf(lower_edge), xp.isinf(upper_edge)
     inv_scale = _exp(-log_scale)
-    upper = (x - mean + BIN_HALF_WIDTH) * inv_scale
-    lower = (x - mean - BIN_HALF_WIDTH) * inv_scale
-    top, bottom = data > 0.999, data < -0.999
+    # finite stand-ins where an edge is infinite (masked below), so no inf enters the gradient
+    upper = (xp.where(top, 1.0, upper_edge).astype(lower_edge.dtype) - mean) * inv_scale
+    lower = (xp.where(bottom, -1.0, lower_edge).astype(lower_edge.dtype) - mean) * inv_scale
     if cdf == "exact":
         return log_normal_cdf_diff(ops.where(bottom, -math.inf, lower), ops.where(top, math.inf, upper))
-    if cdf != "tanh":
-        raise ValueError(f"cdf must be 'exact' or 'tanh', got {cdf!r}")
     cdf_upper, cdf_lower = approx_standard_normal_cdf(upper), approx_standard_normal_cdf(lower)
     log_cdf_upper = ops.log(ops.clip(cdf_upper, 1e-12, None))
     log_one_minus_cdf_lower = ops.log(ops.clip(1.0 - cdf_lower, 1e-12, None))

@@ -7,13 +7,19 @@ from scipy import stats
 
 from minidiff import Tensor
 from minidiff.distributions import (DiagonalGaussian, approx_standard_normal_cdf, bernoulli_log_likelihood,
-                                    discretized_gaussian_log_likelihood, gaussian_log_density, kl_standard_normal,
-                                    kl_standard_normal_std, log_normal_cdf_diff, normal_kl)
+                                    discretized_bin_edges, discretized_gaussian_log_likelihood, gaussian_log_density,
+                                    kl_standard_normal, kl_standard_normal_std, log_normal_cdf_diff, normal_kl)
 from minidiff.testing import gradcheck
 from tests.strategies import arrays, shapes
 from tests.strategies_diffusion import seeds
 
 GRID = np.arange(256) / 127.5 - 1.0  # the 256 levels of [-1, 1]
+LEVELS = st.integers(2, 300)  # K grey levels: 2 (black and white), 17 (the digits), 256 (8-bit), ...
+
+
+def grid(levels):
+    """The K levels -1 + 2k/(K - 1), k = 0..K-1, of [-1, 1]."""
+    return np.arange(levels) * (2.0 / (levels - 1)) - 1.0
 means = st.floats(-3, 3)
 logvars = st.floats(-6, 3)
 
@@ -104,14 +110,49 @@ def test_diagonal_gaussian_rsample_log_prob_and_kl(batch, dim, seed):
 
 # ---------------------------------------------------------------- the discretised decoder
 
-@given(st.floats(-5, 5), st.floats(-12, 4), st.sampled_from(["exact", "tanh"]))
-def test_discretised_bin_probabilities_sum_to_one(mean, log_scale, cdf):
-    log_p = discretized_gaussian_log_likelihood(GRID, np.full(256, mean), np.full(256, log_scale), cdf=cdf)
+@given(LEVELS, st.floats(-5, 5), st.floats(-12, 4), st.sampled_from(["exact", "tanh"]))
+def test_discretised_bin_probabilities_sum_to_one(levels, mean, log_scale, cdf):
+    """The K bins of a K-level grid tile the real line: their probabilities add up to 1 for any N(mu, s^2)."""
+    x = grid(levels)
+    log_p = discretized_gaussian_log_likelihood(x, np.full(levels, mean), np.full(levels, log_scale), cdf=cdf,
+                                                levels=levels)
     total = np.exp(log_p).sum()
-    # neighbouring bins round their shared edge separately (x + 1/255 vs x' - 1/255): ~1e-16/scale in z
+    # neighbouring bins round their shared edge separately (x + h vs x' - h): ~1e-16/scale in z
     edge_rounding = 1e-15 * np.exp(-log_scale)
-    assert abs(total - 1.0) < (1e-12 if cdf == "exact" else 256 * 1e-12 + 1e-12) + edge_rounding
+    assert abs(total - 1.0) < (1e-12 if cdf == "exact" else levels * 1e-12 + 1e-12) + edge_rounding
     assert np.all(log_p <= 0)
+
+
+@given(LEVELS, st.integers(1, 40), seeds(), st.sampled_from(["exact", "tanh"]))
+def test_on_a_K_level_grid_a_sure_decoder_scores_0_bits_and_a_uniform_one_log2_K(levels, n, seed, cdf):
+    """Data on K levels: a decoder with all its mass in each pixel's bin costs 0 bits; one that spreads its
+    mass evenly over the K levels (the CDF of U[-1 - h, 1 + h] on the decoder's bins, h = 1/(K - 1))
+    costs log2 K bits per dimension; and the same data scored on another grid is refused."""
+    rng = np.random.default_rng(seed)
+    x = grid(levels)[rng.integers(0, levels, n)]
+    x[0], x[-1] = -1.0, 1.0  # both open edge bins
+    half = 1.0 / (levels - 1)
+    sure = discretized_gaussian_log_likelihood(x, x, np.full(n, np.log(half / 40)), cdf=cdf, levels=levels)
+    assert np.abs(sure).max() < 1e-12
+    lower, upper = discretized_bin_edges(x, levels)
+    uniform_cdf = lambda u: np.clip((u + 1 + half) / (2 + 2 * half), 0.0, 1.0)  # noqa: E731
+    bits = -np.log2(uniform_cdf(upper) - uniform_cdf(lower))
+    np.testing.assert_allclose(bits, np.log2(levels), rtol=1e-12)
+    if levels >= 3:  # an interior level of the K-grid lies on no other grid of K' = K + 1 or K - 1 levels
+        for other in (levels - 1, levels + 1):
+            with pytest.raises(ValueError, match=f"{other}-level grid"):
+                discretized_gaussian_log_likelihood(grid(levels), grid(levels), np.zeros(levels), levels=other)
+
+
+def test_the_digits_take_exactly_their_17_levels_and_refuse_the_8_bit_grid():
+    from minidiff import data
+    digits = data.digits()
+    assert digits.levels == 17
+    np.testing.assert_array_equal(np.unique(digits.x_train), grid(17).astype(np.float32))
+    lower, upper = discretized_bin_edges(digits.x_test, digits.levels)
+    np.testing.assert_allclose((upper - lower)[np.isfinite(upper - lower)], 2 / 16)  # bin width 2/16
+    with pytest.raises(ValueError, match="256-level grid"):
+        discretized_gaussian_log_likelihood(digits.x_test, digits.x_test, np.zeros(digits.x_test.shape))
 
 
 @given(st.floats(-1.5, 1.5), st.floats(-6, 1))
@@ -157,9 +198,30 @@ def test_decoder_refuses_data_outside_minus_one_one():
         discretized_gaussian_log_likelihood(np.array([0.5]), np.zeros(1), np.zeros(1), cdf="erf")
 
 
-def test_tanh_cdf_is_the_ddpm_approximation():
-    x = np.linspace(-6, 6, 101)
-    assert np.abs(approx_standard_normal_cdf(x) - stats.norm.cdf(x)).max() < 3e-4
+@given(arrays((7,), -4.0, 4.0))
+def test_tanh_cdf_is_the_ddpm_approximation(x):
+    """atanh(2 Phi_tanh(x) - 1) is the odd cubic sqrt(2/pi)(x + 0.044715 x^3), eq. (L7): not Phi itself
+    (for Phi the same transform is not a cubic), but within 3e-4 of it."""
+    approx = approx_standard_normal_cdf(x)
+    np.testing.assert_allclose(np.arctanh(2 * approx - 1), np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3),
+                               rtol=1e-9, atol=1e-12)
+    assert np.abs(approx - stats.norm.cdf(x)).max() < 3e-4
+
+
+@given(LEVELS, arrays((5,), -1.5, 1.5), arrays((5,), -4.0, 0.0), seeds())
+def test_tanh_decoder_is_the_tanh_cdf_over_the_bin_edges(levels, mean, log_scale, seed):
+    """cdf="tanh": P(x) = Phi_tanh((x + h - mu)/s) - Phi_tanh((x - h - mu)/s), eq. (L5) with (L7), the
+    open edge bins 1 - Phi_tanh(lower) and Phi_tanh(upper), each floored at 1e-12 before the log."""
+    x = grid(levels)[np.random.default_rng(seed).integers(0, levels, 5)]
+    x[0] = 1.0
+    s, h = np.exp(log_scale), 1.0 / (levels - 1)
+
+    def phi(z):
+        return 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
+    up, lo = phi((x + h - mean) / s), phi((x - h - mean) / s)
+    p = np.where(x > 1 - h / 2, 1 - lo, np.where(x < -1 + h / 2, up, up - lo))
+    got = discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="tanh", levels=levels)
+    np.testing.assert_allclose(got, np.log(np.maximum(p, 1e-12)), rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------- Bernoulli

@@ -95,6 +95,23 @@ def _tiny_ddpm(T=10):
                 eval_images=3, dtype=F64)
 
 
+def test_ddpm_scores_bits_per_dim_on_the_datasets_own_levels():
+    """default_hparams takes the dataset's levels; evaluate decodes on that grid, beside log2(levels)."""
+    ds = data.digits()
+    hp = DDPM.default_hparams(ds)
+    assert hp["levels"] == ds.levels == 17
+    minidiff.manual_seed(0)
+    model = DDPM(ds.image_shape, T=4, base_channels=4, channel_mults=(1, 2), attention_resolutions=(), dropout=0.0,
+                 eval_images=2, levels=hp["levels"])
+    result = model.evaluate(ds.x_test, None, np.random.default_rng(0))
+    assert result["levels"] == 17 and result["uniform_bits_per_dim"] == np.log2(17)
+    with pytest.raises(ValueError, match="256-level grid"):  # the same images scored as 8-bit data
+        DDPM(ds.image_shape, T=4, base_channels=4, channel_mults=(1, 2), attention_resolutions=(), dropout=0.0,
+             eval_images=2).evaluate(ds.x_test, None, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="levels"):
+        DDPM(levels=1)
+
+
 def test_ddpm_loss_gradcheck_through_the_fused_kernels():
     model = _tiny_ddpm()
     model.unet.conv_out.weight.data[...] = 0.1
@@ -115,9 +132,10 @@ def test_ddpm_sample_and_evaluate_shapes():
         assert images.shape == (5, 1, 4, 4) and np.all(np.abs(images) <= 1)
         raw = model.sample(5, rng, sampler=sampler, steps=steps)  # the last step returns the clipped x0_hat
         assert np.abs(raw).max() <= 1 + 1e-6
-    x = np.random.default_rng(1).uniform(-1, 1, (4, 1, 4, 4)).astype(np.float32)
-    result = model.evaluate(x, None, np.random.default_rng(2))
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 1, 4, 4))
+    result = model.evaluate(data.scale_to_unit_interval(pixels, 255), None, np.random.default_rng(2))
     assert result["test_bits_per_dim"] > 0 and np.isfinite(result["test_eps_loss"])
+    assert result["levels"] == 256 and result["uniform_bits_per_dim"] == 8.0
     with pytest.raises(ValueError, match="sampler"):
         model.sample(2, rng, sampler="euler")
     with pytest.raises(ValueError, match="schedule"):

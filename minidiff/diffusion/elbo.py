@@ -18,7 +18,7 @@ from minidiff import checks, ops
 from minidiff.autograd import Function, Tensor
 from minidiff.backend import to_numpy, xp_of
 from minidiff.diffusion.process import check_t, p_mean_variance, q_posterior, q_sample
-from minidiff.distributions import discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
+from minidiff.distributions import LEVELS, discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
 from minidiff.kernels.reference import per_sample
 
 DECODERS = ("discretized", "gaussian")
@@ -102,16 +102,17 @@ def elbo_weighted_loss(eps_hat, eps, t, schedule, variance="fixed_small"):
 # ---------------------------------------------------------------- VLB terms
 
 def vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance="fixed_small", clip_x0=False, prediction="eps",
-                 decoder="discretized", cdf="exact"):
+                 decoder="discretized", cdf="exact", levels=LEVELS):
     """Per-sample VLB term at t in bits/dim, (B,): L_{t-1} (KL, eq. L2) for t >= 2, L_0 (eq. L3) for t = 1.
 
         L_{t-1} = KL(N(mu_tilde_t, beta_tilde_t) || N(mu_theta, sigma_t^2)) / (D log 2)
         L_0     = -log p_theta(x_0 | x_1) / (D log 2)
 
     The decoder at t = 1 has mean mu_theta(x_1, 1) and log-scale 1/2 log sigma_1^2 (the clipped
-    log-variance, docs/posterior.md eq. P6); decoder="discretized" (256 bins, data on the grid of
-    [-1, 1]) or "gaussian" (a density, for continuous data). eps_hat: the network output
-    (see p_mean_variance's prediction).
+    log-variance, docs/posterior.md eq. P6); decoder="discretized" (`levels` bins, x0 on the grid
+    -1 + 2k/(levels - 1) of [-1, 1]: 256 for 8-bit images, the dataset's `levels` otherwise) or
+    "gaussian" (a density, for continuous data). eps_hat: the network output (see p_mean_variance's
+    prediction).
     """
     if decoder not in DECODERS:
         raise ValueError(f"vb_terms_bpd: decoder must be one of {DECODERS}, got {decoder!r}")
@@ -121,7 +122,7 @@ def vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance="fixed_small", clip_x0=
     mean, _, log_variance, _ = p_mean_variance(eps_hat, x_t, t, schedule, variance, clip_x0, prediction)
     kl = _mean_over_dims(normal_kl(true_mean, true_log_variance, mean, log_variance))
     if decoder == "discretized":
-        log_lik = discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_variance, cdf=cdf)
+        log_lik = discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_variance, cdf=cdf, levels=levels)
     else:
         log_lik = gaussian_log_density(x0, mean, log_variance)
     nll = -_mean_over_dims(log_lik)
@@ -157,10 +158,11 @@ def _draw(rng, like):
 
 
 def nll_bpd(model, x0, schedule, rng, variance="fixed_small", clip_x0=False, decoder="discretized",
-            cdf="exact", progress=False):
+            cdf="exact", progress=False, levels=LEVELS):
     """The VLB of eq. (L1) by the full loop over t = 1..T, bits/dim per sample, eq. (L8).
 
     model(x_t, t) -> eps_hat on arrays (t the original timesteps); a fresh eps ~ N(0, I) per t.
+    levels: the data's grid for the discretised decoder (`vb_terms_bpd`).
     Returns {"total_bpd": (B,), "prior_bpd": (B,), "vb_bpd": (B, T) with column t-1 = term t}.
     """
     checks.batch("nll_bpd", x0=x0)
@@ -170,18 +172,20 @@ def nll_bpd(model, x0, schedule, rng, variance="fixed_small", clip_x0=False, dec
         t = xp.full(batch, step)
         x_t = q_sample(x0, t, _draw(rng, x0), schedule)
         eps_hat = _model_output(model, x_t, _model_t(schedule, t), "nll_bpd")
-        terms.append(vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance, clip_x0, decoder=decoder, cdf=cdf))
+        terms.append(vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance, clip_x0, decoder=decoder, cdf=cdf,
+                                  levels=levels))
     vb, prior = xp.stack(terms, axis=1), prior_bpd(x0, schedule)
     return {"total_bpd": vb.sum(axis=1) + prior, "prior_bpd": prior, "vb_bpd": vb}
 
 
 def nll_bpd_importance(model, x0, schedule, rng, n_t=1, proposal=None, variance="fixed_small", clip_x0=False,
-                       decoder="discretized", cdf="exact"):
+                       decoder="discretized", cdf="exact", levels=LEVELS):
     """Unbiased importance-sampled estimate of the VLB in bits/dim, (B,), eq. (L9).
 
         L_VLB ~ L_T + (1/n_t) sum_j L_{t_j - 1} / p(t_j),   t_j ~ p over 1..T, eps_j ~ N(0, I)
 
-    proposal: probabilities p(1..T) (length T, positive, sum 1), uniform by default. Its
+    proposal: probabilities p(1..T) (length T, positive, sum 1), uniform by default; levels as in
+    `nll_bpd`. Its
     expectation equals that of `nll_bpd`'s total for the same model and x0.
     """
     checks.batch("nll_bpd_importance", x0=x0)
@@ -193,7 +197,7 @@ def nll_bpd_importance(model, x0, schedule, rng, n_t=1, proposal=None, variance=
     t = xp.asarray(t_np.reshape(-1))
     x_t = q_sample(x_rep, t, _draw(rng, x_rep), schedule)
     eps_hat = _model_output(model, x_t, _model_t(schedule, t), "nll_bpd_importance")
-    terms = vb_terms_bpd(x_rep, x_t, t, eps_hat, schedule, variance, clip_x0, decoder=decoder, cdf=cdf)
+    terms = vb_terms_bpd(x_rep, x_t, t, eps_hat, schedule, variance, clip_x0, decoder=decoder, cdf=cdf, levels=levels)
     weighted = terms.reshape(n_t, batch) / xp.asarray(p[t_np - 1])
     return prior_bpd(x0, schedule) + weighted.mean(axis=0)
 

@@ -4,7 +4,9 @@ Training step (Algorithm 1), with the fused kernels of minidiff.kernels:
     t ~ U{1..T}, eps ~ N(0, I)
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps        kernels.q_sample (fused, eq. F5)
     L   = mean over B x D of (eps_hat(x_t, t) - eps)^2             diffusion.fused_eps_loss (squared noise units)
-Evaluation: the VLB of the test images in bits/dim by the full loop over t (diffusion.nll_bpd).
+Evaluation: the VLB of the test images in bits/dim by the full loop over t (diffusion.nll_bpd), with
+the discretised decoder on the data's own grid of `levels` grey levels (the dataset's), beside the
+log2(levels) bits/dim of a uniform guess over those levels.
 Sampling: any sampler registered in diffusion.SAMPLERS ('ddpm': the fused reverse step; 'ddim'), on a
 respaced chain if asked. The schedule is any name registered in diffusion.SCHEDULES (with its options).
 The network is any U-Net of `UNETS` (`--set unet=diffusers`: diffusers' UNet2DModel layout, docs/interop.md);
@@ -17,7 +19,7 @@ import os
 import numpy as np
 
 import minidiff.kernels as kernels
-from minidiff import diffusion, nn, plots
+from minidiff import checks, diffusion, nn, plots
 from minidiff.autograd import Tensor, no_grad
 from minidiff.backend import to_numpy, xp_of
 from minidiff.diffusion.process import PREDICTIONS
@@ -56,7 +58,7 @@ class DDPM(nn.Module):
 
     def __init__(self, image_shape=(1, 8, 8), T=200, schedule="cosine", base_channels=32, channel_mults=(1, 2),
                  num_res_blocks=1, attention_resolutions=(4,), dropout=0.1, eval_images=64, unet="teaching",
-                 unet_config=None, schedule_options=None, prediction="eps", clip_x0=True, dtype=None):
+                 unet_config=None, schedule_options=None, prediction="eps", clip_x0=True, levels=256, dtype=None):
         super().__init__()
         self.schedule = diffusion.make_schedule(schedule, T, **(schedule_options or {}))   # a diffusion.SCHEDULES name
         c, h, w = image_shape
@@ -66,16 +68,19 @@ class DDPM(nn.Module):
                         "base_channels": base_channels, "channel_mults": list(channel_mults),
                         "num_res_blocks": num_res_blocks, "attention_resolutions": list(attention_resolutions),
                         "dropout": dropout, "eval_images": eval_images, "unet": unet, "unet_config": unet_config,
-                        "schedule_options": schedule_options, "prediction": prediction, "clip_x0": clip_x0}
+                        "schedule_options": schedule_options, "prediction": prediction, "clip_x0": clip_x0,
+                        "levels": levels}
         if unet not in UNETS or prediction not in PREDICTIONS:
             raise ValueError(f"DDPM: unet must be one of {list(UNETS)} and prediction one of {PREDICTIONS}, "
                              f"got {unet!r}, {prediction!r}")
+        checks.integer("levels", levels, minimum=2, where="DDPM")   # the data's grey levels, K >= 2
         self.image_shape, self.T = tuple(image_shape), T
         self.unet = UNETS[unet](self.image_shape, self.hparams, dtype)
 
     @classmethod
     def default_hparams(cls, dataset):
-        return {"image_shape": dataset.image_shape}
+        """The data's image shape and grey levels (the decoder's grid, docs/vlb_bits_per_dim.md §2)."""
+        return {"image_shape": dataset.image_shape, "levels": dataset.levels}
 
     def forward(self, x_t, t):
         """eps_hat = eps_theta(x_t, t) (a Tensor)."""
@@ -109,12 +114,18 @@ class DDPM(nn.Module):
 
     def evaluate(self, x, y, rng, progress=False):
         """Test VLB in bits/dim (full loop over t, a tqdm bar if `progress`) on the first `eval_images` images,
-        and the test eps-loss."""
+        and the test eps-loss.
+
+        The decoder's bins are the data's `levels`; uniform_bits_per_dim = log2(levels) is what a guess
+        that ignores the image scores on that grid (4.09 for the 17-level digits, 8 for 8-bit data).
+        """
         x = x[:self.hparams["eval_images"]]
-        vlb = diffusion.nll_bpd(self.eps_array, x, self.schedule, rng, progress=progress)
+        levels = self.hparams["levels"]
+        vlb = diffusion.nll_bpd(self.eps_array, x, self.schedule, rng, levels=levels, progress=progress)
         loss, _ = self.loss((x, y), rng)
         return {"test_bits_per_dim": float(to_numpy(vlb["total_bpd"]).mean()),
                 "test_prior_bits_per_dim": float(to_numpy(vlb["prior_bpd"]).mean()),
+                "uniform_bits_per_dim": math.log2(levels), "levels": levels,
                 "test_eps_loss": float(to_numpy(loss.data))}
 
     def sample(self, n, rng, sampler="ddpm", steps=None, clip_x0=None, return_trajectory=False, progress=False,
