@@ -1,12 +1,13 @@
 """Schedule tables and timestep respacing, docs/forward_process.md, docs/ddim.md."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from minidiff.diffusion import Schedule, spaced_timesteps
 from minidiff.diffusion.process import ddim_sigma
-from tests.strategies_diffusion import schedules
+from minidiff.kernels.reference import VARIANCES
+from tests.strategies_diffusion import KINDS, schedules, smallest_T
 
 TABLES = ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "sqrt_alpha_bars", "sqrt_one_minus_alpha_bars",
           "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
@@ -57,24 +58,24 @@ def test_every_table_satisfies_its_defining_identity(s):
                                np.sqrt(ab_prev), rtol=1e-12)
 
 
-@given(schedules(min_T=2))
-def test_t1_log_variance_follows_the_ddpm_code(s):
-    """log-variance at t = 1 is log beta_tilde_2 (beta_tilde_1 = 0 has no log); t >= 2 the plain log."""
-    assert s.posterior_log_variance_clipped[1] == np.log(s.posterior_variance[2])
+SHORT_KINDS = tuple(kind for kind in KINDS if kind == "custom" or smallest_T(kind) == 1)  # those with T = 1, 2
+
+
+@example(Schedule(np.array([0.3])), "fixed_small")
+@example(Schedule(np.array([0.01, 0.2])), "fixed_large")
+@given(st.one_of(schedules(max_T=2, kinds=SHORT_KINDS), schedules()), st.sampled_from(VARIANCES))
+def test_t1_log_variance_follows_the_ddpm_code(s, variance):
+    """eq. (P4), (P6): sigma_1^2 = beta_tilde_2 (beta_1 when T = 1) for both variances, its log the clipped
+    log-variance; beta_tilde_t or beta_t for t >= 2; variance = exp(log-variance); q's beta_tilde_1 = 0."""
+    b = s.betas
+    expected = b[1] if s.T == 1 else b[1] * b[2] / (1 - (1 - b[1]) * (1 - b[2]))  # beta_tilde_2 from the betas
+    var, log_var = s.model_variance(variance)
+    np.testing.assert_allclose([var[1], np.exp(log_var[1]), np.exp(s.posterior_log_variance_clipped[1])],
+                               expected, rtol=1e-12)
+    np.testing.assert_allclose(np.exp(log_var[1:]), var[1:], rtol=1e-14)
+    later = s.posterior_variance if variance == "fixed_small" else s.betas
+    assert np.all(var[2:] == later[2:]) and s.posterior_variance[1] == 0.0
     np.testing.assert_allclose(s.posterior_log_variance_clipped[2:], np.log(s.posterior_variance[2:]), rtol=1e-14)
-    large, log_large = s.model_variance("fixed_large")
-    assert large[1] == s.posterior_variance[2] and np.all(large[2:] == s.betas[2:])
-    np.testing.assert_allclose(log_large[1:], np.log(large[1:]), rtol=1e-14)
-
-
-@given(st.floats(1e-4, 0.5))
-def test_t1_log_variance_of_a_one_step_chain_is_log_beta_1(beta):
-    """T = 1 has no beta_tilde_2: the convention (docs/posterior.md (P4)) falls back to log beta_1, both variances."""
-    s = Schedule(np.array([beta]))
-    assert s.posterior_log_variance_clipped[1] == np.log(beta)
-    for variance in ("fixed_small", "fixed_large"):
-        _, log_var = s.model_variance(variance)
-        assert log_var[1] == np.log(beta)
 
 
 # ---------------------------------------------------------------- constructors
@@ -109,6 +110,18 @@ def test_quadratic_and_sigmoid_span_their_endpoints(T, beta_end):
     assert np.all(np.diff(np.sqrt(q.betas[1:])) > 0)
     sg = Schedule.sigmoid(T, beta_end=beta_end)
     assert np.all(np.diff(sg.betas[1:]) > 0) and 1e-4 < sg.betas[1] < sg.betas[T] < beta_end
+
+
+@given(st.integers(1, 500), st.floats(1e-5, 1e-3), st.floats(2e-3, 0.5))
+def test_sigmoid_betas_are_a_sigmoid_of_even_steps_from_minus_6_to_6(T, beta_start, beta_end):
+    """eq. (F10): logit((beta_t - beta_start)/(beta_end - beta_start)) steps evenly from -6 (t = 1) to 6 (t = T)."""
+    s = Schedule.sigmoid(T, beta_start=beta_start, beta_end=beta_end)
+    u = (s.betas[1:] - beta_start) / (beta_end - beta_start)
+    logit = np.log(u) - np.log1p(-u)
+    np.testing.assert_allclose(logit[0], -6.0, atol=1e-6)
+    if T > 1:
+        np.testing.assert_allclose([logit[-1], *np.diff(logit)], [6.0, *np.full(T - 1, 12.0 / (T - 1))],
+                                   rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("betas, message", [

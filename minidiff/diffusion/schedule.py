@@ -89,7 +89,8 @@ class Schedule:
         self.posterior_variance = np.concatenate([[0.0], variance])
         self.posterior_mean_coef1 = np.concatenate([[1.0], np.sqrt(ab_prev) * b / (1.0 - ab)])
         self.posterior_mean_coef2 = np.concatenate([[0.0], np.sqrt(a) * (1.0 - ab_prev) / (1.0 - ab)])
-        # DDPM reference convention: log-variance at t = 1 uses beta_tilde_2 (beta_1 if T = 1).
+        # eq. (P4): beta_tilde_1 = 0 has no log; the decoder's variance at t = 1 is beta_tilde_2
+        # (the DDPM / improved-diffusion convention), and beta_1 when T = 1 (no beta_tilde_2 exists).
         self._t1_variance = variance[1] if self.T > 1 else b[0]
         clipped = np.concatenate([[self._t1_variance] * 2, variance[1:]])
         self.posterior_log_variance_clipped = np.log(clipped)
@@ -97,17 +98,16 @@ class Schedule:
     def model_variance(self, variance="fixed_small"):
         """(sigma_t^2, log sigma_t^2) for t = 0..T of p(x_{t-1} | x_t), docs/posterior.md eq. (P6).
 
-        fixed_small: sigma_t^2 = beta_tilde_t with log beta_tilde_2 at t = 1 (variance 0 there);
-        fixed_large: sigma_t^2 = beta_t for t >= 2 and beta_tilde_2 at t = 1, as in the
-        improved-diffusion reference code (so the decoder at t = 1 gets the same scale).
+        fixed_small: sigma_t^2 = beta_tilde_t; fixed_large: sigma_t^2 = beta_t; for t >= 2.
+        t = 1 (and the unused t = 0) in both: sigma_1^2 = beta_tilde_2 (beta_1 if T = 1), eq. (P4), the
+        scale of the decoder p(x_0 | x_1); sigma_t^2 = exp(log sigma_t^2) everywhere. q's own
+        beta_tilde_1 = 0 stays in posterior_variance; sampling adds no noise at t = 1 either way.
         """
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
-        if variance == "fixed_small":
-            return self.posterior_variance, self.posterior_log_variance_clipped
-        large = self.betas.copy()
-        large[:2] = self._t1_variance
-        return large, np.log(large)
+        table = (self.posterior_variance if variance == "fixed_small" else self.betas).copy()
+        table[:2] = self._t1_variance
+        return table, np.log(table)
 
     def elbo_weight_table(self, variance="fixed_small"):
         """w_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) for t = 0..T (w_0 = 0), eq. (E11).
