@@ -232,6 +232,28 @@ def test_importance_sampled_bpd_is_unbiased_for_the_full_loop(schedule, uniform,
         assert abs(estimates[b].mean() - loops[b].mean()) < 5 * se
 
 
+@given(schedules(max_T=40), problems(max_T=1), variances, st.floats(0.05, 1.0), st.integers(1, 4), seeds())
+def test_importance_sampling_with_the_proposal_proportional_to_the_terms_is_exact(
+        schedule, problem, variance, offset, n_t, seed):
+    """eq. (L9) with no noise: a model that returns the true noise plus a fixed offset makes every term
+    L_{t-1} a constant c_t of x_0 (eq. E8: mu_tilde - mu_theta is a fixed multiple of the offset), so with
+    p(t) = c_t / sum_s c_s each draw's L_T + c_t / p(t) is the full loop's total, whatever t is drawn."""
+    _, _, x0, _, _ = problem
+    x0 = _on_grid(x0[:1])
+
+    def model(x_t, t):
+        x0_rows = np.concatenate([x0] * (len(x_t) // len(x0)))
+        return (x_t - np.sqrt(schedule.alpha_bars[t]).reshape((-1,) + (1,) * (x_t.ndim - 1)) * x0_rows) \
+            / np.sqrt(1 - schedule.alpha_bars[t]).reshape((-1,) + (1,) * (x_t.ndim - 1)) + offset
+
+    loop = nll_bpd(model, x0, schedule, np.random.default_rng(seed), variance=variance)
+    terms = loop["vb_bpd"][0]
+    assume(np.all(terms > 1e-9 * terms.sum()))  # every c_t > 0, so the proposal is positive
+    estimate = nll_bpd_importance(model, np.repeat(x0, 8, axis=0), schedule, np.random.default_rng(seed + 1),
+                                  n_t=n_t, proposal=terms / terms.sum(), variance=variance)
+    np.testing.assert_allclose(estimate, loop["total_bpd"][0], rtol=1e-7)
+
+
 def test_importance_sampling_refuses_a_bad_proposal():
     s = Schedule.cosine(4)
     oracle = GaussianDataOracle(0.0, 0.5, s)
