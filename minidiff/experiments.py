@@ -5,6 +5,8 @@ import order (models never import the trainer).
                       conv VAE on the digits (docs/training.md §2)
     dae_score_trend   the DAE's score estimate (r(x) - x)/sigma^2 against the data score as sigma
                       shrinks, closed-form and trained, on 2-D Gaussian data (docs/dae.md §3)
+    vae_anomaly       a VAE trained on digits 0-8 scores unseen 9s and drawn shapes by -ELBO and
+                      -L_K; the AUROC of each score (docs/anomaly.md §3)
 """
 import json
 import os
@@ -12,9 +14,9 @@ import sys
 
 import numpy as np
 
-from minidiff import data, plots
+from minidiff import anomaly, data, plots
 from minidiff.autograd import Tensor, no_grad
-from minidiff.backend import manual_seed, xp
+from minidiff.backend import default_rng, manual_seed, xp
 from minidiff.models import dae
 from minidiff.models.ae import AE
 from minidiff.models.pca import PCA
@@ -90,3 +92,46 @@ def dae_score_trend(sigmas=(1.0, 0.5, 0.25, 0.1), steps=800, n_train=4096, seed=
                           "trained_vs_data_score": rel(learned, data_score),
                           "trained_vs_smoothed_score": rel(learned, smoothed_score)}
     return results
+
+
+def vae_anomaly(steps=1500, K=50, held_out=9, n_shapes=400, seed=0, progress=False):
+    """Train the VAE on the training digits other than `held_out`, then score (docs/anomaly.md (N1)-(N3)):
+    normal = the test digits other than `held_out`; anomalies = every `held_out` digit (train and test
+    split, none seen in training) and `n_shapes` drawn shapes of the digits' size. Returns (report, scores)
+    with scores[group] = {"elbo": (N,), "iw": (N,)} in nats per image."""
+    ds = data.digits()
+    keep = ds.y_train != held_out
+    manual_seed(seed)
+    model = VAE(ds.image_shape)
+    config = TrainConfig(**{**VAE.TRAIN_DEFAULTS, "steps": steps, "seed": seed, "progress": progress,
+                            "checkpoint_every": 0, "eval_every": 0, "log_every": max(steps, 1)})
+    trainer = Trainer(model, config, ds.x_train[keep], ds.y_train[keep]).fit()
+    groups = {"normal": ds.x_test[ds.y_test != held_out],
+              f"digit {held_out}": np.concatenate([ds.x_train[~keep], ds.x_test[ds.y_test == held_out]]),
+              "shapes": _all_images(data.shapes(n_shapes, size=ds.image_shape[-1], seed=seed))}
+    with trainer.averaged_weights():
+        model.eval()
+        scores = {name: anomaly.anomaly_scores(model, x, default_rng(seed=(seed, i)), K)
+                  for i, (name, x) in enumerate(groups.items())}
+    report = {"steps": steps, "K": K, "held_out": held_out, "counts": {n: len(x) for n, x in groups.items()},
+              "mean_score_nats": {n: {s: float(v.mean()) for s, v in sc.items()} for n, sc in scores.items()},
+              "auroc": {name: {s: anomaly.auroc(scores["normal"][s], scores[name][s]) for s in ("elbo", "iw")}
+                        for name in groups if name != "normal"}}
+    return report, scores
+
+
+def _all_images(dataset):
+    return np.concatenate([dataset.x_train, dataset.x_test])
+
+
+def vae_anomaly_figure(path, steps=1500, K=50, seed=0, progress=False):
+    """Histograms of s_ELBO for the normal digits, the held-out 9s and the shapes; the report with the
+    AUROCs as JSON beside the figure (same name, .json). Returns the figure's path."""
+    report, scores = vae_anomaly(steps=steps, K=K, seed=seed, progress=progress)
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump(report, f, indent=2)
+    auc = report["auroc"]
+    title = "VAE trained on 0-8, AUROC by -ELBO / -L_K:\n" + ", ".join(
+        f"{n} {a['elbo']:.3f} / {a['iw']:.3f}" for n, a in auc.items())
+    return plots.save_score_histograms({n: s["elbo"] for n, s in scores.items()}, path,
+                                       xlabel="-ELBO (nats per image)", title=title)

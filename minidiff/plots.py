@@ -2,7 +2,7 @@
 
 Sample grids, the forward-noising strip x_0 -> x_T, the reverse trajectory x_T -> x_0, loss and
 ELBO curves, VAE latent scatter and decoded 2-D manifold, alpha_bar_t and SNR_t of schedules, and
-reconstruction error against latent size. Every function takes NumPy arrays and a path, and
+reconstruction error against latent size, score histograms. Every function takes NumPy arrays and a path, and
 returns the path. See docs/training.md §6.
 """
 import math
@@ -171,3 +171,19 @@ def save_recon_vs_latent(results, path):
     """Test reconstruction MSE against latent size for {model name: (sizes, errors)}."""
     return save_curves(results, path, xlabel="latent size", ylabel="test MSE per pixel",
                        title="reconstruction error vs latent size", logy=True)
+
+
+def save_score_histograms(groups, path, xlabel="score", title=None):
+    """Overlaid normalised histograms of {name: scores (N,)} on shared bins (e.g. anomaly scores per group)."""
+    values = {name: np.ravel(to_numpy(v)) for name, v in groups.items()}
+    edges = np.histogram_bin_edges(np.concatenate(list(values.values())), bins=40)
+    fig = _figure(5, 3.2)
+    ax = fig.add_subplot()
+    for name, v in values.items():
+        ax.hist(v, bins=edges, density=True, histtype="step", linewidth=1.5, label=f"{name} ({len(v)})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
