@@ -180,3 +180,29 @@ def test_bad_input_is_named(call, message):
     with pytest.raises(ValueError) as info:
         call()
     assert message in str(info.value)
+
+
+# ------------------------------------------------------------------ token attention and the transformer block
+
+@pytest.mark.parametrize("module, names", [
+    (lambda: md.nn.MultiheadSelfAttention(4, 2, dtype=np.float64), ("qkv.weight", "proj.bias")),
+    (lambda: md.nn.TransformerBlock(4, 2, 2, dtype=np.float64),
+     ("norm1.weight", "attn.qkv.weight", "attn.proj.weight", "norm2.bias", "mlp.0.weight", "mlp.2.bias")),
+])
+def test_token_attention_and_transformer_block_gradcheck(module, names):
+    """float64 central differences with respect to the tokens and along random directions of the parameters."""
+    from tests.test_models import _param_check
+    md.manual_seed(0)
+    layer = module()
+    x = well_spread(np.random.default_rng(0).standard_normal((2, 3, 4)))
+    assert gradcheck(layer, [x])
+    weights = np.random.default_rng(1).standard_normal((2, 3, 4))
+    for name in names:
+        _param_check(layer, name, lambda: (layer(md.Tensor(x)) * weights).sum())
+
+
+def test_token_attention_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="embed_dim 6 does not split into 4 heads"):
+        md.nn.MultiheadSelfAttention(6, 4)
+    with pytest.raises(ValueError, match=r"must be \(B, N, 4\)"):
+        md.nn.MultiheadSelfAttention(4, 2)(md.Tensor(np.zeros((2, 3, 5))))

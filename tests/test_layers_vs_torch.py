@@ -156,3 +156,62 @@ def test_sinusoidal_time_embedding_formula(t, dim):
     got = nn.SinusoidalTimeEmbedding(dim, dtype=np.float64)(np.array(t))
     assert got.shape == (len(t), dim)
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# torch names of our token-attention and transformer-block parameters
+MHA_NAMES = {"qkv.weight": "in_proj_weight", "qkv.bias": "in_proj_bias", "proj.weight": "out_proj.weight",
+             "proj.bias": "out_proj.bias"}
+BLOCK_NAMES = {**{f"attn.{k}": f"self_attn.{v}" for k, v in MHA_NAMES.items()},
+               **{f"{n}.{p}": f"{n}.{p}" for n in ("norm1", "norm2") for p in ("weight", "bias")},
+               **{f"mlp.{i}.{p}": f"linear{j}.{p}" for i, j in ((0, 1), (2, 2)) for p in ("weight", "bias")}}
+
+
+def check_renamed(ours, theirs, names, x, dtype, seed=0):
+    """check_module for a torch twin whose parameters carry other names ({ours: theirs})."""
+    ours.to(dtype)
+    theirs.to(torch.float64 if dtype == np.float64 else torch.float32)
+    theirs.load_state_dict({names[k]: torch.tensor(v) for k, v in ours.state_dict().items()}, strict=True)
+    x = np.asarray(x, dtype=dtype)
+    X, tX = md.Tensor(x.copy(), requires_grad=True), torch.tensor(x.copy(), requires_grad=True)
+    y, ty = ours(X), theirs(tX)
+    g = np.random.default_rng(seed).standard_normal(y.shape).astype(dtype)
+    y.backward(g)
+    ty.backward(torch.tensor(g))
+    t_params = dict(theirs.named_parameters())
+    errors = {"forward": rel_err(y.numpy(), ty.detach().numpy()), "input": rel_err(X.grad, tX.grad.numpy())}
+    errors.update({k: rel_err(p.grad, t_params[names[k]].grad.numpy()) for k, p in ours.named_parameters()})
+    bad = {k: e for k, e in errors.items() if not e < TOL[dtype]}
+    assert not bad, f"{type(ours).__name__} disagrees with torch ({np.dtype(dtype).name}): {bad}"
+
+
+class TorchSelfAttention(torch.nn.MultiheadAttention):
+    def forward(self, x):
+        return super().forward(x, x, x, need_weights=False)[0]
+
+
+def tokens(draw, dim):
+    B, N = draw(st.integers(1, 3)), draw(st.integers(1, 6))
+    return well_spread(draw(arrays((B, N, dim))))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=15)
+@given(st.sampled_from([1, 2, 4]), st.data())
+def test_multihead_self_attention(dtype, heads, data):
+    """MultiheadSelfAttention is torch.nn.MultiheadAttention(batch_first=True) with query = key = value."""
+    C = 8
+    check_renamed(nn.MultiheadSelfAttention(C, heads), TorchSelfAttention(C, heads, batch_first=True), MHA_NAMES,
+                  tokens(data.draw, C), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=10)
+@given(st.sampled_from([1, 2]), st.sampled_from([1, 2]), st.data())
+def test_transformer_block(dtype, heads, mlp_ratio, data):
+    """TransformerBlock is torch's pre-norm TransformerEncoderLayer with GELU and no dropout."""
+    C = 4
+    x = tokens(data.draw, C)
+    assume_spread_rows(x.reshape(-1, C))
+    theirs = torch.nn.TransformerEncoderLayer(C, heads, mlp_ratio * C, dropout=0.0, activation="gelu",
+                                              batch_first=True, norm_first=True)
+    check_renamed(nn.TransformerBlock(C, heads, mlp_ratio), theirs, BLOCK_NAMES, x, dtype)

@@ -1,4 +1,5 @@
-"""Self-attention over feature-map positions and the sinusoidal timestep embedding (docs/layers.md §5, §7)."""
+"""Self-attention over tokens and feature-map positions, the pre-norm transformer block, and the sinusoidal
+embedding (docs/layers.md §5, §7; the transformer block: docs/mae.md §2)."""
 import math
 
 import numpy as np
@@ -7,8 +8,69 @@ from minidiff import functional as F
 from minidiff import ops
 from minidiff.autograd import Tensor, get_default_dtype, unwrap
 from minidiff.backend import xp, xp_of
-from minidiff.nn.layers import GroupNorm, Linear
-from minidiff.nn.module import Module
+from minidiff.nn.layers import GELU, GroupNorm, LayerNorm, Linear
+from minidiff.nn.module import Module, Sequential
+
+
+def multihead_self_attention(tokens, qkv, proj, num_heads):
+    """MHA(h) = concat_heads(softmax(Q Kᵀ/√d) V) W_projᵀ + b_proj, [Q, K, V] = h W_qkvᵀ + b_qkv (eq. M8 per head).
+
+    tokens (B, N, C); qkv: Linear(C, 3C); proj: Linear(C, C); each of the `num_heads` heads gets
+    d = C/num_heads channels of Q, K and V. Returns (B, N, C).
+    """
+    B, N, C = tokens.shape
+    heads, d = num_heads, C // num_heads
+    q_k_v = ops.transpose(ops.reshape(qkv(tokens), (B, N, 3, heads, d)), (2, 0, 3, 1, 4))   # (3, B, heads, N, d)
+    q, k, v = (ops.getitem(q_k_v, i) for i in range(3))
+    o = F.scaled_dot_product_attention(q, k, v)                                              # (B, heads, N, d)
+    return proj(ops.reshape(ops.transpose(o, (0, 2, 1, 3)), (B, N, C)))
+
+
+class MultiheadSelfAttention(Module):
+    """y = MHA(x) over the N tokens of x (B, N, C) (multihead_self_attention); no mask, no dropout.
+
+    Parameters qkv.{weight (3C, C), bias (3C,)} and proj.{weight (C, C), bias (C,)}: torch.nn.MultiheadAttention's
+    in_proj_{weight,bias} and out_proj.{weight,bias} under other names (the same Q, K, V row order).
+    """
+
+    def __init__(self, embed_dim, num_heads=1, dtype=None):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"MultiheadSelfAttention: embed_dim {embed_dim} does not split into {num_heads} heads")
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.qkv = Linear(embed_dim, 3 * embed_dim, dtype=dtype)
+        self.proj = Linear(embed_dim, embed_dim, dtype=dtype)
+
+    def forward(self, x):
+        if len(x.shape) != 3 or x.shape[2] != self.embed_dim:
+            raise ValueError(f"MultiheadSelfAttention({self.embed_dim}): input shape {tuple(x.shape)} must be "
+                             f"(B, N, {self.embed_dim})")
+        return multihead_self_attention(x, self.qkv, self.proj, self.num_heads)
+
+    def extra_repr(self):
+        return f"{self.embed_dim}, num_heads={self.num_heads}"
+
+
+class TransformerBlock(Module):
+    """The pre-norm transformer block on tokens x (B, N, C) (docs/mae.md eq. R3):
+
+        h = x + MHA(LN₁(x)),   y = h + W₂ GELU(W₁ LN₂(h) + b₁) + b₂,   W₁ (mlp_ratio·C, C)
+
+    torch.nn.TransformerEncoderLayer(C, heads, mlp_ratio·C, dropout=0, activation="gelu", norm_first=True,
+    batch_first=True) computes the same function. Parameters: norm1, attn (qkv, proj), norm2, mlp.0, mlp.2.
+    """
+
+    def __init__(self, dim, num_heads=1, mlp_ratio=4, eps=1e-5, dtype=None):
+        super().__init__()
+        self.norm1 = LayerNorm(dim, eps, dtype=dtype)
+        self.attn = MultiheadSelfAttention(dim, num_heads, dtype=dtype)
+        self.norm2 = LayerNorm(dim, eps, dtype=dtype)
+        self.mlp = Sequential(Linear(dim, mlp_ratio * dim, dtype=dtype), GELU(),
+                              Linear(mlp_ratio * dim, dim, dtype=dtype))
+
+    def forward(self, x):
+        h = ops.add(x, self.attn(self.norm1(x)))
+        return ops.add(h, self.mlp(self.norm2(h)))
 
 
 class SelfAttention2d(Module):
@@ -35,16 +97,10 @@ class SelfAttention2d(Module):
             raise ValueError(f"SelfAttention2d({self.channels}): input shape {tuple(x.shape)} must be "
                              f"(B, {self.channels}, H, W)")
         B, C, H, W = x.shape
-        heads, d = self.num_heads, C // self.num_heads
         h = x if self.norm is None else self.norm(x)
         tokens = ops.transpose(ops.reshape(h, (B, C, H * W)), (0, 2, 1))               # (B, N, C)
-        qkv = ops.reshape(self.qkv(tokens), (B, H * W, 3, heads, d))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))                                        # (3, B, heads, N, d)
-        q, k, v = (ops.getitem(qkv, i) for i in range(3))
-        o = F.scaled_dot_product_attention(q, k, v)                                      # (B, heads, N, d)
-        o = ops.reshape(ops.transpose(o, (0, 2, 1, 3)), (B, H * W, C))
-        o = ops.transpose(self.proj(o), (0, 2, 1))                                       # (B, C, N)
-        return ops.add(x, ops.reshape(o, (B, C, H, W)))
+        o = multihead_self_attention(tokens, self.qkv, self.proj, self.num_heads)       # (B, N, C)
+        return ops.add(x, ops.reshape(ops.transpose(o, (0, 2, 1)), (B, C, H, W)))
 
     def extra_repr(self):
         return f"{self.channels}, num_heads={self.num_heads}"
