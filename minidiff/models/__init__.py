@@ -2,6 +2,7 @@
 
     ae.py          MLP / conv autoencoder (+ denoising option) and nearest-neighbour retrieval
     dae.py         the denoising AE as an attractor: x <- x - eta (x - r(x)), r(x) - x ~ sigma^2 grad log p
+    mae.py         the masked autoencoder: patches, 75% masked, a transformer encoder of the visible ones
     pca.py         PCA by SVD, the linear baseline (its recon-vs-latent sweep is in minidiff/experiments.py)
     vae.py         convolutional VAE (Gaussian or Bernoulli decoder, beta) and the conditional VAE
     unet.py        the DDPM noise-prediction U-Net
@@ -32,6 +33,6 @@ def load(path, use_ema=True):
 
 # Importing a model module registers its models: every module with a @register class is listed here
 # (tests/test_registries.py checks that nothing registers only when imported by hand).
-from minidiff.models import ae, classifier, dae, ddpm, vae  # noqa: E402,F401
+from minidiff.models import ae, classifier, dae, ddpm, mae, vae  # noqa: E402,F401
 
 __all__ = ["REGISTRY", "build", "register", "load"]
