@@ -106,14 +106,14 @@ def _parser():
     e.add_argument("--seed", type=int, default=0)
     _common(e)
 
-    f = sub.add_parser("plot", help="figures: 'checkpoint' (a model's figures), 'schedules', 'recon-vs-latent' or "
-                                    "'vae-anomaly'")
+    f = sub.add_parser("plot", help="figures: 'checkpoint' (a model's figures), 'schedules', 'recon-vs-latent', "
+                                    "'vae-anomaly' or 'mae-probe'")
     f.add_argument("what", choices=list(PLOTS))
     f.add_argument("--checkpoint", help="checkpoint only: the model whose figures to draw")
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument("--T", type=int, help="schedules only: the number of steps T (default 200)")
-    f.add_argument("--steps", type=int, help="recon-vs-latent and vae-anomaly only: training steps per model "
-                                             "(default 600 and 1500)")
+    f.add_argument("--steps", type=int, help="recon-vs-latent, vae-anomaly and mae-probe only: training steps per "
+                                             "model (default 600, 1500 and 1500)")
     f.add_argument("--seed", type=int, default=0)
     _common(f)
     _interop_parsers(sub)
@@ -292,7 +292,8 @@ SAMPLING_FLAGS = {
 }
 
 # Flags of `plot` and the figures they apply to.
-PLOT_FLAGS = {"checkpoint": ("checkpoint",), "T": ("schedules",), "steps": ("recon-vs-latent", "vae-anomaly")}
+PLOT_FLAGS = {"checkpoint": ("checkpoint",), "T": ("schedules",),
+              "steps": ("recon-vs-latent", "vae-anomaly", "mae-probe")}
 
 
 def validate_common(args):
@@ -607,8 +608,14 @@ def plot_vae_anomaly(args, model, state):
                                            seed=args.seed, progress=not args.no_progress)]
 
 
+def plot_mae_probe(args, model, state):
+    from minidiff import experiments
+    return experiments.mae_linear_probe_report(args.out, steps=args.steps or 1500, seed=args.seed,
+                                               progress=not args.no_progress)
+
+
 PLOTS = {"checkpoint": plot_checkpoint, "schedules": plot_schedules, "recon-vs-latent": plot_recon_vs_latent,
-         "vae-anomaly": plot_vae_anomaly}
+         "vae-anomaly": plot_vae_anomaly, "mae-probe": plot_mae_probe}
 
 
 def cmd_plot(args):

@@ -7,6 +7,8 @@ import order (models never import the trainer).
                       shrinks, closed-form and trained, on 2-D Gaussian data (docs/dae.md §3)
     vae_anomaly       a VAE trained on digits 0-8 scores unseen 9s and drawn shapes by -ELBO and
                       -L_K; the AUROC of each score (docs/anomaly.md §3)
+    mae_linear_probe  the MAE's masked-patch error against two inpainting baselines, and a linear probe
+                      of its encoder's features against pixels, PCA and AE codes (docs/mae.md §4)
 """
 import json
 import os
@@ -19,6 +21,7 @@ from minidiff.autograd import Tensor, no_grad
 from minidiff.backend import default_rng, manual_seed, xp
 from minidiff.models import dae
 from minidiff.models.ae import AE
+from minidiff.models.mae import MAE, masked_patch_mse, patchify, unpatchify
 from minidiff.models.pca import PCA
 from minidiff.models.vae import VAE
 from minidiff.train import TrainConfig, Trainer
@@ -135,3 +138,93 @@ def vae_anomaly_figure(path, steps=1500, K=50, seed=0, progress=False):
         f"{n} {a['elbo']:.3f} / {a['iw']:.3f}" for n, a in auc.items())
     return plots.save_score_histograms({n: s["elbo"] for n, s in scores.items()}, path,
                                        xlabel="-ELBO (nats per image)", title=title)
+
+
+def _fit(model, steps, seed, x, y, progress, **overrides):
+    """Train `model` with its TRAIN_DEFAULTS for `steps` steps, no checkpoints; returns the Trainer."""
+    config = TrainConfig(**{**type(model).TRAIN_DEFAULTS, "steps": steps, "seed": seed, "progress": progress,
+                            "checkpoint_every": 0, "eval_every": 0, "log_every": max(steps, 1), **overrides})
+    return Trainer(model, config, x, y).fit()
+
+
+def linear_probe_accuracy(train_features, y_train, test_features, y_test):
+    """Test accuracy of a multinomial logistic regression on standardised features (scikit-learn)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    return float(probe.fit(train_features, y_train).score(test_features, y_test))
+
+
+def gaussian_inpainting_mse(x_train, x_test, mask, patch_size):
+    """Masked-patch MSE per pixel of the best linear inpainting: with N(μ, Σ) fitted to the training pixels,
+    x̂_m = μ_m + Σ_mv Σ_vv⁻¹ (x_v − μ_v) (the conditional mean) for the masked pixels m of each test image."""
+    flat = x_train.reshape(len(x_train), -1).astype(np.float64)
+    mu, cov = flat.mean(axis=0), np.cov(flat, rowvar=False) + 1e-6 * np.eye(flat.shape[1])
+    pixel_masked = _pixel_mask(mask, patch_size, x_test.shape[1:])
+    errors = []
+    for x, m in zip(x_test.reshape(len(x_test), -1).astype(np.float64), pixel_masked):
+        v = ~m
+        x_hat = mu[m] + cov[np.ix_(m, v)] @ np.linalg.solve(cov[np.ix_(v, v)], x[v] - mu[v])
+        errors.append((x_hat - x[m]) ** 2)
+    return float(np.concatenate(errors).mean())
+
+
+def _pixel_mask(mask, patch_size, image_shape):
+    """The per-patch mask (B, N) as a boolean per-pixel mask (B, C·H·W) in the images' flat order."""
+    per_pixel = np.repeat(np.asarray(mask)[:, :, None], patch_size * patch_size * image_shape[0], axis=2)
+    return unpatchify(per_pixel, patch_size, image_shape).reshape(len(mask), -1) == 1.0
+
+
+def mae_linear_probe(steps=1500, sizes=(16,), seed=0, progress=False):
+    """Train the MAE on the digits and report (docs/mae.md §4): its test MSE per pixel on masked and visible
+    patches (one random mask per image) beside the mean-image and Gaussian-conditional (R6) inpaintings of the
+    same masked pixels; and the linear-probe test accuracy of its features (d = its width) against the raw
+    pixels, PCA and the MLP AE with codes of each size in `sizes` and of the MAE's width, and the features of
+    the untrained MAE. Every network trains for `steps` steps. Returns (report, (mae, its Trainer))."""
+    ds = data.digits()
+    manual_seed(seed)
+    mae = MAE(ds.image_shape)
+    width = mae.hparams["dim"]
+    untrained = (mae.features(ds.x_train), mae.features(ds.x_test))
+    trainer = _fit(mae, steps, seed, ds.x_train, ds.y_train, progress)
+    features = {"pixels": (ds.x_train.reshape(len(ds.x_train), -1), ds.x_test.reshape(len(ds.x_test), -1))}
+    for d in sorted(set(sizes) | {width}):
+        pca = PCA(d).fit(ds.x_train)
+        features[f"PCA (d = {d})"] = (pca.encode(ds.x_train), pca.encode(ds.x_test))
+        manual_seed(seed)
+        ae = AE(ds.image_shape, latent_dim=d)
+        with _fit(ae, steps, seed, ds.x_train, ds.y_train, progress).averaged_weights():
+            features[f"AE (MLP, d = {d})"] = (ae.encode(ds.x_train), ae.encode(ds.x_test))
+    ids_keep, ids_restore, mask = mae.sample_mask(len(ds.x_test), default_rng(seed=(seed, 1)))
+    target = patchify(ds.x_test, mae.patch_size)
+    with trainer.averaged_weights(), no_grad():
+        mae.eval()
+        pred = mae(Tensor(xp().asarray(ds.x_test)), ids_keep, ids_restore).numpy()
+        errors = {name: float(masked_patch_mse(pred, target, m)) for name, m in
+                  (("MAE, masked patches", mask), ("MAE, visible patches", 1.0 - mask))}
+        features[f"MAE encoder (d = {width})"] = (mae.features(ds.x_train), mae.features(ds.x_test))
+    features[f"MAE encoder, untrained (d = {width})"] = untrained
+    masked_pixels = _pixel_mask(mask, mae.patch_size, mae.image_shape)
+    flat_test = ds.x_test.reshape(len(ds.x_test), -1)
+    mean_image = ds.x_train.reshape(len(ds.x_train), -1).mean(axis=0)
+    report = {"steps": steps, "seed": seed, "hparams": mae.hparams, "masked_fraction": float(mask.mean()),
+              "test_mse_per_pixel": {**errors,
+                                     "mean training image, masked patches":
+                                         float(((flat_test - mean_image)[masked_pixels] ** 2).mean()),
+                                     "Gaussian conditional mean, masked patches":
+                                         gaussian_inpainting_mse(ds.x_train, ds.x_test, mask, mae.patch_size)},
+              "linear_probe_test_accuracy": {name: linear_probe_accuracy(tr, ds.y_train, te, ds.y_test)
+                                             for name, (tr, te) in features.items()}}
+    return report, (mae, trainer)
+
+
+def mae_linear_probe_report(out, steps=1500, seed=0, progress=False):
+    """mae_linear_probe's report as out/mae_probe.json and the trained MAE's figures in out/; returns the paths."""
+    report, (mae, trainer) = mae_linear_probe(steps=steps, seed=seed, progress=progress)
+    path = os.path.join(out, "mae_probe.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    with trainer.averaged_weights():
+        figures = mae.figures(out, data.digits(), trainer, default_rng(seed=seed))
+    return [path] + figures

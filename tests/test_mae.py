@@ -172,7 +172,8 @@ def test_short_training_lowers_the_masked_loss_and_the_checkpoint_round_trips(tm
     ds = data.digits()
     minidiff.manual_seed(0)
     model = MAE(ds.image_shape, dim=16, depth=1, decoder_dim=16, num_heads=2)
-    config = TrainConfig(**{**MAE.TRAIN_DEFAULTS, "steps": 60, "progress": False, "checkpoint_every": 0})
+    config = TrainConfig(**{**MAE.TRAIN_DEFAULTS, "steps": 60, "lr": 3e-3, "warmup_steps": 10, "progress": False,
+                            "checkpoint_every": 0})
     trainer = Trainer(model, config, ds.x_train, ds.y_train, ds.x_test[:64], ds.y_test[:64],
                       out_dir=str(tmp_path)).fit()
     history = trainer.history["masked_mse"]
@@ -193,3 +194,29 @@ def test_cli_trains_the_mae(tmp_path):
                      "--set", "decoder_dim=8", "--set", "num_heads=2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "mae" and 0 < metrics["test_masked_mse"] and 0 < metrics["test_visible_mse"]
+
+
+def test_the_linear_probe_experiment_on_a_tiny_configuration(tmp_path):
+    """plot mae-probe: the report's numbers are in range and the masked MSE baselines are ordered as they must be
+    (the Gaussian conditional mean is the least-squares linear inpainting, so it beats the mean image)."""
+    assert cli.main(["plot", "mae-probe", "--out", str(tmp_path), "--steps", "3", "--no-progress"]) == 0
+    report = json.loads((tmp_path / "mae_probe.json").read_text())
+    assert report["steps"] == 3 and report["masked_fraction"] == 0.75
+    mse = report["test_mse_per_pixel"]
+    assert mse["Gaussian conditional mean, masked patches"] < mse["mean training image, masked patches"]
+    accuracy = report["linear_probe_test_accuracy"]
+    assert set(accuracy) == {"pixels", "PCA (d = 16)", "AE (MLP, d = 16)", "PCA (d = 64)", "AE (MLP, d = 64)",
+                             "MAE encoder (d = 64)", "MAE encoder, untrained (d = 64)"}
+    assert all(0.1 < a <= 1.0 for a in accuracy.values()) and accuracy["pixels"] > 0.9
+    assert (tmp_path / "reconstructions.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gaussian_inpainting_is_exact_when_the_masked_pixels_are_a_linear_function_of_the_visible_ones():
+    """The conditional-mean baseline: on data x = [v, A v] the masked half is recovered exactly."""
+    from minidiff.experiments import gaussian_inpainting_mse
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((500, 2))
+    x = np.concatenate([v, v @ np.array([[1.0, -2.0], [0.5, 3.0]])], axis=1).reshape(500, 1, 2, 2)
+    mask = np.array([[0.0, 0.0, 1.0, 1.0]] * 10)          # patch_size 1: pixels 2, 3 masked
+    assert gaussian_inpainting_mse(x[:400], x[400:410], mask, 1) < 1e-8
+    assert gaussian_inpainting_mse(x[:400], rng.standard_normal((10, 1, 2, 2)), mask, 1) > 0.1

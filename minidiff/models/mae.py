@@ -81,11 +81,11 @@ def position_embedding(grid_h, grid_w, dim, dtype):
 @register
 class MAE(nn.Module):
     name = "mae"
-    TRAIN_DEFAULTS = dict(steps=1000, batch_size=128, lr=2e-3, optimizer="adamw", weight_decay=0.05,
+    TRAIN_DEFAULTS = dict(steps=1500, batch_size=128, lr=1e-3, optimizer="adamw", weight_decay=0.05,
                           warmup_steps=100, ema_decay=0.995)
 
-    def __init__(self, image_shape=(1, 8, 8), patch_size=2, mask_ratio=0.75, dim=32, depth=2, num_heads=4,
-                 decoder_dim=32, decoder_depth=1, mlp_ratio=2, dtype=None):
+    def __init__(self, image_shape=(1, 8, 8), patch_size=2, mask_ratio=0.75, dim=64, depth=3, num_heads=4,
+                 decoder_dim=64, decoder_depth=1, mlp_ratio=2, dtype=None):
         super().__init__()
         C, H, W = image_shape
         checks.integer("patch_size", patch_size, minimum=1, where="MAE")
