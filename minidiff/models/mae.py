@@ -200,8 +200,8 @@ class MAE(nn.Module):
         x = dataset.x_test[:8]
         masked, pasted, pred = self.reconstruct(x, rng)
         paths.append(plots.save_strip([masked, pasted, pred, x],
-                                      ["masked input", "visible + predicted", "prediction", "original"],
+                                      ["input", "pasted", "output", "x"],
                                       os.path.join(out, "reconstructions.png"),
-                                      title=f"MAE, {self.num_patches - self.num_visible} of {self.num_patches} "
-                                            "patches masked"))
+                                      title=f"MAE: {self.num_patches - self.num_visible} of {self.num_patches} "
+                                            "patches masked (grey);\nvisible + predicted, prediction, original"))
         return paths
