@@ -97,6 +97,13 @@ def dae_score_trend(sigmas=(1.0, 0.5, 0.25, 0.1), steps=800, n_train=4096, seed=
     return results
 
 
+def _fit(model, steps, seed, x, y, progress):
+    """Train `model` with its TRAIN_DEFAULTS for `steps` steps, no checkpoints; returns the Trainer."""
+    config = TrainConfig(**{**type(model).TRAIN_DEFAULTS, "steps": steps, "seed": seed, "progress": progress,
+                            "checkpoint_every": 0, "eval_every": 0, "log_every": max(steps, 1)})
+    return Trainer(model, config, x, y).fit()
+
+
 def vae_anomaly(steps=1500, K=50, held_out=9, n_shapes=400, seed=0, progress=False):
     """Train the VAE on the training digits other than `held_out`, then score (docs/anomaly.md (N1)-(N3)):
     normal = the test digits other than `held_out`; anomalies = every `held_out` digit (train and test
@@ -106,9 +113,7 @@ def vae_anomaly(steps=1500, K=50, held_out=9, n_shapes=400, seed=0, progress=Fal
     keep = ds.y_train != held_out
     manual_seed(seed)
     model = VAE(ds.image_shape)
-    config = TrainConfig(**{**VAE.TRAIN_DEFAULTS, "steps": steps, "seed": seed, "progress": progress,
-                            "checkpoint_every": 0, "eval_every": 0, "log_every": max(steps, 1)})
-    trainer = Trainer(model, config, ds.x_train[keep], ds.y_train[keep]).fit()
+    trainer = _fit(model, steps, seed, ds.x_train[keep], ds.y_train[keep], progress)
     groups = {"normal": ds.x_test[ds.y_test != held_out],
               f"digit {held_out}": np.concatenate([ds.x_train[~keep], ds.x_test[ds.y_test == held_out]]),
               "shapes": _all_images(data.shapes(n_shapes, size=ds.image_shape[-1], seed=seed))}
@@ -138,13 +143,6 @@ def vae_anomaly_figure(path, steps=1500, K=50, seed=0, progress=False):
         f"{n} {a['elbo']:.3f} / {a['iw']:.3f}" for n, a in auc.items())
     return plots.save_score_histograms({n: s["elbo"] for n, s in scores.items()}, path,
                                        xlabel="-ELBO (nats per image)", title=title)
-
-
-def _fit(model, steps, seed, x, y, progress, **overrides):
-    """Train `model` with its TRAIN_DEFAULTS for `steps` steps, no checkpoints; returns the Trainer."""
-    config = TrainConfig(**{**type(model).TRAIN_DEFAULTS, "steps": steps, "seed": seed, "progress": progress,
-                            "checkpoint_every": 0, "eval_every": 0, "log_every": max(steps, 1), **overrides})
-    return Trainer(model, config, x, y).fit()
 
 
 def linear_probe_accuracy(train_features, y_train, test_features, y_test):
