@@ -1,10 +1,13 @@
 """Gaussian (and Bernoulli) math shared by the VAE and diffusion objectives, docs/gaussian_kl.md.
 
-Every function is elementwise on arrays or Tensors (written with `minidiff.ops`, so gradients
-flow) and returns nats; the `DiagonalGaussian` methods sum over all axes but the first and
-return nats per sample, shape (B,). Shapes follow docs/notation.md.
+Every function but `gaussian_kl_full` (arrays (..., d) and (..., d, d)) is elementwise on arrays or
+Tensors (written with `minidiff.ops`, so gradients flow) and returns nats; the `DiagonalGaussian`
+methods sum over all axes but the first and return nats per sample, shape (B,). Shapes follow
+docs/notation.md.
 """
 import math
+
+import numpy as np
 
 from minidiff import checks, ops
 from minidiff.autograd import Function, unwrap
@@ -33,6 +36,53 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
         KL = 1/2 (log s2^2 - log s1^2 + (s1^2 + (mu1 - mu2)^2) / s2^2 - 1)
     """
     return 0.5 * ((logvar2 - logvar1) + _exp(logvar1 - logvar2) - 1.0 + (mean1 - mean2) ** 2 * _exp(-logvar2))
+
+
+def gaussian_kl_full(mean1, cov1, mean2, cov2):
+    """KL(N(mu1, S1) || N(mu2, S2)) for full covariances, in nats, eq. (K6).
+
+        KL = 1/2 (tr(S2^-1 S1) + (mu2 - mu1)^T S2^-1 (mu2 - mu1) - d + log det S2 - log det S1)
+
+    mean1, mean2: (..., d); cov1, cov2: (..., d, d) symmetric positive definite; batch axes broadcast.
+    Computed from the Cholesky factors S = L L^T: with D = L2^-1 (L1 - L2), L2^-1 L1 = I + D and
+        tr(S2^-1 S1) - d = ||I + D||_F^2 - d = 2 tr(D) + ||D||_F^2,
+    the Mahalanobis term is ||L2^-1 (mu2 - mu1)||^2 and log det S = 2 sum log diag L. Equal Gaussians give
+    D = 0 and so exactly 0, and nearly equal ones keep their digits (no d - d cancellation).
+    NumPy arrays (float64), not Tensors: no gradient. Returns (...,) nats.
+    """
+    from scipy.linalg import solve_triangular
+    mean1, mean2 = np.asarray(mean1, dtype=np.float64), np.asarray(mean2, dtype=np.float64)
+    cov1, cov2 = _check_covariance(cov1, "cov1"), _check_covariance(cov2, "cov2")
+    d = cov1.shape[-1]
+    if cov2.shape[-1] != d or mean1.shape[-1:] != (d,) or mean2.shape[-1:] != (d,):
+        raise ValueError(f"means must be (..., d) and covariances (..., d, d) with one d; got mean1 {mean1.shape}, "
+                         f"cov1 {cov1.shape}, mean2 {mean2.shape}, cov2 {cov2.shape}")
+    batch = np.broadcast_shapes(mean1.shape[:-1], cov1.shape[:-2], mean2.shape[:-1], cov2.shape[:-2])
+    L1 = np.broadcast_to(_cholesky(cov1, "cov1"), batch + (d, d))
+    L2 = np.broadcast_to(_cholesky(cov2, "cov2"), batch + (d, d))
+    gap = np.broadcast_to(mean2 - mean1, batch + (d,))[..., None]                 # (..., d, 1)
+    D = solve_triangular(L2, L1 - L2, lower=True)                                  # (..., d, d)
+    trace_minus_d = 2.0 * np.trace(D, axis1=-2, axis2=-1) + np.sum(D ** 2, axis=(-2, -1))
+    mahalanobis = np.sum(solve_triangular(L2, gap, lower=True) ** 2, axis=(-2, -1))
+    log_det_ratio = 2.0 * np.sum(np.log(np.diagonal(L2, axis1=-2, axis2=-1))
+                                 - np.log(np.diagonal(L1, axis1=-2, axis2=-1)), axis=-1)
+    return 0.5 * (trace_minus_d + mahalanobis + log_det_ratio)
+
+
+def _check_covariance(cov, name):
+    cov = np.asarray(cov, dtype=np.float64)
+    if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]:
+        raise ValueError(f"{name} must be (..., d, d) square matrices, got shape {cov.shape}")
+    if not np.allclose(cov, np.swapaxes(cov, -1, -2), rtol=1e-10, atol=1e-12):
+        raise ValueError(f"{name} must be symmetric")
+    return cov
+
+
+def _cholesky(cov, name):
+    try:
+        return np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise ValueError(f"{name} must be positive definite (its Cholesky factorisation failed)") from None
 
 
 def kl_standard_normal(mean, logvar):
