@@ -37,8 +37,17 @@ of the steps already taken there, so two runs never share history:
 
 (tests/test_registries.py runs exactly such a sampler through the loop.) `Draws` bundles x_T and
 the z_k of one run; `sample(sampler, model, shape, schedule, ...)` respaces, draws and runs.
+
+A step that calls the model more than once (Heun's corrector, Langevin's inner steps) overrides
+`advance` instead of `step`. The loop really runs
+
+    x <- sampler.advance(state, x, k, eps_at, draw)        # eps_at(x, j) = model(x, s_j); draw() -> z_k
+
+and the default `advance` is `step(state, x, k, eps_at(x, k), draw())`: one call, then the draw, as
+before. `noise_shape(x_shape, k)` says what z_k is (x's shape for k >= 2 and nothing at k = 1 by
+default; (n_inner, *x_shape) for Langevin), `network_calls(K)` how many model calls a run makes.
 """
-import abc
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -62,7 +71,7 @@ class SamplerState:
     chain: Schedule  # the chain being sampled, steps k = K..1 (`chain.timesteps[k]` = the model's step)
 
 
-class Sampler(abc.ABC):
+class Sampler:
     """A reverse-process sampler: keyword-only options, a per-run `start` and one `step` from k to k-1.
 
     clip_x0: clip the predicted x_0 to the data range [-1, 1] at every step (docs/eps_parameterisation.md);
@@ -77,9 +86,30 @@ class Sampler(abc.ABC):
         """A fresh state for one run on `chain` from x_T; override to carry history (module docstring)."""
         return SamplerState(chain)
 
-    @abc.abstractmethod
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.step is Sampler.step and cls.advance is Sampler.advance:
+            raise TypeError(f"{cls.__name__} must define step (one model call per step) or override advance")
+
     def step(self, state, x, k, eps_hat, z):
         """x_{k-1} from x = x_k, eps_hat = eps_theta(x_k, s_k) and z ~ N(0, I) (zeros at k = 1 unless given)."""
+        raise NotImplementedError(f"{type(self).__name__} steps through advance (it calls the model itself)")
+
+    def advance(self, state, x, k, eps_at, draw):
+        """x_{k-1} from x = x_k with eps_at(x', j) = eps_theta(x', s_j) and draw() = z_k; one call by default.
+
+        Override it (and make `step` unused) for a step that calls the model more than once.
+        """
+        eps_hat = eps_at(x, k)
+        return self.step(state, x, k, eps_hat, draw())
+
+    def noise_shape(self, x_shape, k):
+        """The shape of the draw z_k of step k, or None for none (z = zeros): x's shape, none at k = 1."""
+        return None if k == 1 else tuple(x_shape)
+
+    def network_calls(self, K):
+        """Model calls of one run on a chain of K steps: K for one call per step."""
+        return K
 
 
 def register_sampler(cls):
@@ -167,7 +197,8 @@ class Draws:
 
     x_T: (B, ...) used as given; noise: K arrays z in sampling order (each cast to x's dtype). Whatever
     is not given is drawn from rng (minidiff.default_rng() if None) in dtype: x_T first, then each z_k
-    after the model call of step k; z_1 is zeros (neither DDPM nor DDIM adds noise at k = 1).
+    when the step asks for it (after its model call for DDPM and DDIM), shaped as the sampler's
+    `noise_shape`; where that is None (DDPM and DDIM at k = 1) z is zeros and nothing is drawn.
     """
 
     def __init__(self, shape, K, rng=None, x_T=None, noise=None, dtype=np.float32):
@@ -181,34 +212,42 @@ class Draws:
         if tuple(self.x_T.shape) != shape:
             raise ValueError(f"x_T has shape {tuple(self.x_T.shape)}, expected {shape}")
 
-    def z(self, i, x, k):
-        """z for the i-th step (chain step k), shaped like x: zeros at k = 1 (a given noise[i] is ignored
-        there, so a NaN in it cannot reach the sample), else noise[i] if given, else a draw."""
+    def z(self, i, x, shape):
+        """z for the i-th step, of `shape` (the sampler's noise_shape): zeros like x where shape is None
+        (a given noise[i] is checked against x's shape but ignored there, so a NaN in it cannot reach the
+        sample), else noise[i] if given, else a draw of `shape` in x's dtype."""
+        expected = tuple(x.shape) if shape is None else tuple(shape)
         if self.noise is not None:
             z = self.noise[i]
-            checks.shape(f"noise[{i}]", z, tuple(x.shape), "Draws", because=" (that of x_T)")
-        if k == 1:
+            checks.shape(f"noise[{i}]", z, expected, "Draws", because=" (the sampler's noise_shape)")
+        if shape is None:
             return xp_of(x).zeros_like(x)
         if self.noise is not None:
             return xp_of(x).asarray(z, dtype=x.dtype)
-        return self.rng.standard_normal(x.shape, dtype=x.dtype)
+        return self.rng.standard_normal(shape, dtype=x.dtype)
 
 
 def run_chain(sampler, model, chain, draws, return_trajectory=False, progress=False):
-    """x_K = draws.x_T, then x_{k-1} = sampler.step(state, x_k, k, model(x_k, s_k), z_k) for k = K..1.
+    """x_K = draws.x_T, then x_{k-1} = sampler.advance(state, x_k, k, eps_at, draw) for k = K..1.
 
-    state = sampler.start(x_T, chain), made once for this run. Returns x_0, and with return_trajectory
-    the list [x_K, ..., x_0] (copies) as well.
+    eps_at(x, j) = model(x, s_j) in x's dtype; draw() = z_k (`Draws.z`). For DDPM and DDIM this is
+    x_{k-1} = sampler.step(state, x_k, k, model(x_k, s_k), z_k). state = sampler.start(x_T, chain), made
+    once for this run. Returns x_0, and with return_trajectory the list [x_K, ..., x_0] (copies) as well.
     """
     x = draws.x_T
     xp = xp_of(x)
     model_steps = xp.asarray(chain.timesteps)
+
+    def eps_at(x_j, j):
+        eps_hat = xp.asarray(model(x_j, xp.full(x_j.shape[0], model_steps[j])), dtype=x_j.dtype)
+        checks.shape("model(x_t, t)", eps_hat, x_j.shape, sampler.name, because=" (that of x_t)")
+        return eps_hat
+
     state = sampler.start(x, chain)
     trajectory = [x.copy()] if return_trajectory else None
     for i, k in enumerate(tqdm(range(chain.T, 0, -1), disable=not progress, desc=sampler.name, leave=False)):
-        eps_hat = xp.asarray(model(x, xp.full(x.shape[0], model_steps[k])), dtype=x.dtype)
-        checks.shape("model(x_t, t)", eps_hat, x.shape, sampler.name, because=" (that of x_t)")
-        x = sampler.step(state, x, k, eps_hat, draws.z(i, x, k))
+        draw = functools.partial(draws.z, i, x, sampler.noise_shape(x.shape, k))
+        x = sampler.advance(state, x, k, eps_at, draw)
         if return_trajectory:
             trajectory.append(x.copy())
     return (x, trajectory) if return_trajectory else x
