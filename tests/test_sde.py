@@ -1,0 +1,260 @@
+"""The SDE view: continuous beta(tau), reverse-SDE and probability-flow samplers, the ODE likelihood, docs/sde.md.
+
+Oracle: GaussianDataOracle (data N(m, s^2)), whose q(x_t), score and log-density are closed-form.
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minidiff
+from minidiff.diffusion import (GaussianDataOracle, ProbabilityFlowSampler, Schedule, alpha_bar_continuous,
+                                beta_continuous, ddim_sample, ode_log_likelihood, ode_nll_bpd, ode_sample,
+                                probability_flow_drift, sde_sample)
+from minidiff.diffusion.sde import (eps_and_divergence, ode_log_likelihood_terms, rademacher_probe,
+                                    resolve_divergence, unit_probes)
+from minidiff.models.ddpm import DDPM
+from tests.strategies_diffusion import schedules, seeds
+
+MIX = np.array([[1.0, 0.4, -0.3], [0.2, 0.8, 0.5], [-0.6, 0.1, 1.1]])
+
+
+def coupled_model(x_t, t):
+    """A nonlinear stand-in for a network with a full (non-diagonal) Jacobian; accepts arrays and Tensors."""
+    scale = 0.02 * t.reshape(-1, 1)
+    return minidiff.ops.tanh(x_t @ MIX + scale) - 0.2 * x_t
+
+
+def smooth_model(x_t, t):
+    return np.tanh(x_t + 0.01 * t.reshape((-1,) + (1,) * (x_t.ndim - 1))) - 0.3 * x_t
+
+
+# ---------------------------------------------------------------- beta(tau), eq. (W1)-(W2)
+
+@given(schedules(max_T=300))
+def test_continuous_alpha_bar_meets_the_chain_at_every_node_and_decays_at_rate_beta(schedule):
+    T = schedule.T
+    nodes = np.arange(T + 1) / T
+    np.testing.assert_allclose(alpha_bar_continuous(schedule, nodes), schedule.alpha_bars, rtol=1e-12)
+    mid = (np.arange(1, T + 1) - 0.5) / T                    # inside each interval ((t-1)/T, t/T)
+    h = 1e-3 / T
+    log_ab = np.log(alpha_bar_continuous(schedule, mid + h)), np.log(alpha_bar_continuous(schedule, mid - h))
+    rate = -(log_ab[0] - log_ab[1]) / (2 * h)
+    np.testing.assert_allclose(rate, beta_continuous(schedule, mid), rtol=1e-6)
+    small = schedule.betas[1:] < 1e-3                        # beta(tau) ~ T beta_t for small beta_t
+    np.testing.assert_allclose(beta_continuous(schedule, mid)[small], T * schedule.betas[1:][small], rtol=1e-3)
+
+
+# ---------------------------------------------------------------- DDIM is Euler on the probability flow, eq. (W8)
+
+@given(schedules(max_T=80), st.integers(2, 12), seeds(), st.booleans())
+def test_ode_euler_is_ddim_with_eta_0(schedule, steps, seed, clip_x0):
+    steps = min(steps, schedule.T)
+    if steps == 1 and schedule.T > 1:
+        steps = 2
+    x_T = np.random.default_rng(seed).normal(size=(3, 2))
+    euler = ode_sample(smooth_model, (3, 2), schedule, steps=steps, solver="euler", clip_x0=clip_x0, x_T=x_T,
+                       dtype=np.float64)
+    ddim = ddim_sample(smooth_model, (3, 2), schedule, steps=steps, eta=0.0, clip_x0=clip_x0, x_T=x_T,
+                       dtype=np.float64)
+    np.testing.assert_allclose(euler, ddim, rtol=1e-9, atol=1e-9)
+
+
+def _analytic_score(x, tau, schedule, mean, std):
+    ab = float(alpha_bar_continuous(schedule, tau))
+    return -(x - math.sqrt(ab) * mean) / (ab * std ** 2 + 1.0 - ab)
+
+
+def _gaussian_flow(x_T, t, schedule, mean, std):
+    """The exact probability flow for data N(m, s^2): d xbar / d sigma = sigma (xbar - m) / (s^2 + sigma^2), so
+    xbar_t - m = (xbar_T - m) sqrt((s^2 + sigma_t^2) / (s^2 + sigma_T^2)); returns x_t = sqrt(ab_t) xbar_t."""
+    ab = schedule.alpha_bars
+    sigma2 = (1.0 - ab) / ab
+    xbar_T = x_T / math.sqrt(ab[-1])
+    return math.sqrt(ab[t]) * (mean + (xbar_T - mean) * math.sqrt((std ** 2 + sigma2[t]) / (std ** 2 + sigma2[-1])))
+
+
+def test_rk4_on_the_vp_drift_follows_the_exact_gaussian_flow():
+    """dx/dtau = -1/2 beta(tau) (x + s(x, tau)) (eq. W5, with beta(tau) of eq. W1) by RK4, 20 substeps per
+    interval, from tau = 1 to tau = 1/T: the closed-form flow of Gaussian data, to 1e-5."""
+    schedule, mean, std = Schedule.cosine(60), 0.3, 0.5
+    x_T = np.linspace(-2.5, 2.5, 7)[:, None]
+    x, n_sub, T = x_T.copy(), 20, schedule.T
+    for t in range(T, 1, -1):                                 # one beta interval ((t-1)/T, t/T) at a time
+        h = -1.0 / (T * n_sub)
+
+        def f(x_, tau_):
+            tau_ = min(max(tau_, (t - 1) / T + 1e-12), t / T)    # stay inside the interval (beta jumps at nodes)
+            return probability_flow_drift(x_, _analytic_score(x_, tau_, schedule, mean, std), tau_, schedule)
+        for j in range(n_sub):
+            tau = t / T + j * h
+            k1 = f(x, tau)
+            k2 = f(x + 0.5 * h * k1, tau + 0.5 * h)
+            k3 = f(x + 0.5 * h * k2, tau + 0.5 * h)
+            k4 = f(x + h * k3, tau + h)
+            x = x + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+    np.testing.assert_allclose(x, _gaussian_flow(x_T, 1, schedule, mean, std), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["heun", "euler"])
+def test_ode_sampler_converges_to_the_exact_gaussian_flow(solver):
+    """Over T/4, T/2, T nodes the error at t = 1 falls (Euler = DDIM: first order; Heun: at least second)."""
+    schedule, mean, std = Schedule.cosine(200), 0.3, 0.5
+    oracle = GaussianDataOracle(mean, std, schedule)
+    x_T = np.linspace(-2.5, 2.5, 7)[:, None]
+    exact = _gaussian_flow(x_T, 1, schedule, mean, std)
+    errors = []
+    for steps in (50, 100, 200):
+        _, trajectory = ode_sample(oracle, x_T.shape, schedule, steps=steps, solver=solver, x_T=x_T, dtype=np.float64,
+                                   return_trajectory=True)
+        errors.append(np.abs(trajectory[-2] - exact).max())      # trajectory[-2] is x at t = 1
+    ratio = 1.8 if solver == "euler" else 3.5
+    assert errors[0] / errors[1] > ratio and errors[1] / errors[2] > ratio, errors
+    assert errors[2] < (0.02 if solver == "euler" else 1e-3)
+
+
+# ---------------------------------------------------------------- samples reproduce the data moments
+
+@pytest.mark.parametrize("which", ["ode-heun", "ode-euler", "sde"])
+def test_sde_and_ode_samples_reach_the_data_moments_as_the_steps_grow(which):
+    schedule, mean, std = Schedule.cosine(200), 0.3, 0.6
+    oracle = GaussianDataOracle(mean, std, schedule)
+    x_T = np.random.default_rng(0).standard_normal((40000, 1))
+
+    def run(steps):
+        if which == "sde":
+            x = sde_sample(oracle, x_T.shape, schedule, rng=np.random.default_rng(1), steps=steps, x_T=x_T,
+                           dtype=np.float64)
+        else:
+            x = ode_sample(oracle, x_T.shape, schedule, steps=steps, solver=which[4:], x_T=x_T, dtype=np.float64)
+        return max(abs(x.mean() - mean), abs(x.std() - std))
+    errors = [run(steps) for steps in (8, 25, 200)]
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 0.012  # the Monte Carlo error of the mean and std at n = 40000 is 0.003 and 0.002
+
+
+def test_ode_heun_spends_2k_minus_1_calls_and_sde_k():
+    schedule = Schedule.cosine(30)
+    calls = []
+
+    def model(x_t, t):
+        calls.append(t[0])
+        return smooth_model(x_t, t)
+    ode_sample(model, (2, 2), schedule, steps=6, solver="heun", rng=np.random.default_rng(0))
+    assert len(calls) == ProbabilityFlowSampler(solver="heun").network_calls(6) == 11
+    assert calls[-1] == 1 and 0 not in calls                  # the last step is Euler: no call at t = 0
+    calls.clear()
+    sde_sample(model, (2, 2), schedule, steps=6, rng=np.random.default_rng(0))
+    assert len(calls) == 6
+    with pytest.raises(ValueError, match="solver must be one of"):
+        ode_sample(model, (2, 2), schedule, solver="rk4")
+
+
+# ---------------------------------------------------------------- likelihood, eq. (W10)-(W13)
+
+def _oracle_problem(seed, d=2):
+    rng = np.random.default_rng(seed)
+    schedule = Schedule.cosine(200)
+    mean, std = rng.normal(0, 0.3, d), rng.uniform(0.3, 1.0, d)
+    oracle = GaussianDataOracle(mean, std, schedule)
+    return schedule, oracle, oracle.sample(rng, 4, (d,))
+
+
+def _log_p_1(oracle, x0, schedule):
+    """log q_1(x) = log N(x; sqrt(ab_1) m, ab_1 s^2 + 1 - ab_1) summed over dimensions: the density at the cut-off."""
+    ab = schedule.alpha_bars[1]
+    v = ab * oracle.std ** 2 + 1.0 - ab
+    return (-0.5 * (np.log(2 * np.pi * v) + (x0 - math.sqrt(ab) * oracle.mean) ** 2 / v)).sum(axis=1)
+
+
+@given(seeds())
+def test_ode_log_likelihood_is_the_analytic_log_density_to_solver_accuracy(seed):
+    """Heun over 25, 50, 100 nodes: the error against log q_1 (the density at the cut-off t = 1) falls by more
+    than 2.5 per halving; at 100 nodes it is below 0.01 nats, and log p_0 is as close up to the cut-off gap
+    |log q_1 - log p_0|; and the value is no accident: a divergence integral 3% off, or none, misses by more
+    than 10 errors."""
+    schedule, oracle, x0 = _oracle_problem(seed)
+    target = _log_p_1(oracle, x0, schedule)
+    errors = [np.abs(ode_log_likelihood(oracle, x0, schedule, steps=k) - target).max() for k in (25, 50, 100)]
+    assert errors[0] / errors[1] > 2.5 and errors[1] / errors[2] > 2.5 and errors[2] < 0.01, errors
+    terms = ode_log_likelihood_terms(oracle, x0, schedule, steps=100)
+    log_p = terms["log_prior"] + terms["log_volume"] + terms["divergence"]
+    cut_off = np.abs(target - oracle.log_prob(x0))
+    assert np.all(np.abs(log_p - oracle.log_prob(x0)) < errors[2] + cut_off + 1e-12)
+    rest = terms["log_prior"] + terms["log_volume"]
+    for wrong in (rest, rest + 0.97 * terms["divergence"], rest + 1.03 * terms["divergence"]):
+        assert np.all(np.abs(wrong - target) > 10 * errors[2])
+
+
+def test_euler_likelihood_converges_at_first_order():
+    schedule, oracle, x0 = _oracle_problem(3)
+    exact = _log_p_1(oracle, x0, schedule)
+    errors = [np.abs(ode_log_likelihood(oracle, x0, schedule, steps=k, solver="euler") - exact).max()
+              for k in (25, 50, 100)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] > 0.2 * errors[1]   # halves, not quarters
+
+
+def test_divergence_by_autograd_and_by_finite_differences_agree_on_a_coupled_model():
+    rng = np.random.default_rng(0)
+    x, t = rng.normal(size=(5, 3)), np.full(5, 7)
+    assert resolve_divergence(coupled_model, x, t) == "autograd"
+    eps_a, tr_a = eps_and_divergence(coupled_model, x, t, unit_probes(x), "autograd")
+    eps_f, tr_f = eps_and_divergence(coupled_model, x, t, unit_probes(x), "finite-difference")
+    h = 1e-6                                                              # the trace from the full Jacobian
+    jac_trace = sum(((coupled_model(x + h * e, t) - coupled_model(x - h * e, t)) / (2 * h) * e).sum(1)
+                    for e in np.eye(3))
+    np.testing.assert_allclose(eps_a, eps_f, rtol=1e-12)
+    np.testing.assert_allclose(tr_a, jac_trace, rtol=1e-7)
+    np.testing.assert_allclose(tr_f, jac_trace, rtol=1e-6)
+
+
+def test_hutchinson_is_unbiased_for_the_exact_trace():
+    """The mean of v^T J v over 20000 Rademacher probes is tr J within 5 standard errors (one x, many probes)."""
+    rng = np.random.default_rng(1)
+    x = np.repeat(rng.normal(size=(1, 3)), 20000, axis=0)
+    t = np.full(len(x), 11)
+    _, exact = eps_and_divergence(coupled_model, x[:1], t[:1], unit_probes(x[:1]), "autograd")
+    _, estimates = eps_and_divergence(coupled_model, x, t, [rademacher_probe(x, rng)], "autograd")
+    assert estimates.std() > 0.05                          # the Jacobian is not diagonal, so it is a real estimate
+    assert abs(estimates.mean() - exact[0]) < 5 * estimates.std() / math.sqrt(len(x))
+
+
+def test_ddpm_module_divergence_comes_from_autograd_and_leaves_no_parameter_gradients():
+    minidiff.manual_seed(0)
+    model = DDPM((1, 4, 4), T=10, base_channels=4, channel_mults=(1, 2), attention_resolutions=(2,), dropout=0.0,
+                 dtype=np.float64).eval()
+    for p in model.parameters():                           # a non-zero output layer, so eps depends on x
+        p.data = p.data + 0.05 * np.random.default_rng(0).standard_normal(p.shape)
+    x = np.random.default_rng(2).normal(size=(2, 1, 4, 4))
+    t = np.full(2, 5)
+    assert resolve_divergence(model, x, t) == "autograd"
+    assert resolve_divergence(model.eps_array, x, t) == "finite-difference"   # arrays out, no graph
+    eps, tr = eps_and_divergence(model, x, t, unit_probes(x), "autograd")
+    eps_f, tr_f = eps_and_divergence(model.eps_array, x, t, unit_probes(x), "finite-difference", delta=1e-5)
+    np.testing.assert_allclose(eps, eps_f, rtol=1e-12)
+    np.testing.assert_allclose(tr, tr_f, rtol=1e-6, atol=1e-8)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def test_ode_nll_bpd_is_the_dequantised_log_density_in_bits():
+    """bpd = -(E_u log p(x0 + u) + D log w) / (D log 2) with the same u draws, eq. (W13)."""
+    schedule, oracle, x0 = _oracle_problem(5, d=3)
+    x0 = np.clip(x0, -1, 1)
+    w = 2.0 / 255.0
+    got = ode_nll_bpd(oracle, x0, schedule, steps=100, trace="exact", rng=np.random.default_rng(4), n_dequant=2)
+    rng = np.random.default_rng(4)
+    u = [(rng.random(x0.shape) - 0.5) * w for _ in range(2)]
+    log_p = np.mean([oracle.log_prob(x0 + ui) for ui in u], axis=0)
+    np.testing.assert_allclose(got, -(log_p + 3 * math.log(w)) / (3 * math.log(2.0)), atol=0.01 / (3 * math.log(2)))
+
+
+def test_likelihood_arguments_are_checked():
+    schedule, oracle, x0 = _oracle_problem(0)
+    with pytest.raises(ValueError, match="trace must be one of"):
+        ode_log_likelihood(oracle, x0, schedule, trace="stochastic")
+    with pytest.raises(ValueError, match="divergence must be one of"):
+        ode_log_likelihood(oracle, x0, schedule, divergence="forward-mode")
+    with pytest.raises(ValueError, match="from t = 1 to t = T"):
+        ode_log_likelihood(oracle, x0, schedule, steps=np.array([5, 200]))
