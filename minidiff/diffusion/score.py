@@ -14,7 +14,8 @@ import numpy as np
 
 from minidiff import ops
 from minidiff.backend import xp_of
-from minidiff.diffusion.process import check_t, extract, x0_from_eps
+from minidiff.diffusion.process import check_t, x0_from_eps
+from minidiff.kernels.reference import per_sample
 from minidiff.diffusion.samplers import Sampler, register_sampler, sample
 
 
@@ -27,13 +28,13 @@ def score_from_eps(eps_hat, t, schedule):
     Exact for the MMSE eps_hat = E[eps | x_t] (tests/test_score.py).
     """
     t = check_t(t, eps_hat, schedule)
-    return -eps_hat / extract(schedule.sqrt_one_minus_alpha_bars, t, eps_hat)
+    return -eps_hat / per_sample(schedule.sqrt_one_minus_alpha_bars, t, eps_hat)
 
 
 def conditional_score(x_t, x0, t, schedule):
     """grad_{x_t} log q(x_t | x_0) = -(x_t - sqrt(alpha_bar_t) x_0) / (1 - alpha_bar_t), eq. (S3): the DSM target."""
     t = check_t(t, x_t, schedule)
-    return -(x_t - extract(schedule.sqrt_alpha_bars, t, x_t) * x0) / extract(1.0 - schedule.alpha_bars, t, x_t)
+    return -(x_t - per_sample(schedule.sqrt_alpha_bars, t, x_t) * x0) / per_sample(1.0 - schedule.alpha_bars, t, x_t)
 
 
 def dsm_loss(score_hat, x_t, x0, t, schedule, weighting="sigma2"):
@@ -49,7 +50,7 @@ def dsm_loss(score_hat, x_t, x0, t, schedule, weighting="sigma2"):
         raise ValueError(f"weighting must be 'sigma2' or 'none', got {weighting!r}")
     squared = (score_hat - conditional_score(x_t, x0, t, schedule)) ** 2
     if weighting == "sigma2":
-        squared = squared * extract(1.0 - schedule.alpha_bars, t, squared)
+        squared = squared * per_sample(1.0 - schedule.alpha_bars, t, squared)
     return ops.mean(squared)
 
 
