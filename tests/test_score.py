@@ -153,7 +153,7 @@ def test_langevin_is_eq_s6_to_s8_step_by_step_and_counts_its_network_calls():
                           dtype=np.float64)
     assert oracle.calls == LangevinSampler(n_inner=M).network_calls(K) == K * M + 1
     np.testing.assert_allclose(got, _langevin_by_hand(oracle.model, schedule.respace(K), x_T, noise, 0.7), rtol=1e-12)
-    with pytest.raises(ValueError, match=r"noise\[0\] has shape \(3, 2\), expected \(4, 3, 2\)"):
+    with pytest.raises(ValueError, match=r"noise\[0\] must have shape \(4, 3, 2\).*got shape \(3, 2\)"):
         langevin_sample(oracle, (3, 2), schedule, steps=K, n_inner=M, x_T=x_T, noise=noise[:, 0])
 
 
@@ -172,10 +172,14 @@ def test_langevin_samples_reach_the_data_moments_with_more_inner_steps():
 
 
 def test_langevin_options_are_checked_and_it_runs_float32():
-    with pytest.raises(ValueError, match="n_inner must be an integer >= 1"):
+    with pytest.raises(ValueError, match="n_inner must be >= 1, got 0"):
         make_sampler("langevin", n_inner=0)
-    with pytest.raises(ValueError, match="step_ratio must lie in"):
+    with pytest.raises(TypeError, match="n_inner must be an integer, got 2.5"):
+        make_sampler("langevin", n_inner=2.5)
+    with pytest.raises(ValueError, match="step_ratio must be < 2, got 2.5"):
         make_sampler("langevin", step_ratio=2.5)
+    with pytest.raises(ValueError, match="step_ratio must be > 0, got 0"):
+        make_sampler("langevin", step_ratio=0.0)
     schedule = Schedule.cosine(30)
     x = sample(make_sampler("langevin", denoise=False), GaussianDataOracle(0.0, 0.5, schedule), (4, 2), schedule,
                rng=np.random.default_rng(0), steps=5)

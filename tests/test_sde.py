@@ -172,13 +172,16 @@ def _log_p_1(oracle, x0, schedule):
 @given(seeds())
 def test_ode_log_likelihood_is_the_analytic_log_density_to_solver_accuracy(seed):
     """Heun over 25, 50, 100 nodes: the error against log q_1 (the density at the cut-off t = 1) falls by more
-    than 2.5 per halving; at 100 nodes it is below 0.01 nats, and log p_0 is as close up to the cut-off gap
+    than 2 per halving and by more than 6 over both (first order gives 2 and 4; Heun falls short of 4 and 16
+    because beta(tau) of eq. (W1) is piecewise constant, with kinks at the chain's nodes inside a respaced
+    step); at 100 nodes it is below 0.01 nats, and log p_0 is as close up to the cut-off gap
     |log q_1 - log p_0|; and the value is no accident: a divergence integral 3% off, or none, misses by more
     than 10 errors."""
     schedule, oracle, x0 = _oracle_problem(seed)
     target = _log_p_1(oracle, x0, schedule)
     errors = [np.abs(ode_log_likelihood(oracle, x0, schedule, steps=k) - target).max() for k in (25, 50, 100)]
-    assert errors[0] / errors[1] > 2.5 and errors[1] / errors[2] > 2.5 and errors[2] < 0.01, errors
+    assert errors[0] / errors[1] > 2 and errors[1] / errors[2] > 2 and errors[0] / errors[2] > 6, errors
+    assert errors[2] < 0.01, errors
     terms = ode_log_likelihood_terms(oracle, x0, schedule, steps=100)
     log_p = terms["log_prior"] + terms["log_volume"] + terms["divergence"]
     cut_off = np.abs(target - oracle.log_prob(x0))

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.backend import xp_of
 from minidiff.diffusion.process import check_t, x0_from_eps
 from minidiff.kernels.reference import per_sample
@@ -46,8 +46,7 @@ def dsm_loss(score_hat, x_t, x0, t, schedule, weighting="sigma2"):
     eps-loss L_simple of eq. (E7) exactly, eq. (S5)) or "none" (lambda_t = 1: squared score units).
     score_hat, x_t, x0: (B, ...) arrays or Tensors; returns a scalar like `minidiff.diffusion.eps_loss`.
     """
-    if weighting not in ("sigma2", "none"):
-        raise ValueError(f"weighting must be 'sigma2' or 'none', got {weighting!r}")
+    checks.one_of("weighting", weighting, ("sigma2", "none"), where="dsm_loss")
     squared = (score_hat - conditional_score(x_t, x0, t, schedule)) ** 2
     if weighting == "sigma2":
         squared = squared * per_sample(1.0 - schedule.alpha_bars, t, squared)
@@ -72,12 +71,10 @@ class LangevinSampler(Sampler):
 
     def __init__(self, *, n_inner=3, step_ratio=1.0, denoise=True, clip_x0=False):
         super().__init__(clip_x0=clip_x0)
-        if int(n_inner) != n_inner or n_inner < 1:
-            raise ValueError(f"n_inner must be an integer >= 1, got {n_inner!r}")
-        if not 0.0 < step_ratio < 2.0:
-            raise ValueError(f"step_ratio must lie in (0, 2) (eta_k < 2 (1 - alpha_bar) keeps it stable), "
-                             f"got {step_ratio!r}")
-        self.n_inner, self.step_ratio, self.denoise = int(n_inner), float(step_ratio), bool(denoise)
+        self.n_inner = checks.integer("n_inner", n_inner, minimum=1, where="LangevinSampler")
+        # eta_k < 2 (1 - alpha_bar) keeps each step stable
+        self.step_ratio = checks.real("step_ratio", step_ratio, above=0.0, below=2.0, where="LangevinSampler")
+        self.denoise = checks.boolean("denoise", denoise, where="LangevinSampler")
 
     def noise_shape(self, x_shape, k):
         return (self.n_inner,) + tuple(x_shape)

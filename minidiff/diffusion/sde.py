@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.autograd import Tensor, enable_grad
 from minidiff.backend import default_rng, xp_of
 from minidiff.diffusion.process import eps_from_x0, x0_from_eps
@@ -113,9 +113,7 @@ class ProbabilityFlowSampler(Sampler):
 
     def __init__(self, *, solver="heun", clip_x0=False):
         super().__init__(clip_x0=clip_x0)
-        if solver not in ODE_SOLVERS:
-            raise ValueError(f"solver must be one of {ODE_SOLVERS}, got {solver!r}")
-        self.solver = solver
+        self.solver = checks.one_of("solver", solver, ODE_SOLVERS, where="ProbabilityFlowSampler")
 
     def noise_shape(self, x_shape, k):
         return None
@@ -211,7 +209,7 @@ def rademacher_probe(x, rng):
 
 def resolve_divergence(model, x, t, divergence="auto"):
     """"autograd" or "finite-difference": "auto" picks autograd when model(Tensor x, t) is a Tensor depending on x."""
-    _check_choice("divergence", divergence, DIVERGENCES)
+    checks.one_of("divergence", divergence, DIVERGENCES, where="ode_log_likelihood")
     if divergence != "auto":
         return divergence
     try:
@@ -237,11 +235,6 @@ def eps_and_divergence(model, x, t, probes, divergence, delta=None):
 
 # ---------------------------------------------------------------- likelihood, eq. (W10), (W13)
 
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
 def ode_log_likelihood_terms(model, x0, schedule, steps=None, trace="exact", rng=None, divergence="auto",
                              solver="heun"):
     """The parts of eq. (W10) per sample (B,) in nats: {"log_prior", "log_volume", "divergence", "x_T"}.
@@ -256,8 +249,8 @@ def ode_log_likelihood_terms(model, x0, schedule, steps=None, trace="exact", rng
         log_volume = D/2 log(alpha_bar_T / alpha_bar_1)         (x = sqrt(alpha_bar) xbar at both ends)
         divergence = int_{sigma_1}^{sigma_T} sqrt(alpha_bar) tr(d eps_theta / dx) dsigma
     """
-    _check_choice("trace", trace, TRACES)
-    _check_choice("solver", solver, ODE_SOLVERS)
+    checks.one_of("trace", trace, TRACES, where="ode_log_likelihood")
+    checks.one_of("solver", solver, ODE_SOLVERS, where="ode_log_likelihood")
     chain = schedule if steps is None else schedule.respace(steps)
     if chain.T < 2 or chain.timesteps[1] != 1:
         raise ValueError(f"the likelihood integral runs over nodes from t = 1 to t = T (at least 2); steps={steps!r} "
