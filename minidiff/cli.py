@@ -4,6 +4,8 @@
     python -m minidiff sample --checkpoint runs/ddpm/model.safetensors --n 64 --out runs/samples.npy
     python -m minidiff eval --checkpoint runs/ddpm/model.safetensors --classifier runs/classifier/model.safetensors
     python -m minidiff plot schedules --out runs/figures
+    python -m minidiff train ddpm --dataset two-moons --out runs/moons      # a 2-D toy set: the MLP network
+    python -m minidiff plot score-field --checkpoint runs/moons/model.safetensors --out runs/moons
     python -m minidiff export --checkpoint runs/ddpm/model.safetensors --format diffusers --out runs/pipeline
     python -m minidiff import --from runs/pipeline --out runs/imported/model.safetensors
 
@@ -36,12 +38,12 @@ import time
 
 import numpy as np
 
-from minidiff import backend, checkpoint, data, models, plots
+from minidiff import backend, checkpoint, data, models, plots, toy2d
 from minidiff.autograd import no_grad
 from minidiff.diffusion import SAMPLERS, make_sampler, schedules_at
 from minidiff.train import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted, progress_option
 
-DATASETS = ["digits", "shapes", "mnist", "fashion-mnist"]
+DATASETS = list(data.DATASETS)   # images, then the toy 2-D point sets (data.POINT_SETS)
 IDX_DATASETS = ("mnist", "fashion-mnist")
 
 
@@ -107,13 +109,16 @@ def _parser():
     _common(e)
 
     f = sub.add_parser("plot", help="figures: 'checkpoint' (a model's figures), 'schedules', 'recon-vs-latent', "
-                                    "'vae-anomaly' or 'mae-probe'")
+                                    "'vae-anomaly', 'mae-probe' or 'score-field' (a 2-D DDPM: its score arrows, "
+                                    "every sampler, MMD at equal calls)")
     f.add_argument("what", choices=list(PLOTS))
-    f.add_argument("--checkpoint", help="checkpoint only: the model whose figures to draw")
+    f.add_argument("--checkpoint", help="checkpoint and score-field only: the model whose figures to draw")
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument("--T", type=int, help="schedules only: the number of steps T (default 200)")
     f.add_argument("--steps", type=int, help="recon-vs-latent, vae-anomaly and mae-probe only: training steps per "
                                              "model (default 600, 1500 and 1500)")
+    f.add_argument("--calls", type=int, nargs="+", help="score-field only: network calls per sampler; the first "
+                                                         "is drawn, the MMD is measured at each (default 100)")
     f.add_argument("--seed", type=int, default=0)
     _common(f)
     _interop_parsers(sub)
@@ -292,8 +297,20 @@ SAMPLING_FLAGS = {
 }
 
 # Flags of `plot` and the figures they apply to.
-PLOT_FLAGS = {"checkpoint": ("checkpoint",), "T": ("schedules",),
-              "steps": ("recon-vs-latent", "vae-anomaly", "mae-probe")}
+PLOT_FLAGS = {"checkpoint": ("checkpoint", "score-field"), "T": ("schedules",),
+              "steps": ("recon-vs-latent", "vae-anomaly", "mae-probe"), "calls": ("score-field",)}
+
+
+def _points(model):
+    """The model was trained on a toy point set (B, D), not on images."""
+    return bool(getattr(model, "is_points", False))
+
+
+def dataset_fits(flag, model, dataset):
+    """Point models take the point sets (data.POINT_SETS) and image models the images, nothing else."""
+    if _points(model) != (dataset in data.POINT_SETS):
+        raise UsageError(f"{flag}: {dataset!r} is {'a 2-D point set' if dataset in data.POINT_SETS else 'images'}, "
+                         f"but the {model.name} model was trained on {'points' if _points(model) else 'images'}")
 
 
 def validate_common(args):
@@ -308,6 +325,12 @@ def validate_dataset(args):
             raise UsageError(f"--data-root: {args.data_root!r} is not a folder")
     elif args.dataset in IDX_DATASETS:
         raise UsageError(f"--dataset {args.dataset} needs --data-root DIR (the folder of its four IDX files)")
+    model = getattr(args, "model", None)
+    if args.dataset in data.POINT_SETS and model is not None and not getattr(models.REGISTRY[model], "TAKES_POINTS",
+                                                                              False):
+        takes = sorted(name for name, cls in models.REGISTRY.items() if getattr(cls, "TAKES_POINTS", False))
+        raise UsageError(f"--dataset {args.dataset} is a 2-D point set; train takes it for {', '.join(takes)}, "
+                         f"not {model} (an image model)")
 
 
 def validate_sampling(args, model, command):
@@ -349,9 +372,15 @@ def new_model(args, dataset):
     unknown = [key for key in sets if key not in accepted]
     if unknown:
         raise UsageError(f"--set: {args.model} has no hyperparameter {unknown[0]!r}; it takes {', '.join(accepted)}")
+    hparams = {**cls.default_hparams(dataset), **sets}
+    if hasattr(cls, "inapplicable_hparams"):   # hyperparameters of another network than the one this data gets
+        wrong = [key for key in cls.inapplicable_hparams(hparams) if key in sets]
+        if wrong:
+            raise UsageError(f"--set: {wrong[0]!r} does not apply to {args.model}'s {hparams.get('network', 'unet')} "
+                             f"network (--dataset {args.dataset})")
     backend.manual_seed(args.seed)
     try:
-        return cls(**{**cls.default_hparams(dataset), **sets})
+        return cls(**hparams)
     except (TypeError, ValueError) as e:  # a --set value the model refuses
         raise UsageError(f"--set: {args.model} refuses {sets}: {e}") from None
 
@@ -386,7 +415,7 @@ def validate_train(args):
 def cmd_train(args):
     args.out = args.out or os.path.join("runs", args.model)
     validate_train(args)
-    dataset = data.load_images(args.dataset, args.data_root, seed=0)
+    dataset = data.load_dataset(args.dataset, args.data_root, seed=0)
     model = new_model(args, dataset)
     check_applies(TRAIN_FLAGS, args, model, "train")
     config = train_config(type(model), args)
@@ -507,8 +536,10 @@ def cmd_sample(args):
     buffer = io.BytesIO()
     np.save(buffer, images)
     checkpoint.atomic_write_bytes(args.out, buffer.getvalue())
-    png = plots.save_sample_grid(images, args.out[:-4] + ".png", title=f"{model.name} samples" + (
-        f" ({args.sampler or 'ddpm'}, {args.steps or 'all'} steps)" if _samples_by_chain(model) else ""))
+    title = f"{model.name} samples" + (
+        f" ({args.sampler or 'ddpm'}, {args.steps or 'all'} steps)" if _samples_by_chain(model) else "")
+    png = (plots.save_point_clouds({title: images}, args.out[:-4] + ".png") if _points(model)
+           else plots.save_sample_grid(images, args.out[:-4] + ".png", title=title))
     print(f"wrote {args.out} {images.shape} in [{images.min():.2f}, {images.max():.2f}] and {png}")
     return 0
 
@@ -523,8 +554,11 @@ def validate_eval(args):
         raise UsageError(f"--checkpoint holds a {model.name} model, which has no held-out metrics")
     args.dataset = args.dataset or state.get("dataset", "digits")
     validate_dataset(args)
+    dataset_fits("--dataset", model, args.dataset)
     classifier = None
     if args.classifier is not None:
+        if _points(model):
+            raise UsageError("--classifier scores images; the checkpoint's model was trained on points")
         classifier, _ = load_checkpoint("--classifier", args.classifier)
         if classifier.name != "classifier":
             raise UsageError(f"--classifier: {args.classifier!r} holds a {classifier.name} model, expected a "
@@ -540,7 +574,7 @@ def validate_eval(args):
 def cmd_eval(args):
     from minidiff import quality
     model, state, classifier = validate_eval(args)
-    dataset = data.load_images(args.dataset, args.data_root, seed=0)
+    dataset = data.load_dataset(args.dataset, args.data_root, seed=0)
     for key, value in (("image_shape", list(dataset.image_shape)), ("levels", dataset.levels)):
         if key in model.hparams and list(np.atleast_1d(model.hparams[key])) != list(np.atleast_1d(value)):
             raise UsageError(f"--dataset {args.dataset}: its {key} is {value}, but the checkpoint's model was "
@@ -577,18 +611,32 @@ def validate_plot(args):
     at_least("--T", args.T, 1)
     at_least("--steps", args.steps, 1)
     writable_folder("--out", args.out)
-    if args.what == "checkpoint":
+    for calls in args.calls or ():
+        at_least("--calls", calls, toy2d.MIN_CALLS)   # two Langevin levels and the denoising call
+    if args.what in ("checkpoint", "score-field"):
         if args.checkpoint is None:
-            raise UsageError("--checkpoint: plot checkpoint needs --checkpoint PATH")
-        return load_checkpoint("--checkpoint", args.checkpoint)
+            raise UsageError(f"--checkpoint: plot {args.what} needs --checkpoint PATH")
+        model, state = load_checkpoint("--checkpoint", args.checkpoint)
+        if args.what == "score-field" and not (_points(model) and model.image_shape == (2,)):
+            raise UsageError(f"--checkpoint: plot score-field takes a ddpm trained on a 2-D point set (train ddpm "
+                             f"--dataset two-moons), got a {model.name} model of data shape "
+                             f"{getattr(model, 'image_shape', None)}")
+        return model, state
     return None, None
 
 
 def plot_checkpoint(args, model, state):
-    dataset = data.load_images(state.get("dataset", "digits"), None, seed=0)
+    dataset = data.load_dataset(state.get("dataset", "digits"), None, seed=0)
     _write(f"drawing the figures of {args.checkpoint} into {args.out}/", file=sys.stderr)
     return model.figures(args.out, dataset, None, backend.default_rng(seed=args.seed),
                          **progress_option(model.figures, not args.no_progress))
+
+
+def plot_score_field(args, model, state):
+    """Data, the score arrows, every sampler at the first --calls, and the MMD at each (score_field.json)."""
+    dataset = data.load_dataset(state.get("dataset", "two-moons"), None, seed=0)
+    calls = args.calls or [100]
+    return toy2d.score_field_figure(model, dataset, args.out, calls=calls[0], budgets=calls, seed=args.seed)
 
 
 def plot_schedules(args, model, state):
@@ -615,7 +663,7 @@ def plot_mae_probe(args, model, state):
 
 
 PLOTS = {"checkpoint": plot_checkpoint, "schedules": plot_schedules, "recon-vs-latent": plot_recon_vs_latent,
-         "vae-anomaly": plot_vae_anomaly, "mae-probe": plot_mae_probe}
+         "vae-anomaly": plot_vae_anomaly, "mae-probe": plot_mae_probe, "score-field": plot_score_field}
 
 
 def cmd_plot(args):
@@ -632,8 +680,9 @@ def cmd_export(args):
     from minidiff.interop import diffusers
     writable_folder("--out", args.out)
     model, _ = load_checkpoint("--checkpoint", args.checkpoint)
-    if model.name != "ddpm":
-        raise UsageError(f"--checkpoint: export --format diffusers takes a ddpm checkpoint, got {model.name!r}")
+    if model.name != "ddpm" or _points(model):
+        raise UsageError(f"--checkpoint: export --format diffusers takes an image ddpm checkpoint, got a "
+                         f"{model.name!r} model" + (" of points (an MLP, no UNet2DModel)" if _points(model) else ""))
     print(f"wrote {diffusers.export_pipeline(model, args.out)} (DDPMPipeline.from_pretrained opens it)")
     return 0
 

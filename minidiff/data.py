@@ -5,7 +5,8 @@ Images are float32 arrays of shape (N, C, H, W) scaled to [-1, 1] with integer l
   split into train and test by a fixed seeded permutation; the default everywhere.
 - `mnist(root)`: MNIST or Fashion-MNIST from the four IDX files the user downloaded (`read_idx`).
 - `shapes(n)`: procedurally drawn discs, squares and triangles (label = shape).
-Toy 2-D point clouds (N, 2): `two_moons`, `swiss_roll`, `eight_gaussians`.
+Toy 2-D point clouds (N, 2): `two_moons`, `swiss_roll`, `eight_gaussians`; `points(name)` splits one
+into train and test like the images (POINT_SETS), and `load_dataset(name)` loads any of DATASETS.
 
 `BatchStream` makes batch k a pure function of (seed, k), so a resumed run sees the same batches.
 """
@@ -23,11 +24,12 @@ from minidiff import checks
 
 @dataclasses.dataclass
 class ImageDataset:
-    """A train/test split of images in [-1, 1]: x_* (N, C, H, W) float32, y_* (N,) int64.
+    """A train/test split of images in [-1, 1], x_* (N, C, H, W) float32, or of points x_* (N, D); y_* (N,) int64.
 
     levels: the number K of grey levels the pixels take, on the grid x = -1 + 2k/(K - 1), k = 0..K-1
     (17 for the 0..16 digits, 256 for 8-bit MNIST, 2 for the black-and-white shapes); the
-    discretised decoder's bins and bits/dim are on this grid (docs/vlb_bits_per_dim.md §2).
+    discretised decoder's bins and bits/dim are on this grid (docs/vlb_bits_per_dim.md §2). None for
+    points, which are continuous.
     """
     name: str
     x_train: np.ndarray
@@ -35,7 +37,7 @@ class ImageDataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
-    levels: int
+    levels: int | None = None
 
     @property
     def image_shape(self):
@@ -232,6 +234,24 @@ def eight_gaussians(n, std=0.05, radius=1.0, seed=0):
     k = rng.integers(0, 8, size=n)
     centres = radius * np.stack([np.cos(2 * np.pi * k / 8), np.sin(2 * np.pi * k / 8)], axis=1)
     return (centres + std * rng.standard_normal((n, 2))).astype(np.float32), k.astype(np.int64)
+
+
+POINT_SETS = {"two-moons": two_moons, "swiss-roll": swiss_roll, "eight-gaussians": eight_gaussians}
+DATASETS = ("digits", "shapes", "mnist", "fashion-mnist", *POINT_SETS)
+
+
+def points(name, n=10000, test_fraction=0.2, seed=0):
+    """A toy 2-D point cloud of POINT_SETS, n points split like the images: x (N, 2) float32, labels (or 0)."""
+    if name not in POINT_SETS:
+        raise ValueError(f"unknown point set {name!r}; expected one of {list(POINT_SETS)}")
+    drawn = POINT_SETS[name](n, seed=seed)
+    x, y = drawn if isinstance(drawn, tuple) else (drawn, np.zeros(n, dtype=np.int64))
+    return ImageDataset(name, *train_test_split(x, y, test_fraction, seed), num_classes=int(y.max()) + 1)
+
+
+def load_dataset(name, root=None, seed=0):
+    """Any data set of DATASETS by name: a point cloud of POINT_SETS, else `load_images`."""
+    return points(name, seed=seed) if name in POINT_SETS else load_images(name, root, seed)
 
 
 # ---------------------------------------------------------------- batches

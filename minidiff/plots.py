@@ -187,3 +187,49 @@ def save_score_histograms(groups, path, xlabel="score", title=None):
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def save_point_clouds(clouds, path, limits=None):
+    """Side-by-side scatters of {title: points (N, 2)} on shared axes."""
+    fig = _figure(3.0 * len(clouds), 3.2)
+    limits = limits or point_limits(np.concatenate([to_numpy(p) for p in clouds.values()]))
+    for i, (title, p) in enumerate(clouds.items()):
+        ax = fig.add_subplot(1, len(clouds), i + 1)
+        _scatter(ax, to_numpy(p), title, limits)
+    return _save(fig, path)
+
+
+def save_score_field(data, grid, arrows, samples, path, arrow_title="score field"):
+    """The data, the arrows `arrows` (M, 2) at `grid` (M, 2), then {title: samples (N, 2)}, on shared axes."""
+    data, panels = to_numpy(data), 2 + len(samples)
+    cols = math.ceil(panels / 2)
+    fig = _figure(3.0 * cols, 6.4)
+    limits = point_limits(data, pad=0.6)
+    _scatter(fig.add_subplot(2, cols, 1), data, "data", limits)
+    ax = fig.add_subplot(2, cols, 2)
+    ax.scatter(data[:, 0], data[:, 1], s=1, alpha=0.15, color="0.5")
+    ax.quiver(grid[:, 0], grid[:, 1], arrows[:, 0], arrows[:, 1], angles="xy", scale_units="xy", scale=1.0,
+              width=0.004, color="C3")
+    _style(ax, arrow_title, limits)
+    for i, (title, p) in enumerate(samples.items()):
+        _scatter(fig.add_subplot(2, cols, 3 + i), to_numpy(p), title, limits)
+    return _save(fig, path)
+
+
+def point_limits(points, pad=0.3):
+    """((x_lo, x_hi), (y_lo, y_hi)): the 0.5-99.5 percentile box of 2-D points, widened by `pad`."""
+    lo, hi = np.percentile(points, 0.5, axis=0) - pad, np.percentile(points, 99.5, axis=0) + pad
+    return (lo[0], hi[0]), (lo[1], hi[1])
+
+
+def _scatter(ax, p, title, limits):
+    ax.scatter(p[:, 0], p[:, 1], s=1, alpha=0.4)
+    _style(ax, title, limits)
+
+
+def _style(ax, title, limits):
+    ax.set_xlim(*limits[0])
+    ax.set_ylim(*limits[1])
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)

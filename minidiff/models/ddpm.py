@@ -9,11 +9,11 @@ the discretised decoder on the data's own grid of `levels` grey levels (the data
 log2(levels) bits/dim of a uniform guess over those levels.
 Sampling: any sampler registered in diffusion.SAMPLERS ('ddpm': the fused reverse step; 'ddim'), on a
 respaced chain if asked. The schedule is any name registered in diffusion.SCHEDULES (with its options).
-The network is any U-Net of `UNETS` (`--set unet=diffusers`: diffusers' UNet2DModel layout, docs/interop.md);
-it predicts eps, x_0 or v (`prediction`), converted to eps_hat for the samplers and the VLB (eq. E2, E5).
+The network is any U-Net of `UNETS` (`--set unet=diffusers`: diffusers' UNet2DModel layout, docs/interop.md),
+or for points (B, D) the time-embedded MLP (`network="mlp"`, the toy 2-D sets, docs/score.md §4); it
+predicts eps, x_0 or v (`prediction`), converted to eps_hat for the samplers and the VLB (eq. E2, E5).
 """
 import math
-
 import os
 
 import numpy as np
@@ -24,6 +24,7 @@ from minidiff.autograd import Tensor, no_grad
 from minidiff.backend import to_numpy, xp_of
 from minidiff.diffusion.process import PREDICTIONS
 from minidiff.models.base import as_images, loss_figure, register
+from minidiff.models.time_mlp import TimeMLP
 from minidiff.models.unet import UNet
 from minidiff.models.unet_diffusers import DiffusersUNet
 
@@ -51,40 +52,87 @@ def diffusers_unet(image_shape, hp, dtype):
 UNETS = {"teaching": teaching_unet, "diffusers": diffusers_unet}   # DDPM(unet=NAME), `--set unet=NAME`
 
 
+def unet(image_shape, hp, dtype):
+    """The U-Net of UNETS named by hp["unet"], for images (C, H, W) with H = W."""
+    c, h, w = image_shape
+    if h != w:
+        raise ValueError(f"DDPM: square images only, got {h}x{w}")
+    return UNETS[hp["unet"]](image_shape, hp, dtype)
+
+
+def time_mlp(point_shape, hp, dtype):
+    """The time-embedded MLP (models/time_mlp.py) for points (D,)."""
+    return TimeMLP(point_shape[0], hp["hidden"], hp["depth"], dtype=dtype)
+
+
+# The noise networks, DDPM(network=NAME): (builder(data shape, hparams, dtype), the data's rank, the hparams
+# only it reads). The network sits in the attribute of its name (state-dict keys "unet.*" or "mlp.*").
+NETWORKS = {"unet": (unet, 3, ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions",
+                                "dropout", "unet", "unet_config")),
+            "mlp": (time_mlp, 1, ("hidden", "depth"))}
+
+
 @register
 class DDPM(nn.Module):
+    """network: "unet" (images (C, H, W), the default) or "mlp" (points (D,)), from NETWORKS.
+
+    The hparams hold the chosen network's own keys only; "network" enters them only when it is not the
+    U-Net, so U-Net checkpoints are written as before.
+    """
     name = "ddpm"
+    TAKES_POINTS = True   # `train ddpm --dataset two-moons` (the CLI's check)
     TRAIN_DEFAULTS = dict(steps=1500, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.995)
 
     def __init__(self, image_shape=(1, 8, 8), T=200, schedule="cosine", base_channels=32, channel_mults=(1, 2),
                  num_res_blocks=1, attention_resolutions=(4,), dropout=0.1, eval_images=64, unet="teaching",
-                 unet_config=None, schedule_options=None, prediction="eps", clip_x0=True, levels=256, dtype=None):
+                 unet_config=None, schedule_options=None, prediction="eps", clip_x0=True, levels=256, network="unet",
+                 hidden=128, depth=3, dtype=None):
         super().__init__()
         self.schedule = diffusion.make_schedule(schedule, T, **(schedule_options or {}))   # a diffusion.SCHEDULES name
-        c, h, w = image_shape
-        if h != w:
-            raise ValueError(f"DDPM: square images only, got {h}x{w}")
+        if network not in NETWORKS or unet not in UNETS or prediction not in PREDICTIONS:
+            raise ValueError(f"DDPM: network must be one of {list(NETWORKS)}, unet one of {list(UNETS)} and "
+                             f"prediction one of {PREDICTIONS}, got {network!r}, {unet!r}, {prediction!r}")
+        build, rank, own = NETWORKS[network]
+        if len(image_shape) != rank:
+            raise ValueError(f"DDPM: network {network!r} takes data of shape {'(C, H, W)' if rank == 3 else '(D,)'}, "
+                             f"got image_shape {tuple(image_shape)}")
+        options = {"base_channels": base_channels, "channel_mults": list(channel_mults),
+                   "num_res_blocks": num_res_blocks, "attention_resolutions": list(attention_resolutions),
+                   "dropout": dropout, "unet": unet, "unet_config": unet_config, "hidden": hidden, "depth": depth}
         self.hparams = {"image_shape": list(image_shape), "T": T, "schedule": schedule,
-                        "base_channels": base_channels, "channel_mults": list(channel_mults),
-                        "num_res_blocks": num_res_blocks, "attention_resolutions": list(attention_resolutions),
-                        "dropout": dropout, "eval_images": eval_images, "unet": unet, "unet_config": unet_config,
-                        "schedule_options": schedule_options, "prediction": prediction, "clip_x0": clip_x0,
-                        "levels": levels}
-        if unet not in UNETS or prediction not in PREDICTIONS:
-            raise ValueError(f"DDPM: unet must be one of {list(UNETS)} and prediction one of {PREDICTIONS}, "
-                             f"got {unet!r}, {prediction!r}")
-        checks.integer("levels", levels, minimum=2, where="DDPM")   # the data's grey levels, K >= 2
-        self.image_shape, self.T = tuple(image_shape), T
-        self.unet = UNETS[unet](self.image_shape, self.hparams, dtype)
+                        **{key: options[key] for key in NETWORKS["unet"][2] if key in own},
+                        "eval_images": eval_images, "schedule_options": schedule_options, "prediction": prediction,
+                        "clip_x0": clip_x0, **({"levels": levels} if network == "unet" else {}),
+                        **({} if network == "unet" else {"network": network, **{key: options[key] for key in own}})}
+        if network == "unet":
+            checks.integer("levels", levels, minimum=2, where="DDPM")   # the data's grey levels, K >= 2
+        self.image_shape, self.T, self.network = tuple(image_shape), T, network
+        setattr(self, network, build(self.image_shape, options, dtype))
+
+    @property
+    def is_points(self):
+        """Point data (B, D) rather than images: no [-1, 1] grid, scatter figures, a Gaussian VLB decoder."""
+        return self.network == "mlp"
+
+    @classmethod
+    def inapplicable_hparams(cls, hparams):
+        """The keys of `hparams` that the network it names (hparams.get("network", "unet")) does not read."""
+        network = hparams.get("network", "unet")
+        own = NETWORKS[network][2] if network in NETWORKS else ()
+        others = {key for name, (_, _, keys) in NETWORKS.items() if name != network for key in keys}
+        return [key for key in hparams if key in others and key not in own]
 
     @classmethod
     def default_hparams(cls, dataset):
-        """The data's image shape and grey levels (the decoder's grid, docs/vlb_bits_per_dim.md §2)."""
+        """Images: the U-Net, the data's image shape and grey levels (the decoder's grid,
+        docs/vlb_bits_per_dim.md §2). Points (D,): the MLP, without clipping x0_hat (points have no data range)."""
+        if len(dataset.image_shape) == 1:
+            return {"image_shape": dataset.image_shape, "network": "mlp", "clip_x0": False}
         return {"image_shape": dataset.image_shape, "levels": dataset.levels}
 
     def forward(self, x_t, t):
         """eps_hat = eps_theta(x_t, t) (a Tensor)."""
-        return self.unet(x_t, t)
+        return getattr(self, self.network)(x_t, t)
 
     def loss(self, batch, rng):
         """L_simple on a batch, through the fused q_sample and eps-loss kernels (squared noise units)."""
@@ -118,8 +166,14 @@ class DDPM(nn.Module):
 
         The decoder's bins are the data's `levels`; uniform_bits_per_dim = log2(levels) is what a guess
         that ignores the image scores on that grid (4.09 for the 17-level digits, 8 for 8-bit data).
+        Points are on no grid: their VLB uses the Gaussian decoder, a density, in nats per point.
         """
         x = x[:self.hparams["eval_images"]]
+        if self.is_points:
+            vlb = diffusion.nll_bpd(self.eps_array, x, self.schedule, rng, decoder="gaussian", progress=progress)
+            loss, _ = self.loss((x, y), rng)
+            return {"test_vlb_nats": float(to_numpy(vlb["total_bpd"]).mean() * math.log(2.0) * x.shape[1]),
+                    "test_eps_loss": float(to_numpy(loss.data))}
         levels = self.hparams["levels"]
         vlb = diffusion.nll_bpd(self.eps_array, x, self.schedule, rng, levels=levels, progress=progress)
         loss, _ = self.loss((x, y), rng)
@@ -146,15 +200,20 @@ class DDPM(nn.Module):
                                 return_trajectory=return_trajectory, progress=progress)
 
     def sample_images(self, n, rng, sampler="ddpm", steps=None, label=None, progress=False, **options):
-        """n samples as a NumPy array in [-1, 1], (n, C, H, W); options go to the sampler (eta=... for 'ddim');
-        a tqdm bar over the steps if `progress`."""
-        return as_images(self.sample(n, rng, sampler, steps, progress=progress, **options))
+        """n samples as a NumPy array, (n, C, H, W) in [-1, 1] or points (n, D); options go to the sampler
+        (eta=... for 'ddim'); a tqdm bar over the steps if `progress`."""
+        x = self.sample(n, rng, sampler, steps, progress=progress, **options)
+        return to_numpy(x).astype(np.float32) if self.is_points else as_images(x)
 
     # ------------------------------------------------------------ figures
     def figures(self, out, dataset, trainer, rng, progress=False):
         """Samples, the forward-noising strip, the reverse trajectory, alpha_bar/SNR curves, the loss curve;
         a tqdm bar over the sampling steps if `progress`."""
         paths = [loss_figure(trainer, out, "eps-loss (squared noise units)")] if trainer else []
+        if self.is_points:
+            samples = {"data (test)": to_numpy(dataset.x_test),
+                       "DDPM samples": to_numpy(self.sample(2000, rng, progress=progress))}
+            return paths + [plots.save_point_clouds(samples, os.path.join(out, "samples.png"))]
         x0, trajectory = self.sample(64, rng, return_trajectory=True, progress=progress)
         paths.append(plots.save_sample_grid(as_images(x0), os.path.join(out, "samples.png"), nrow=8,
                                             title=f"DDPM samples (T={self.T}, {self.hparams['schedule']})"))
