@@ -1,4 +1,4 @@
-"""A time-embedded MLP noise model eps_theta(x_t, t) for point data (B, D), e.g. the toy 2-D sets (docs/training.md §5).
+"""A time-embedded MLP noise model eps_theta(x_t, t) for point data (B, D), e.g. the toy 2-D sets (docs/score.md §4).
 
     e     = Linear(SiLU(Linear(sinusoidal(t))))                    time embedding, (B, H)
     h_0   = Linear(x_t) + e                                         (B, H)
