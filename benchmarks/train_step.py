@@ -190,6 +190,20 @@ def limit_threads(n):
     return [{k: i.get(k) for k in ("internal_api", "num_threads", "version")} for i in threadpool_info()]
 
 
+def timed_step(parts, forward_loss, opt):
+    """One training step after zero_grad, its three parts timed into `parts`: forward + loss, backward, the
+    optimiser step (the same split for both frameworks: their losses have .backward(), optimisers .step())."""
+    t0 = time.perf_counter()
+    loss = forward_loss()
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    opt.step()
+    t3 = time.perf_counter()
+    for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+        parts[key].append(dt)
+
+
 def worker_ours(config, path, steps, threads):
     import minidiff as md
     from minidiff import diffusion, optim
@@ -213,15 +227,7 @@ def worker_ours(config, path, steps, threads):
     def step():
         model.train()
         opt.zero_grad()
-        t0 = time.perf_counter()
-        loss = diffusion.fused_eps_loss(model(md.Tensor(x_t), t), eps)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        opt.step()
-        t3 = time.perf_counter()
-        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
-            parts[key].append(dt)
+        timed_step(parts, lambda: diffusion.fused_eps_loss(model(md.Tensor(x_t), t), eps), opt)
 
     def forward():
         model.eval()
@@ -257,15 +263,7 @@ def worker_torch(config, path, steps, threads):
     def step():
         net.train()
         opt.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
-        loss = ((net(x_t, t) - eps) ** 2).mean()
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        opt.step()
-        t3 = time.perf_counter()
-        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
-            parts[key].append(dt)
+        timed_step(parts, lambda: ((net(x_t, t) - eps) ** 2).mean(), opt)
 
     def forward():
         net.eval()

@@ -15,6 +15,7 @@ from hypothesis import given, strategies as st
 from minidiff import kernels
 from minidiff.diffusion import Schedule
 from tests import conftest  # noqa: F401  (registers the hypothesis profiles, loads HYPOTHESIS_PROFILE)
+from tests.fuzzing import make_outcome
 
 IMPLS = [name for name in ("numpy", "numba") if name in kernels.available()]
 T = 6
@@ -24,15 +25,7 @@ BARE_NUMPY = ("operands could not be broadcast", "zero-size array", "is out of b
               "cannot reshape array", "index ")
 
 
-def outcome(call, names):
-    """The call's result, or None after a ValueError/TypeError whose message names one of `names`."""
-    try:
-        return call()
-    except (ValueError, TypeError) as e:
-        message = str(e)
-        assert any(name in message for name in names), f"message {message!r} names none of {names}"
-        assert not any(bare in message for bare in BARE_NUMPY), f"bare NumPy message: {message!r}"
-        return None
+outcome = make_outcome(BARE_NUMPY)
 
 
 def _copy(schedule, **changes):
