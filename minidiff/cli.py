@@ -85,6 +85,9 @@ def _parser():
                    help="also checkpoint when this many minutes passed since the last one (default 5; 0: off)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model hyperparameter, e.g. --set latent_dim=2 --set kind=conv (JSON values)")
+    t.add_argument("--class-conditional", action="store_true",
+                   help="condition on the dataset's labels (num_classes = the dataset's); ddpm: classifier-free "
+                        "guidance, labels dropped with probability p_uncond (--set p_uncond=0.1)")
     _common(t)
 
     s = sub.add_parser("sample", help="draw N samples from a checkpoint into an .npy (+ a PNG grid beside it)")
@@ -93,7 +96,8 @@ def _parser():
     s.add_argument("--out", required=True, help="FILE.npy (FILE.png is written beside it)")
     _sampling(s)
     s.add_argument("--eta", type=float, help="ddim sampler only (same as --sampler-option eta=E)")
-    s.add_argument("--label", type=int, help="cvae only: the digit to draw (default: 0..9 in turn)")
+    s.add_argument("--label", type=int, help="class-conditional models only (cvae, ddpm --class-conditional): the "
+                                             "class to draw (default: 0..K-1 in turn)")
     s.add_argument("--seed", type=int, default=0)
     _common(s)
 
@@ -150,6 +154,9 @@ def _sampling(p):
     p.add_argument("--steps", type=int, help="ddpm only: sample on K respaced steps, 1 <= K <= T (default: all T)")
     p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
                    help="ddpm only: a sampler option, e.g. --sampler-option eta=0.5 for ddim (JSON values)")
+    p.add_argument("--guidance", type=float, help="class-conditional ddpm only: the classifier-free guidance scale "
+                                                  "s (diffusers' guidance_scale; the paper's w = s - 1); "
+                                                  "0: unconditional, 1: conditional (default)")
 
 
 def _common(p):
@@ -278,6 +285,11 @@ def _class_conditional(model):
     return bool(getattr(model, "num_classes", 0))
 
 
+def _guided(model):
+    """A class-conditional diffusion model: it samples with classifier-free guidance."""
+    return _class_conditional(model) and _samples_by_chain(model)
+
+
 def _can_sample(model):
     return hasattr(model, "sample_images")
 
@@ -293,7 +305,8 @@ SAMPLING_FLAGS = {
     "steps": (_samples_by_chain, "diffusion models (ddpm)"),
     "sampler_option": (_samples_by_chain, "diffusion models (ddpm)"),
     "eta": (_samples_by_chain, "diffusion models (ddpm) with --sampler ddim"),
-    "label": (_class_conditional, "class-conditional models (cvae)"),
+    "label": (_class_conditional, "class-conditional models (cvae, ddpm trained with --class-conditional)"),
+    "guidance": (_guided, "class-conditional diffusion models (train ddpm --class-conditional)"),
 }
 
 # Flags of `plot` and the figures they apply to.
@@ -348,6 +361,8 @@ def validate_sampling(args, model, command):
             raise UsageError(f"--sampler-option: {e}") from None
         if args.steps is not None and not 1 <= args.steps <= model.T:
             raise UsageError(f"--steps must be in 1..{model.T} (the model's T), got {args.steps}")
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
     if getattr(args, "label", None) is not None and not 0 <= args.label < model.num_classes:
         raise UsageError(f"--label must be in 0..{model.num_classes - 1}, got {args.label}")
 
@@ -372,6 +387,11 @@ def new_model(args, dataset):
     unknown = [key for key in sets if key not in accepted]
     if unknown:
         raise UsageError(f"--set: {args.model} has no hyperparameter {unknown[0]!r}; it takes {', '.join(accepted)}")
+    if args.class_conditional:
+        if "num_classes" not in accepted or "num_classes" in sets:
+            raise UsageError("--class-conditional: " + (f"{args.model} takes no labels" if "num_classes" not in
+                                                          accepted else "give it or --set num_classes, not both"))
+        sets["num_classes"] = dataset.num_classes
     hparams = {**cls.default_hparams(dataset), **sets}
     if hasattr(cls, "inapplicable_hparams"):   # hyperparameters of another network than the one this data gets
         wrong = [key for key in cls.inapplicable_hparams(hparams) if key in sets]
@@ -516,7 +536,8 @@ def draw_samples(args, model, n, label):
     _write(f"sampling {_count(n, 'image')} from {args.checkpoint}" + (
         f" with the {args.sampler or 'ddpm'} sampler on {args.steps or model.T} steps" if chain else ""),
         file=sys.stderr)
-    options = {**sampler_options(args), **progress_option(model.sample_images, not args.no_progress)}
+    options = {**sampler_options(args), **progress_option(model.sample_images, not args.no_progress),
+               **({"guidance": args.guidance} if args.guidance is not None else {})}
     return model.sample_images(n, backend.default_rng(seed=args.seed), sampler=args.sampler or "ddpm",
                                steps=args.steps, label=label, **options)
 
@@ -589,7 +610,7 @@ def cmd_eval(args):
     if classifier is not None:
         labels = np.arange(args.n) % dataset.num_classes
         started = time.time()
-        samples = draw_samples(args, model, args.n, labels)
+        samples = draw_samples(args, model, args.n, labels if _class_conditional(model) else None)
         result["sampling_seconds"] = round(time.time() - started, 1)
         requested = labels if _class_conditional(model) else None
         result["quality"] = quality.sample_quality(classifier, samples, dataset.x_test, requested)
