@@ -48,6 +48,37 @@ def test_the_papers_w_is_s_minus_one(shape, seed, w):
                                rtol=1e-9, atol=1e-9)
 
 
+@given(T=st.integers(2, 200), seed=seeds(), s=scales)
+def test_guidance_is_classifier_guidance_with_the_implicit_classifier_of_bayes_rule(T, seed, s):
+    """Two classes of 1-D data N(m_y, r^2), equally likely: q_t(x | y) = N(a m_y, a^2 r^2 + 1 - a^2) in closed form.
+    With the exact eps of each (S1), the guided eps turned into a score (S2) is the conditional score plus
+    (s - 1) times grad log q(y | x_t), differentiated here by central differences (eq. G1-G4)."""
+    rng = np.random.default_rng(seed)
+    schedule = diffusion.Schedule.cosine(T)
+    t = rng.integers(1, T + 1, size=6)
+    a2 = schedule.alpha_bars[t][:, None]
+    m, r = rng.uniform(-1, 1, 2), rng.uniform(0.1, 0.5)
+    x = rng.uniform(-1.5, 1.5, (6, 1))
+    var = a2 * r ** 2 + 1 - a2
+
+    def log_q(x_, y):                                    # log q_t(x | y), up to a constant common to both y
+        return -0.5 * (x_ - np.sqrt(a2) * m[y]) ** 2 / var
+
+    def log_posterior(x_, y):                           # log q(y | x_t) by Bayes' rule, uniform prior
+        return log_q(x_, y) - np.logaddexp(log_q(x_, 0), log_q(x_, 1))
+
+    y = 1
+    score_cond = -(x - np.sqrt(a2) * m[y]) / var
+    weights = np.exp(np.stack([log_posterior(x, k) for k in (0, 1)]))
+    score_uncond = sum(weights[k] * -(x - np.sqrt(a2) * m[k]) / var for k in (0, 1))
+    sigma = np.sqrt(1 - a2)
+    eps_cond, eps_uncond = -sigma * score_cond, -sigma * score_uncond        # (S1) with the exact scores
+    h = 1e-5
+    grad_classifier = (log_posterior(x + h, y) - log_posterior(x - h, y)) / (2 * h)
+    guided_score = diffusion.score_from_eps(guided_eps(eps_cond, eps_uncond, s), t, schedule)
+    np.testing.assert_allclose(guided_score, score_cond + (s - 1) * grad_classifier, rtol=1e-5, atol=1e-5)
+
+
 def test_guided_eps_refuses_mismatched_shapes_and_non_finite_scales():
     with pytest.raises(ValueError, match="eps_uncond must have shape"):
         guided_eps(np.zeros((2, 3)), np.zeros((2, 1)), 1.0)
