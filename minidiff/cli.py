@@ -113,10 +113,13 @@ def _parser():
     _common(e)
 
     f = sub.add_parser("plot", help="figures: 'checkpoint' (a model's figures), 'schedules', 'recon-vs-latent', "
-                                    "'vae-anomaly', 'mae-probe' or 'score-field' (a 2-D DDPM: its score arrows, "
-                                    "every sampler, MMD at equal calls)")
+                                    "'vae-anomaly', 'mae-probe', 'score-field' (a 2-D DDPM: its score arrows, "
+                                    "every sampler, MMD at equal calls) or 'guidance-sweep' (a class-conditional "
+                                    "ddpm at guidance scales 0..5: requested-label accuracy, FD)")
     f.add_argument("what", choices=list(PLOTS))
-    f.add_argument("--checkpoint", help="checkpoint and score-field only: the model whose figures to draw")
+    f.add_argument("--checkpoint", help="checkpoint, score-field and guidance-sweep only: the model whose figures "
+                                        "to draw")
+    f.add_argument("--classifier", help="guidance-sweep only: the classifier that scores the samples")
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument("--T", type=int, help="schedules only: the number of steps T (default 200)")
     f.add_argument("--steps", type=int, help="recon-vs-latent, vae-anomaly and mae-probe only: training steps per "
@@ -310,7 +313,8 @@ SAMPLING_FLAGS = {
 }
 
 # Flags of `plot` and the figures they apply to.
-PLOT_FLAGS = {"checkpoint": ("checkpoint", "score-field"), "T": ("schedules",),
+PLOT_FLAGS = {"checkpoint": ("checkpoint", "score-field", "guidance-sweep"), "T": ("schedules",),
+              "classifier": ("guidance-sweep",),
               "steps": ("recon-vs-latent", "vae-anomaly", "mae-probe"), "calls": ("score-field",)}
 
 
@@ -634,16 +638,38 @@ def validate_plot(args):
     writable_folder("--out", args.out)
     for calls in args.calls or ():
         at_least("--calls", calls, toy2d.MIN_CALLS)   # two Langevin levels and the denoising call
-    if args.what in ("checkpoint", "score-field"):
+    if args.what in ("checkpoint", "score-field", "guidance-sweep"):
         if args.checkpoint is None:
             raise UsageError(f"--checkpoint: plot {args.what} needs --checkpoint PATH")
         model, state = load_checkpoint("--checkpoint", args.checkpoint)
+        if args.what == "guidance-sweep":
+            validate_guidance_sweep(args, model)
         if args.what == "score-field" and not (_points(model) and model.image_shape == (2,)):
             raise UsageError(f"--checkpoint: plot score-field takes a ddpm trained on a 2-D point set (train ddpm "
                              f"--dataset two-moons), got a {model.name} model of data shape "
                              f"{getattr(model, 'image_shape', None)}")
         return model, state
     return None, None
+
+
+def validate_guidance_sweep(args, model):
+    if not _guided(model):
+        raise UsageError(f"--checkpoint: plot guidance-sweep takes a class-conditional ddpm (train ddpm "
+                         f"--class-conditional), got a {model.name} model")
+    if args.classifier is None:
+        raise UsageError("--classifier: plot guidance-sweep needs the scoring classifier (train classifier)")
+    classifier, _ = load_checkpoint("--classifier", args.classifier)
+    if classifier.name != "classifier":
+        raise UsageError(f"--classifier: {args.classifier!r} holds a {classifier.name} model, expected a classifier")
+    args.classifier_model = classifier
+
+
+def plot_guidance_sweep(args, model, state):
+    """The requested-label accuracy, label entropies and FD ratio of samples at s in GUIDANCE_SCALES."""
+    from minidiff import experiments
+    dataset = data.load_dataset(state.get("dataset", "digits"), None, seed=0)
+    return experiments.guidance_sweep_report(args.out, model, args.classifier_model, dataset, seed=args.seed,
+                                             progress=not args.no_progress)
 
 
 def plot_checkpoint(args, model, state):
@@ -684,7 +710,8 @@ def plot_mae_probe(args, model, state):
 
 
 PLOTS = {"checkpoint": plot_checkpoint, "schedules": plot_schedules, "recon-vs-latent": plot_recon_vs_latent,
-         "vae-anomaly": plot_vae_anomaly, "mae-probe": plot_mae_probe, "score-field": plot_score_field}
+         "vae-anomaly": plot_vae_anomaly, "mae-probe": plot_mae_probe, "score-field": plot_score_field,
+         "guidance-sweep": plot_guidance_sweep}
 
 
 def cmd_plot(args):

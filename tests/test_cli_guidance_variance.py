@@ -84,3 +84,29 @@ def test_flags_that_do_not_fit_the_model_are_usage_errors(runs, tmp_path, capsys
     assert main([*argv, *out, "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists() and not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_the_guidance_sweep_scores_each_scale_as_eval_does(runs, tmp_path):
+    from minidiff import data, experiments, quality
+    model, _ = models.load(runs / "cfg" / "model.safetensors")
+    classifier, _ = models.load(_tiny_classifier(tmp_path))
+    ds = data.digits()
+    report = experiments.guidance_sweep(model, classifier, ds, scales=(0.0, 2.0), n=10, steps=3)
+    assert [row["guidance"] for row in report["rows"]] == [0.0, 2.0]
+    labels = np.arange(10) % 10
+    samples = model.sample_images(10, backend.default_rng(seed=0), sampler="ddim", steps=3, label=labels, guidance=2.0)
+    want = quality.sample_quality(classifier, samples, ds.x_test, labels)
+    assert {k: report["rows"][1][k] for k in want} == want
+    assert report["rows"][1]["frechet_ratio"] == want["frechet_distance"] / report["reference_frechet_train_vs_test"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoint", "{learned}", "--classifier", "{learned}"], "takes a class-conditional ddpm"),
+    (["--checkpoint", "{cfg}"], "needs the scoring classifier"),
+    (["--checkpoint", "{cfg}", "--classifier", "{cfg}"], "expected a classifier"),
+])
+def test_plot_guidance_sweep_refuses_what_it_cannot_sweep(runs, tmp_path, capsys, argv, message):
+    argv = [a.format(cfg=runs / "cfg" / "model.safetensors", learned=runs / "learned" / "model.safetensors")
+            for a in argv]
+    assert main(["plot", "guidance-sweep", *argv, "--out", str(tmp_path / "sweep"), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
