@@ -262,17 +262,20 @@ class DDPM(nn.Module):
             loss, _ = self.loss((x, y), rng)
             return {"test_vlb_nats": float(to_numpy(vlb["total_bpd"]).mean() * math.log(2.0) * x.shape[1]),
                     "test_eps_loss": float(to_numpy(loss.data))}
+        if self.num_classes and y is None:
+            raise ValueError("DDPM.evaluate: a class-conditional model is scored with the test labels y")
+        y = None if y is None else y[:x.shape[0]]
         levels, variance = self.hparams["levels"], self.hparams.get("variance", "fixed_small")
         unconditional = None if not self.num_classes else xp_of(x).full(x.shape[0], self.num_classes)
         vlb = diffusion.nll_bpd(functools.partial(self.network_arrays, y=unconditional), x, self.schedule, rng,
                                 variance=variance, levels=levels, progress=progress)
-        loss, metrics = self.loss((x, y[:x.shape[0]]), rng)
+        loss, metrics = self.loss((x, y), rng)
         result = {"test_bits_per_dim": float(to_numpy(vlb["total_bpd"]).mean()),
                   "test_prior_bits_per_dim": float(to_numpy(vlb["prior_bpd"]).mean()),
                   "uniform_bits_per_dim": math.log2(levels), "levels": levels,
                   "test_eps_loss": metrics.get("l_simple", float(to_numpy(loss.data)))}
         if self.num_classes:   # the bound on -log p(x | y) with the true labels, beside that on -log p(x) (label null)
-            conditional = diffusion.nll_bpd(functools.partial(self.network_arrays, y=y[:x.shape[0]]), x,
+            conditional = diffusion.nll_bpd(functools.partial(self.network_arrays, y=y), x,
                                             self.schedule, rng, variance=variance, levels=levels, progress=progress)
             result["test_conditional_bits_per_dim"] = float(to_numpy(conditional["total_bpd"]).mean())
         return result
