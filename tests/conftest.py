@@ -10,6 +10,9 @@ settings.register_profile("ci", **_ci)  # the default: fresh random examples on 
 # .ci/run's profile: the same examples on every run (seeded by each test), so a submission's CI
 # checks exactly what its author ran; new examples come from "ci" and "thorough" runs.
 settings.register_profile("ci-fixed", derandomize=True, **_ci)
+# tools/mutation.py's first pass over each mutant: ci-fixed with fewer examples; every mutant that
+# survives it is run again under ci-fixed before it counts as a survivor
+settings.register_profile("mutation", **{**_ci, "max_examples": 8}, derandomize=True)
 settings.register_profile("thorough", max_examples=300, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

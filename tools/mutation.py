@@ -90,7 +90,10 @@ def prepare(name, base, target):
     lines = ["[mutmut]", "source_paths = minidiff", f"only_mutate = {_installed_path(target['mutate'])}",
              "also_copy =", *(f"    {f}" for f in FILES), "pytest_add_cli_args_test_selection ="]
     lines += [f"    {t}" for t in _lines(target["tests"])]
-    for key, value in base.items():
+    options = {**base, **{k: v for k, v in target.items() if k not in ("mutate", "tests")}}
+    for key, value in options.items():
+        if not value.strip():
+            continue  # a target's empty option removes the shared one
         lines.append(f"{key} =" + ("".join(f"\n    {v}" for v in _lines(value)) if "\n" in value else f" {value}"))
     text = "\n".join(lines) + "\n"
     cfg = work / "setup.cfg"
@@ -99,22 +102,33 @@ def prepare(name, base, target):
     return work
 
 
-def _env():
-    env = dict(os.environ, HYPOTHESIS_PROFILE="ci-fixed")
+def _env(profile="ci-fixed"):
+    env = dict(os.environ, HYPOTHESIS_PROFILE=profile)
     env.update({k: "1" for k in THREADS})
     return env
 
 
+def _mutmut_run(work, mutants, profile):
+    # mutmut 3.8 keeps which tests call which function in this file, and any other mutmut command
+    # that loads it (print-time-estimates) empties that map: collect it afresh on every run
+    (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", os.environ.get("MUTMUT_CHILDREN", "1")]
+    subprocess.run(cmd + list(mutants), cwd=work, env=_env(profile), check=False)
+
+
 def run(names, mutants=()):
+    """Each target's mutants under the quick `mutation` hypothesis profile, then every one that did not
+    die (survived, timed out, or stopped by a signal) again under ci-fixed, the profile of CI."""
     base, targets = _read_config()
     for name in names:
         work = prepare(name, base, targets[name])
         print(f"== {name}: {targets[name]['mutate']}", flush=True)
-        # mutmut 3.8 keeps which tests call which function in this file, and any other mutmut command
-        # that loads it (print-time-estimates) empties that map: collect it afresh on every run
-        (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", os.environ.get("MUTMUT_CHILDREN", "1")]
-        subprocess.run(cmd + list(mutants), cwd=work, env=_env(), check=False)
+        _mutmut_run(work, mutants, "mutation")
+        again = [key for key, status in _results(name, targets[name]).items()
+                 if status != "killed" and (not mutants or key in mutants)]
+        if again:
+            print(f"== {name}: {len(again)} not killed, run again under ci-fixed", flush=True)
+            _mutmut_run(work, again, "ci-fixed")
 
 
 def _results(name, target):
