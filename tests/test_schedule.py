@@ -1,7 +1,9 @@
 """Schedule tables and timestep respacing, docs/forward_process.md, docs/ddim.md."""
+import re
+
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from minidiff.diffusion import Schedule, spaced_timesteps
@@ -185,8 +187,11 @@ def test_ddim_sigma_at_eta_1_is_the_respaced_posterior_std(s, data):
 
 def test_respace_rejects_duplicate_or_out_of_range_steps():
     s = Schedule.cosine(10)
-    for bad in ([3, 3], [0, 5], [11], [2.5]):
-        with pytest.raises(ValueError, match="respace"):
+    for bad in ([3, 3], [0, 5], [11]):
+        with pytest.raises(ValueError, match="respaced steps must be unique and in 1..T=10"):
+            s.respace(bad)
+    for bad in ([2.5], [[1, 2]], np.array([], dtype=np.int64)):
+        with pytest.raises(ValueError, match="respace needs an int K or a 1-D integer array"):
             s.respace(bad)
 
 
@@ -197,10 +202,40 @@ def test_from_alpha_bars_rebuilds_the_schedule(s):
     np.testing.assert_allclose(r.betas, s.betas, rtol=1e-8, atol=1e-300)
 
 
-@pytest.mark.parametrize("alpha_bars", [[0.9, 0.95], [1.0, 0.5], [0.5, 0.0], [[0.9]], [], [0.9, np.nan]])
-def test_from_alpha_bars_refuses_non_decreasing_or_out_of_range(alpha_bars):
-    with pytest.raises(ValueError):
+@given(schedules(max_T=40))
+def test_from_alpha_bars_keeps_the_tables_float64_whatever_the_input_dtype(s):
+    alpha_bars = s.alpha_bars[1:].astype(np.float32)
+    assume(np.all(np.diff(alpha_bars) < 0) and alpha_bars[-1] > 0)
+    r = Schedule.from_alpha_bars(alpha_bars)
+    for name in TABLES:
+        assert getattr(r, name).dtype == np.float64, name
+
+
+@pytest.mark.parametrize("alpha_bars, message", [
+    ([0.9, 0.95], "decrease strictly"), ([1.0, 0.5], "decrease strictly"), ([0.5, 0.0], "decrease strictly"),
+    ([[0.9]], "1-D"), ([], "1-D"), ([0.9, np.nan], "decrease strictly")])
+def test_from_alpha_bars_refuses_non_decreasing_or_out_of_range(alpha_bars, message):
+    with pytest.raises(ValueError, match=message):
         Schedule.from_alpha_bars(alpha_bars)
+
+
+@given(st.one_of(schedules(max_T=2), schedules()), st.data())
+def test_from_alpha_bars_names_the_first_entry_that_does_not_decrease(s, data):
+    """alpha_bar_k = alpha_bar_{k-1} (alpha_bar_0 = 1) is refused, naming k and both values."""
+    alpha_bars = s.alpha_bars[1:].copy()
+    k = data.draw(st.integers(1, s.T))
+    before = alpha_bars[k - 2] if k >= 2 else 1.0
+    alpha_bars[k - 1] = before
+    with pytest.raises(ValueError, match=re.escape(f"alpha_bar_{k} = {alpha_bars[k - 1]!r} after {before!r}")):
+        Schedule.from_alpha_bars(alpha_bars)
+
+
+@given(st.one_of(schedules(max_T=2), schedules()))
+def test_repr_reports_T_beta_1_beta_T_and_alpha_bar_T(s):
+    m = re.fullmatch(r"Schedule\(T=(\d+), beta_1=(\S+), beta_T=(\S+), alpha_bar_T=(\S+)\)", repr(s))
+    assert m and int(m[1]) == s.T
+    np.testing.assert_allclose([float(m[2]), float(m[3]), float(m[4])],
+                               [s.betas[1], s.betas[s.T], s.alpha_bars[s.T]], rtol=5e-3)
 
 
 @given(st.sampled_from(["linear", "cosine"]), st.integers(50, 2000))
