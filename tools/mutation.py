@@ -14,8 +14,9 @@ kernels/ becomes minidiff/kernels/ (setup.py's package_dir), so mutmut names a k
 module the tests import (minidiff.kernels.reference), which it must to tell which tests call it.
 Rerunning keeps each mutant's result while its function's source is unchanged.
 
-tools/mutation_equivalent.txt lists the surviving mutants that are equivalent (no input can tell them
-from the original), one per line: the mutant's name, then why.
+tools/mutation_verdicts.txt gives a verdict on surviving mutants, one per line: the mutant's name, then
+"equivalent: why" (no input can tell it from the original) or "killed by hand: the test" (import-time
+code, which mutmut's forked workers cannot see).
 """
 import configparser
 import filecmp
@@ -29,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "mutants"
-EQUIVALENT = ROOT / "tools" / "mutation_equivalent.txt"
+VERDICTS = ROOT / "tools" / "mutation_verdicts.txt"
 # (source in the repository, place in the copy): the copy is laid out as the package installs
 TREES = (("minidiff", "minidiff"), ("kernels", "minidiff/kernels"), ("tests", "tests"))
 FILES = ("pytest.ini",)
@@ -141,40 +142,44 @@ def _results(name, target):
     return {key: status_by_exit_code[code] for key, code in codes.items()}
 
 
-def equivalent():
-    """{mutant name: reason} from tools/mutation_equivalent.txt."""
+def verdicts():
+    """{mutant name: (verdict, reason)} from tools/mutation_verdicts.txt."""
     out = {}
-    for line in EQUIVALENT.read_text().splitlines():
+    for line in VERDICTS.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
-            key, _, why = line.partition(" ")
-            out[key] = why.strip()
+            key, _, rest = line.partition(" ")
+            verdict, _, why = rest.partition(":")
+            if verdict not in ("equivalent", "killed by hand"):
+                raise ValueError(f"{VERDICTS.name}: unknown verdict {verdict!r} for {key}")
+            out[key] = (verdict, why.strip())
     return out
 
 
 def counts(names):
     _, targets = _read_config()
-    equiv = equivalent()
-    print("| target | mutants | killed | survived, equivalent | survived, other | timed out | other |")
-    print("|---|---|---|---|---|---|---|")
+    given = verdicts()
+    print("| target | mutants | killed | killed by hand | survived, equivalent | survived, other | timed out | other |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in names or targets:
         results = _results(name, targets[name])
         c = Counter()
         for key, status in results.items():
-            if status == "survived":
-                status = "equivalent" if key in equiv else "survived"
+            if status == "survived" and key in given:
+                status = given[key][0]
             c[status] += 1
-        rest = {k: v for k, v in c.items() if k not in ("killed", "equivalent", "survived", "timeout")}
-        print(f"| {name} (`{targets[name]['mutate']}`) | {sum(c.values())} | {c['killed']} | {c['equivalent']} "
-              f"| {c['survived']} | {c['timeout']} | {', '.join(f'{v} {k}' for k, v in sorted(rest.items())) or '0'} |")
+        shown = ("killed", "killed by hand", "equivalent", "survived", "timeout")
+        rest = ", ".join(f"{v} {k}" for k, v in sorted(c.items()) if k not in shown) or "0"
+        print(f"| {name} (`{targets[name]['mutate']}`) | {sum(c.values())} | "
+              + " | ".join(str(c[k]) for k in shown) + f" | {rest} |")
 
 
 def survivors(names):
-    base, targets = _read_config()
-    equiv = equivalent()
+    _, targets = _read_config()
+    given = verdicts()
     for name in names or targets:
-        work = prepare(name, base, targets[name])
+        work = WORK / name
         for key, status in sorted(_results(name, targets[name]).items()):
-            if status != "killed" and key not in equiv:
+            if status != "killed" and key not in given:
                 print(f"## {status}: {key}", flush=True)
                 subprocess.run([sys.executable, "-m", "mutmut", "show", key], cwd=work, env=_env(), check=False)
 
