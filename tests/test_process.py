@@ -214,3 +214,42 @@ def test_bad_timesteps_raise_clear_errors():
         p_mean_variance(x, x, np.array([1, 2, 3]), s, variance="learned")
     with pytest.raises(ValueError, match="prediction"):
         p_mean_variance(x, x, np.array([1, 2, 3]), s, prediction="score")
+
+
+@given(problems())
+def test_q_step_sample_is_the_step_mean_plus_its_scaled_noise_and_at_t1_is_q_sample(problem):
+    """eq. (F1) as a function of its noise: x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps; at t = 1,
+    where alpha_bar_1 = alpha_1, one step from x_0 and the closed form (F5) give the same x_1 for the same eps."""
+    schedule, t, x0, eps, _ = problem
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    np.testing.assert_allclose(q_step_sample(x0, t, eps, schedule),
+                               np.sqrt(schedule.alphas[t]).reshape(shape) * x0
+                               + np.sqrt(schedule.betas[t]).reshape(shape) * eps, rtol=1e-12, atol=1e-14)
+    ones = np.ones_like(t)
+    np.testing.assert_allclose(q_step_sample(x0, ones, eps, schedule), q_sample(x0, ones, eps, schedule),
+                               rtol=1e-10, atol=1e-12)
+
+
+# each function of two same-shaped arrays, called with the second one of shape (B, 1), which would broadcast
+TWO_ARRAYS = [
+    ("q_step_sample", ("x_prev", "eps"), lambda a, b, t, s: q_step_sample(a, t, b, s)),
+    ("q_sample", ("x0", "eps"), lambda a, b, t, s: q_sample(a, t, b, s)),
+    ("q_posterior", ("x_t", "x0"), lambda a, b, t, s: q_posterior(b, a, t, s)),
+    ("x0_from_eps", ("x_t", "eps"), lambda a, b, t, s: x0_from_eps(a, t, b, s)),
+    ("eps_from_x0", ("x_t", "x0"), lambda a, b, t, s: eps_from_x0(a, t, b, s)),
+    ("v_from_x0_eps", ("x0", "eps"), lambda a, b, t, s: v_from_x0_eps(a, b, t, s)),
+    ("x0_from_v", ("x_t", "v"), lambda a, b, t, s: x0_from_v(a, t, b, s)),
+    ("eps_from_v", ("x_t", "v"), lambda a, b, t, s: eps_from_v(a, t, b, s)),
+    ("p_mean_variance", ("x_t", "eps_hat"), lambda a, b, t, s: p_mean_variance(b, a, t, s)),
+]
+
+
+@pytest.mark.parametrize("where, names, call", TWO_ARRAYS, ids=[w for w, _, _ in TWO_ARRAYS])
+def test_arrays_of_different_shapes_are_refused_not_broadcast(where, names, call):
+    """The two arrays of each equation have one shape; a (B, 1) partner is named, never broadcast."""
+    s, t = Schedule.cosine(10), np.array([1, 5])
+    full, column = np.zeros((2, 3)), np.zeros((2, 1))
+    with pytest.raises(ValueError, match=rf"^{where}: {names[1]} must have shape .*\(the shape of {names[0]}\)"):
+        call(full, column, t, s)
+    with pytest.raises(ValueError, match=rf"^{where}: {names[1]} must have shape .*\(the shape of {names[0]}\)"):
+        call(column, full, t, s)
