@@ -132,6 +132,7 @@ def run(names, mutants=()):
         again = [key for key, status in _results(name, targets[name]).items()
                  if status != "killed" and (not mutants or key in mutants)]
         if again:
+            prepare(name, base, targets[name])  # tests written meanwhile take part
             print(f"== {name}: {len(again)} not killed, run again with ci-fixed's examples", flush=True)
             _mutmut_run(work, again, "mutation-ci")
 
