@@ -113,9 +113,8 @@ def _env(profile="ci-fixed"):
 
 
 def _mutmut_run(work, mutants, profile):
-    # mutmut 3.8 keeps which tests call which function in this file, and any other mutmut command
-    # that loads it (print-time-estimates) empties that map: collect it afresh on every run
-    (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    # mutmut keeps which tests call which function in mutants/NAME/mutants/mutmut-stats.json. Do not
+    # run `mutmut print-time-estimates` there: mutmut 3.8 empties that map (delete the file after).
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", os.environ.get("MUTMUT_CHILDREN", "1")]
     subprocess.run(cmd + list(mutants), cwd=work, env=_env(profile), check=False)
 
