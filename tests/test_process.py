@@ -8,8 +8,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import minidiff.kernels as kernels
-from minidiff.diffusion import (Schedule, eps_from_v, eps_from_x0, p_mean_variance, q_mean_variance, q_posterior,
-                                q_sample, q_step_mean_variance, q_step_sample, v_from_x0_eps, x0_from_eps, x0_from_v)
+from minidiff.diffusion import (Schedule, eps_from_v, eps_from_x0, p_mean_variance, predict_x0, q_mean_variance,
+                                q_posterior, q_sample, q_step_mean_variance, q_step_sample, v_from_x0_eps, x0_from_eps,
+                                x0_from_v)
 from minidiff.testing import gradcheck
 from tests.strategies_diffusion import problems, schedules, seeds
 
@@ -63,6 +64,8 @@ def test_q_sample_is_the_closed_form_and_differentiable(problem):
     ab = schedule.alpha_bars[t].reshape((-1,) + (1,) * (x0.ndim - 1))
     np.testing.assert_allclose(x_t, np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps, rtol=1e-12, atol=1e-14)
     gradcheck(lambda a, e: q_sample(a, t, e, schedule), [x0, eps])
+    gradcheck(lambda a: q_sample(a, t, eps, schedule), [x0])  # one Tensor is enough for the autograd path
+    gradcheck(lambda e: q_sample(x0, t, e, schedule), [eps])
 
 
 # ---------------------------------------------------------------- the posterior is the Bayes product
@@ -201,15 +204,20 @@ def test_p_mean_variance_clips_x0_hat_and_picks_the_variance(problem):
 
 
 def test_bad_timesteps_raise_clear_errors():
+    """Each message starts with the function that refused t (none for the one-table helpers)."""
     s, x = Schedule.cosine(10), np.zeros((3, 2))
-    with pytest.raises(ValueError, match="1..T"):
+    with pytest.raises(ValueError, match=r"^q_sample: t must lie in 1..T = 1..10, got values in 0..2"):
         q_sample(x, np.array([0, 1, 2]), x, s)
-    with pytest.raises(ValueError, match="1..T"):
+    with pytest.raises(ValueError, match=r"^q_posterior: t must lie in 1..T = 1..10"):
         q_posterior(x, x, np.array([1, 2, 11]), s)
-    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+    with pytest.raises(ValueError, match=r"^p_mean_variance: t must have shape \(B,\) = \(3,\)"):
         p_mean_variance(x, x, np.array([1, 2]), s)
-    with pytest.raises(TypeError, match="integer"):
+    with pytest.raises(TypeError, match="^t must hold integer timesteps"):
         q_mean_variance(x, np.array([1.0, 2.0, 3.0]), s)
+    with pytest.raises(ValueError, match=r"^t must have shape \(B,\) = \(0,\)"):  # a 0-d x has no batch
+        q_mean_variance(np.array(0.5), np.array([1]), s)
+    with pytest.raises(ValueError, match="impl"):
+        q_sample(x, np.array([1, 2, 3]), x, s, impl="no-such-kernel")
     with pytest.raises(ValueError, match="variance"):
         p_mean_variance(x, x, np.array([1, 2, 3]), s, variance="learned")
     with pytest.raises(ValueError, match="prediction"):
@@ -253,3 +261,10 @@ def test_arrays_of_different_shapes_are_refused_not_broadcast(where, names, call
         call(full, column, t, s)
     with pytest.raises(ValueError, match=rf"^{where}: {names[1]} must have shape .*\(the shape of {names[0]}\)"):
         call(column, full, t, s)
+
+
+@given(problems())
+def test_predict_x0_reads_the_model_output_as_eps_by_default(problem):
+    schedule, t, x0, eps, _ = problem
+    x_t = q_sample(x0, t, eps, schedule)
+    np.testing.assert_array_equal(predict_x0(eps, x_t, t, schedule), x0_from_eps(x_t, t, eps, schedule))
