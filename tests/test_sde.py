@@ -281,3 +281,28 @@ def test_likelihood_arguments_are_checked():
         ode_log_likelihood(oracle, x0, schedule, divergence="forward-mode")
     with pytest.raises(ValueError, match="from t = 1 to t = T"):
         ode_log_likelihood(oracle, x0, schedule, steps=np.array([5, 200]))
+
+
+def test_ode_vs_vlb_bits_scores_both_bounds_on_the_same_images_and_the_models_grid():
+    """experiments.ode_vs_vlb_bits: the ODE bits/dim on the model's 17-level grid with its own rng, the VLB with
+    eval's rng, per image and paired (the difference's mean and standard error over the images)."""
+    from minidiff import experiments
+    from minidiff.backend import default_rng
+    from minidiff.diffusion import nll_bpd
+    minidiff.manual_seed(0)
+    model = DDPM((1, 4, 4), T=10, base_channels=4, channel_mults=(1, 2), attention_resolutions=(2,), dropout=0.0,
+                 levels=17, dtype=np.float64).eval()
+    for p in model.parameters():
+        p.data = p.data + 0.05 * np.random.default_rng(0).standard_normal(p.shape)
+    x = np.random.default_rng(1).integers(0, 17, size=(3, 1, 4, 4)) / 8.0 - 1.0
+    report = experiments.ode_vs_vlb_bits(model, x, steps=4, trace="exact", seed=5)
+    ode = ode_nll_bpd(model, x, model.schedule, steps=4, trace="exact", rng=default_rng(seed=5), levels=17)
+    vlb = nll_bpd(model.eps_array, x, model.schedule, default_rng(seed=(5, 2 ** 31)), levels=17)["total_bpd"]
+    np.testing.assert_allclose(report["ode_per_image"], ode, rtol=1e-12)
+    np.testing.assert_allclose(report["vlb_per_image"], vlb, rtol=1e-12)
+    gap = ode - vlb
+    assert report["ode_minus_vlb"] == pytest.approx(gap.mean(), rel=1e-12)
+    assert report["ode_minus_vlb_standard_error"] == pytest.approx(gap.std(ddof=1) / np.sqrt(3), rel=1e-12)
+    assert report["levels"] == 17 and report["ode_network_evaluations"] == 7
+    with pytest.raises(ValueError, match="x must lie on the 17-level grid"):
+        experiments.ode_vs_vlb_bits(model, 0.99 * x, steps=4)
