@@ -18,12 +18,14 @@ from minidiff.distributions import DiagonalGaussian
 
 def auroc(normal_scores, anomalous_scores):
     """Area under the ROC curve of a score meant to be higher on anomalies, eq. (N3); 0.5 is chance."""
-    normal, anomalous = np.ravel(normal_scores), np.ravel(anomalous_scores)
-    if normal.size == 0 or anomalous.size == 0:
-        raise ValueError(f"auroc needs both groups non-empty, got {normal.size} normal and {anomalous.size} "
-                         "anomalous scores")
-    checks.finite("normal_scores", normal, where="auroc")
-    checks.finite("anomalous_scores", anomalous, where="auroc")
+    for name, scores in (("normal_scores", normal_scores), ("anomalous_scores", anomalous_scores)):
+        checks.array_like(name, scores, "auroc")
+        if np.dtype(scores.dtype).kind not in "iuf":
+            raise TypeError(f"auroc: {name} must hold real scores, got dtype {scores.dtype}")
+        if scores.size == 0:
+            raise ValueError(f"auroc: {name} must not be empty (both groups are needed)")
+        checks.finite(name, scores, where="auroc")
+    normal, anomalous = np.ravel(to_numpy(normal_scores)), np.ravel(to_numpy(anomalous_scores))
     labels = np.concatenate([np.zeros(normal.size), np.ones(anomalous.size)])
     return float(roc_auc_score(labels, np.concatenate([normal, anomalous])))
 
@@ -36,9 +38,13 @@ def anomaly_scores(vae, x, rng, K=50, batch_size=256):
     minidiff.models.vae.VAE; x: (N, C, H, W) images of its image_shape. Returns
     {"elbo": (N,), "iw": (N,)} host float64 arrays; the same rng stream gives the same scores.
     """
+    from minidiff.models.vae import VAE
+    checks.instance("vae", vae, VAE, "a minidiff.models.vae.VAE", "anomaly_scores")
     if getattr(vae, "num_classes", 0):
-        raise ValueError("anomaly_scores needs an unconditional VAE (num_classes = 0): an anomaly has no label")
+        raise ValueError("anomaly_scores: vae must be an unconditional VAE (num_classes = 0): an anomaly has no label")
     K = checks.integer("K", K, minimum=1, where="anomaly_scores")
+    batch_size = checks.integer("batch_size", batch_size, minimum=1, where="anomaly_scores")
+    checks.generator("rng", rng, "anomaly_scores")
     checks.shape("x", x, (None,) + vae.image_shape, where="anomaly_scores", because=" (the VAE's image_shape)")
     scores = {"elbo": [], "iw": []}
     logvar = vae._decoder_logvar()

@@ -121,8 +121,8 @@ def test_likelihood_and_elbo_shapes_are_checked(shape, seed):
     other = rng.standard_normal(shape)
     q = DiagonalGaussian(np.zeros((shape[0], 3)), np.zeros((shape[0], 3)))
     calls = [(lambda: bernoulli_log_likelihood(x, other), "logits"),
-             (lambda: reconstruction_log_likelihood(x, other, "bernoulli"), "logits"),
-             (lambda: reconstruction_log_likelihood(x, other, "gaussian"), "decoder mean"),
+             (lambda: reconstruction_log_likelihood(x, other, "bernoulli"), "decoder_output (logits)"),
+             (lambda: reconstruction_log_likelihood(x, other, "gaussian"), "decoder_output (mean)"),
              (lambda: elbo(x, q, np.zeros((2, 6))), "posterior.mean")]
     for call, argument in calls[:3]:
         if shape == x.shape:

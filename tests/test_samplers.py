@@ -98,7 +98,7 @@ def test_samplers_refuse_bad_arguments():
         ddim_sample(smooth_model, (2, 2), s, eta=1.5)
     with pytest.raises(ValueError, match="one z per step"):
         ddpm_sample(smooth_model, (2, 2), s, x_T=np.zeros((2, 2)), noise=np.zeros((9, 2, 2)))
-    with pytest.raises(ValueError, match="x_T has shape"):
+    with pytest.raises(ValueError, match="x_T must have shape"):
         ddpm_sample(smooth_model, (2, 2), s, x_T=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="K"):
         ddim_sample(smooth_model, (2, 2), s, steps=11)

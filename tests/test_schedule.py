@@ -132,9 +132,10 @@ def test_bad_betas_raise_value_error_naming_the_problem(betas, message):
         Schedule(betas)
 
 
-@pytest.mark.parametrize("T", [0, -3, 2.5, True, "10"])
-def test_bad_T_raises(T):
-    with pytest.raises(ValueError, match="T must be an integer"):
+@pytest.mark.parametrize("T, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError),
+                                      ("10", TypeError)])
+def test_bad_T_raises(T, error):
+    with pytest.raises(error, match="T must be (an integer|>= 1)"):
         Schedule.cosine(T)
 
 

@@ -13,29 +13,34 @@ import minidiff.kernels as kernels
 from minidiff import checks, ops
 from minidiff.autograd import Tensor
 from minidiff.backend import xp_of
+from minidiff.diffusion.schedule import Schedule
 from minidiff.kernels import reference as kernel_reference
 from minidiff.kernels.reference import per_sample
 
 PREDICTIONS = ("eps", "x0", "v")
 
 
-def check_t(t, x, schedule, where=""):
-    """t as an integer array of shape (B,) in 1..T on x's backend, or a clear ValueError/TypeError."""
-    checks.array_like("x", x, where)
+def check_t(t, x, schedule, where="", name="x"):
+    """t as an integer array of shape (B,) in 1..T on x's backend (x named `name`), or a clear ValueError/TypeError."""
+    checks.array_like(name, x, where)
+    checks.instance("schedule", schedule, Schedule, "a Schedule", where)
+    if len(x.shape) < 1:
+        raise ValueError(f"{where}: {name} must have a leading batch axis (B, ...), got a 0-d array")
     return checks.timesteps(t, x.shape[0] if len(x.shape) else 0, schedule.T, xp_of(x), where)
 
 
 def _checked(where, t, schedule, **named):
     """check_t against the first named array, and every named array of its shape (no broadcasting)."""
     checks.same_shape(where, **named)
-    return check_t(t, next(iter(named.values())), schedule, where)
+    name, first = next(iter(named.items()))
+    return check_t(t, first, schedule, where, name)
 
 
 # ---------------------------------------------------------------- forward process, docs/forward_process.md
 
 def q_step_mean_variance(x_prev, t, schedule):
     """Get q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I), eq. (F1). Returns (mean, variance)."""
-    t = check_t(t, x_prev, schedule)
+    t = check_t(t, x_prev, schedule, "q_step_mean_variance", "x_prev")
     return ops.sqrt(per_sample(schedule.alphas, t, x_prev)) * x_prev, per_sample(schedule.betas, t, x_prev)
 
 
@@ -51,7 +56,7 @@ def q_mean_variance(x0, t, schedule):
 
     Returns (mean (B, ...), variance (B, 1..), log_variance (B, 1..)).
     """
-    t = check_t(t, x0, schedule)
+    t = check_t(t, x0, schedule, "q_mean_variance", "x0")
     variance = per_sample(1.0 - schedule.alpha_bars, t, x0)
     return per_sample(schedule.sqrt_alpha_bars, t, x0) * x0, variance, xp_of(variance).log(variance)
 
@@ -131,6 +136,8 @@ def eps_from_v(x_t, t, v, schedule):
 
 def predict_x0(model_output, x_t, t, schedule, prediction="eps"):
     """x0_hat from the network output: eps_hat (eq. E1), x0_hat itself, or v_hat (eq. E4)."""
+    checks.one_of("prediction", prediction, PREDICTIONS, "predict_x0")
+    _checked("predict_x0", t, schedule, x_t=x_t, model_output=model_output)
     if prediction == "eps":
         return x0_from_eps(x_t, t, model_output, schedule)
     if prediction == "x0":
@@ -156,6 +163,7 @@ def p_mean_variance(eps_hat, x_t, t, schedule, variance="fixed_small", clip_x0=F
     test_p_mean_variance_agrees_with_the_kernels_reverse_step).
     """
     t = _checked("p_mean_variance", t, schedule, x_t=x_t, eps_hat=eps_hat)
+    clip_x0 = checks.boolean("clip_x0", clip_x0, "p_mean_variance")
     var_table, log_var_table = schedule.model_variance(variance)
     x0_hat = predict_x0(eps_hat, x_t, t, schedule, prediction)
     if clip_x0:

@@ -229,6 +229,8 @@ class ModuleList(Module):
 
     def __init__(self, modules=()):
         super().__init__()
+        if isinstance(modules, (str, bytes)) or not hasattr(modules, "__iter__"):
+            raise TypeError(f"ModuleList: modules must be an iterable of Modules, got {type(modules).__name__}")
         for m in modules:
             self.append(m)
 
@@ -250,7 +252,7 @@ class ModuleList(Module):
 
 def _check_module(owner, i, m):
     if not isinstance(m, Module):
-        raise TypeError(f"{owner}: item {i} must be a Module, got {type(m).__name__}")
+        raise TypeError(f"{owner}: modules[{i}] must be a Module, got {type(m).__name__}")
 
 
 class Identity(Module):

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.autograd import Function, unbroadcast, unwrap
 from minidiff.backend import xp_of
 
@@ -48,7 +48,7 @@ def additive_mask(attn_mask, is_causal, L, S, like):
         try:
             np.broadcast_shapes(mask.shape, like.shape[:-2] + (L, S))
         except ValueError:
-            raise ValueError(f"attention: mask shape {tuple(mask.shape)} does not broadcast to the scores "
+            raise ValueError(f"attention: attn_mask of shape {tuple(mask.shape)} does not broadcast to the scores "
                              f"{like.shape[:-2] + (L, S)}") from None
     if is_causal:
         causal = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), 0.0, -xp.inf).astype(like.dtype)
@@ -133,6 +133,19 @@ def _scale(q, scale):
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
     """softmax(τ Q Kᵀ + M) V through the fused Function (eq. M8-M11). q (..., L, E), k (..., S, E), v (..., S, Ev)."""
+    where = "scaled_dot_product_attention"
+    checks.floating("q", q, where)
+    if len(q.shape) < 2:
+        raise ValueError(f"{where}: q must be (..., L, E), got shape {tuple(q.shape)}")
+    checks.shape("k", k, tuple(q.shape[:-2]) + (None, q.shape[-1]), where, because=" (..., S, E) like q")
+    checks.shape("v", v, tuple(q.shape[:-2]) + (k.shape[-2], None), where, because=" (..., S, Ev) like k")
+    checks.boolean("is_causal", is_causal, where)
+    if scale is not None:
+        checks.real("scale", scale, where=where)
+    if attn_mask is not None:
+        checks.array_like("attn_mask", attn_mask, where)
+        if np.dtype(attn_mask.dtype).kind not in "bf":
+            raise TypeError(f"{where}: attn_mask must be boolean or floating, got dtype {attn_mask.dtype}")
     like = unwrap(q)
     mask = additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], like)
     return ScaledDotProductAttention.apply(q, k, v, mask=mask, scale=_scale(q, scale))
