@@ -16,16 +16,22 @@ from minidiff.backend import to_numpy, xp
 from minidiff.distributions import DiagonalGaussian
 
 
+def _scores(name, scores):
+    """Scores (an array, Tensor or list of real numbers) as a non-empty finite 1-D float64 array."""
+    try:
+        a = np.ravel(to_numpy(scores.data if isinstance(scores, Tensor) else scores))
+    except ValueError:  # a ragged list
+        a = np.asarray([None])
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"auroc: {name} must hold real scores, got {type(scores).__name__} of dtype {a.dtype}")
+    if a.size == 0:
+        raise ValueError(f"auroc: needs both groups non-empty, got an empty {name}")
+    return checks.finite(name, a.astype(np.float64), where="auroc")
+
+
 def auroc(normal_scores, anomalous_scores):
     """Area under the ROC curve of a score meant to be higher on anomalies, eq. (N3); 0.5 is chance."""
-    for name, scores in (("normal_scores", normal_scores), ("anomalous_scores", anomalous_scores)):
-        checks.array_like(name, scores, "auroc")
-        if np.dtype(scores.dtype).kind not in "iuf":
-            raise TypeError(f"auroc: {name} must hold real scores, got dtype {scores.dtype}")
-        if scores.size == 0:
-            raise ValueError(f"auroc: {name} must not be empty (both groups are needed)")
-        checks.finite(name, scores, where="auroc")
-    normal, anomalous = np.ravel(to_numpy(normal_scores)), np.ravel(to_numpy(anomalous_scores))
+    normal, anomalous = _scores("normal_scores", normal_scores), _scores("anomalous_scores", anomalous_scores)
     labels = np.concatenate([np.zeros(normal.size), np.ones(anomalous.size)])
     return float(roc_auc_score(labels, np.concatenate([normal, anomalous])))
 

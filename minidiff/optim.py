@@ -181,7 +181,7 @@ class EMA:
         self.num_updates += 1
         for name, p in module.named_parameters():
             if name not in self.shadow:
-                raise KeyError(f"EMA.update: the module has a parameter {name!r} the EMA was not made with")
+                raise ValueError(f"EMA.update: the module has a parameter {name!r} the EMA was not made with")
             s = self.shadow[name]
             s *= self.decay
             s += (1 - self.decay) * p.data
@@ -196,7 +196,7 @@ class EMA:
     def load_state_dict(self, state):
         for name, a in self.shadow.items():
             if name not in state:
-                raise KeyError(f"EMA.load_state_dict: missing {name!r}")
+                raise ValueError(f"EMA.load_state_dict: missing {name!r}")
             if tuple(np.shape(state[name])) != tuple(a.shape):
                 raise ValueError(f"EMA.load_state_dict: {name!r} has shape {tuple(np.shape(state[name]))}, "
                                  f"expected {tuple(a.shape)}")

@@ -157,8 +157,8 @@ class Module:
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
-                           f"unexpected keys {unexpected}")
+            raise ValueError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
         for key, (module, attr, current) in targets.items():
             if key in state and tuple(np.shape(state[key])) != tuple(current.shape):
                 raise ValueError(f"load_state_dict: shape mismatch for {key!r}: checkpoint has "
