@@ -15,6 +15,7 @@ integers are meant, strings, None. The laws:
      names a callable that does not exist, so a new public function fails the suite until it is fuzzed.
 See docs/reliability.md.
 """
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -23,11 +24,11 @@ import signal
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, strategies as st
 
 import minidiff
 import minidiff.functional as F
-from minidiff import checkpoint, data, diffusion, distributions as D, nn, optim, quality, vae_objective
-from minidiff import anomaly
+from minidiff import anomaly, checkpoint, data, diffusion, distributions as D, nn, optim, quality, vae_objective
 from tests.fuzzing import make_outcome
 
 BARE_NUMPY = ("operands could not be broadcast", "zero-size array", "setting an array element", "is out of bounds",
@@ -63,17 +64,21 @@ class Arg:
     valid: object
     junk: tuple
     names: tuple = ()     # words the message may use for this argument besides its own name
+    fixed: tuple = None   # for an array whose shape the other arguments fix: the shapes it may take
 
 
-def array(valid, nan=False, shapes=None, none=False, more=()):
-    """An array argument: not an array, None (unless optional), other shapes, NaN where it poisons."""
+def array(valid, nan=False, shapes=None, none=False, more=(), fixed=False, also=()):
+    """An array argument: not an array, None (unless optional), other shapes, NaN where it poisons.
+
+    fixed: the other arguments define its shape (exactly, or one of `also`), so law 3 draws others.
+    """
     valid = np.asarray(valid)
     shape = valid.shape
     wrong = shapes if shapes is not None else [shape[:-1], shape + (2,)]
     junk = ["abc", 3j] + ([] if none else [None]) + [np.zeros(s) for s in wrong]
     if nan and valid.dtype.kind == "f":
         junk.append(np.full(shape, np.nan))
-    return Arg(valid, tuple(junk) + tuple(more))
+    return Arg(valid, tuple(junk) + tuple(more), fixed=(shape,) + tuple(also) if fixed else None)
 
 
 def integer(valid, lo=None, hi=None, none=False, more=()):
@@ -173,10 +178,10 @@ NOT_NUMBERS = ("abc", None, [[1.0], [1.0, 2.0]])  # for elementwise ops, which t
 ENTRIES = {
     # ------------------------------------------------------------ minidiff.functional
     "functional.linear": E(F.linear, x=array(normal(B, 3), shapes=[()]), weight=array(normal(4, 3)),
-                           bias=array(normal(4), none=True, shapes=[(4, 1), (3,)])),
+                           bias=array(normal(4), none=True, shapes=[(4, 1), (3,)], fixed=True)),
     "functional.conv2d": E(F.conv2d, x=array(normal(*IMG), shapes=[(B, 3, 5, 5), (4, 5, 5)]),
                            w=array(normal(3, 4, 3, 3), shapes=[(3, 4, 3), (3, 2, 3, 3)]),
-                           b=array(normal(3), none=True, shapes=[(2,), (3, 1)]),
+                           b=array(normal(3), none=True, shapes=[(2,), (3, 1)], fixed=True),
                            stride=integer(1, lo=1), padding=integer(0, lo=0), dilation=integer(1, lo=1)),
     "functional.conv_transpose2d": E(F.conv_transpose2d, x=array(normal(*IMG), shapes=[(B, 3, 5, 5)]),
                                      w=array(normal(4, 3, 3, 3), shapes=[(4, 3, 3), (3, 3, 3, 3)]),
@@ -185,13 +190,13 @@ ENTRIES = {
                                      output_padding=integer(1, lo=0, hi=1), dilation=integer(1, lo=1)),
     "functional.group_norm": E(F.group_norm, x=array(normal(*IMG), shapes=[(4,), (B, 3, 5, 5)]),
                                num_groups=integer(2, lo=1, more=(3,)),
-                               weight=array(normal(4), none=True, shapes=[(3,), (4, 1)]),
-                               bias=array(normal(4), none=True, shapes=[(3,)]),
+                               weight=array(normal(4), none=True, shapes=[(3,), (4, 1)], fixed=True),
+                               bias=array(normal(4), none=True, shapes=[(3,)], fixed=True),
                                eps=real(1e-5, above=0.0)),
     "functional.layer_norm": E(F.layer_norm, x=array(normal(B, 4, 3), shapes=[(B, 4, 2)]),
                                normalized_shape=Arg((3,), ((4,), (0,), "abc", None, (2.5,), (True,))),
-                               weight=array(normal(3), none=True, shapes=[(4,)]),
-                               bias=array(normal(3), none=True, shapes=[(4,)]),
+                               weight=array(normal(3), none=True, shapes=[(4,)], fixed=True),
+                               bias=array(normal(3), none=True, shapes=[(4,)], fixed=True),
                                eps=real(1e-5, above=0.0)),
     "functional.scaled_dot_product_attention": E(
         F.scaled_dot_product_attention, q=array(normal(B, 3, 4), shapes=[(B, 3, 5), (4,)]),
@@ -336,7 +341,7 @@ def _diff(fn, *names, **extra):
         elif not args:  # the first array sets the shape the others must have
             args[name] = array(_x(i), shapes=[()])
         else:
-            args[name] = array(_x(i), shapes=[(B, 1, 1, 1), (B, 1, 4), (B + 1, 1, 4, 4)])
+            args[name] = array(_x(i), shapes=[(B, 1, 1, 1), (B, 1, 4), (B + 1, 1, 4, 4)], fixed=True)
     args.update(extra)
     return E(fn, **args)
 
@@ -373,9 +378,9 @@ ENTRIES.update({
                                        variance=choice("fixed_large"), clip_x0=flag(True), prediction=choice("x0")),
     "diffusion.l_simple": _diff(diffusion.l_simple, "eps_hat", "eps"),
     "diffusion.eps_loss": _diff(diffusion.eps_loss, "eps_hat", "eps",
-                                weights=array(np.ones(B), none=True, shapes=[(B + 1,), (B, 1)])),
+                                weights=array(np.ones(B), none=True, shapes=[(B + 1,), (B, 1)], fixed=True)),
     "diffusion.fused_eps_loss": _diff(diffusion.fused_eps_loss, "eps_hat", "eps",
-                                      weights=array(np.ones(B), none=True, shapes=[(B + 1,), (B, 1)]),
+                                      weights=array(np.ones(B), none=True, shapes=[(B + 1,), (B, 1)], fixed=True),
                                       impl=choice("numpy")),
     "diffusion.elbo_weighted_loss": _diff(diffusion.elbo_weighted_loss, "eps_hat", "eps", "t", "schedule",
                                           variance=choice("fixed_large")),
@@ -405,8 +410,8 @@ ENTRIES.update({
     "diffusion.ode_sample": E(diffusion.ode_sample, model=eps_model(), solver=choice("euler"),
                               **{k: v for k, v in SAMPLE_COMMON.items()}),
     "diffusion.ddim_step": E(diffusion.ddim_step, x_t=array(_x(), shapes=[(B, 1, 4), ()]), k=integer(3, lo=1, hi=T),
-                             eps_hat=array(_x(1), shapes=[(B, 1, 1, 1), (B + 1, 1, 4, 4)]),
-                             z=array(_x(2), shapes=[(B, 1, 1, 1), (B + 1, 1, 4, 4)]), chain=schedule_arg(),
+                             eps_hat=array(_x(1), shapes=[(B, 1, 1, 1), (B + 1, 1, 4, 4)], fixed=True),
+                             z=array(_x(2), shapes=[(B, 1, 1, 1), (B + 1, 1, 4, 4)], fixed=True), chain=schedule_arg(),
                              eta=real(0.5, lo=0.0), clip_x0=flag(False)),
     "diffusion.DDPMSampler": E(diffusion.DDPMSampler, variance=choice("fixed_large"), clip_x0=flag(False),
                                impl=choice("numpy")),
@@ -454,7 +459,7 @@ ENTRIES.update({
     "diffusion.alpha_bar_continuous": E(diffusion.alpha_bar_continuous, schedule=schedule_arg(),
                                         tau=real(0.5, lo=0.0, hi=1.0)),
     "diffusion.probability_flow_drift": E(diffusion.probability_flow_drift, x=array(_x(), shapes=[(B, 1, 4)]),
-                                          score=array(_x(1), shapes=[(B, 1, 1, 1), (B + 1, 1, 4, 4)]),
+                                          score=array(_x(1), shapes=[(B, 1, 1, 1), (B + 1, 1, 4, 4)], fixed=True),
                                           tau=real(0.5, lo=0.0, hi=1.0), schedule=schedule_arg()),
 })
 
@@ -469,10 +474,11 @@ BAD_POSTERIOR = (None, "abc", D.DiagonalGaussian(normal(B + 1, 3), normal(B + 1,
 
 ENTRIES.update({
     "distributions.DiagonalGaussian": E(D.DiagonalGaussian, mean=array(normal(B, 3)),
-                                        logvar=array(normal(B, 3, seed=1), shapes=[(B, 1), (B + 1, 3)])),
+                                        logvar=array(normal(B, 3, seed=1), shapes=[(B, 1), (B + 1, 3)], fixed=True)),
     "distributions.approx_standard_normal_cdf": E(D.approx_standard_normal_cdf, x=Arg(normal(B, 3), ("abc", None))),
     "distributions.bernoulli_log_likelihood": E(D.bernoulli_log_likelihood, x=array(X01, shapes=[]),
-                                                logits=array(normal(B, 6), shapes=[(B, 1), (B + 1, 6), (6,)])),
+                                                logits=array(normal(B, 6), shapes=[(B, 1), (B + 1, 6), (6,)],
+                                                             fixed=True)),
     "distributions.discretized_bin_edges": E(D.discretized_bin_edges, x=array(GRID, more=(np.full((B, 6), 2.0),)),
                                              levels=integer(256, lo=2)),
     "distributions.discretized_gaussian_log_likelihood": E(
@@ -480,22 +486,23 @@ ENTRIES.update({
         mean=array(normal(B, 6), shapes=[(B, 1), (B + 1, 6)]), log_scale=array(normal(B, 6), shapes=[(B + 1, 6), (6,)]),
         cdf=choice("tanh"), levels=integer(256, lo=2)),
     "distributions.gaussian_log_density": E(D.gaussian_log_density, x=array(normal(B, 6), shapes=[]),
-                                            mean=array(normal(B, 6), shapes=[(B, 1), (B + 1, 6)]),
-                                            logvar=array(normal(B, 6), shapes=[(B + 1, 6), (6,)])),
+                                            mean=array(normal(B, 6), shapes=[(B, 1), (B + 1, 6)], fixed=True),
+                                            logvar=array(normal(B, 6), shapes=[(B + 1, 6), (6,)], fixed=True,
+                                                         also=[(B, 1), ()])),
     "distributions.kl_standard_normal": E(D.kl_standard_normal, mean=array(normal(B, 6), shapes=[]),
                                           logvar=array(normal(B, 6), shapes=[(B + 1, 6), (6,), (B, 6, 1)])),
     "distributions.kl_standard_normal_std": E(D.kl_standard_normal_std, mean=array(normal(B, 6), shapes=[]),
                                               std=array(np.ones((B, 6)), shapes=[(B + 1, 6), (6,)],
                                                         more=(-np.ones((B, 6)),))),
     "distributions.log_normal_cdf_diff": E(D.log_normal_cdf_diff, a=array(-np.ones((B, 6))),
-                                           b=array(np.ones((B, 6)), shapes=[(B, 1), (B + 1, 6)])),
+                                           b=array(np.ones((B, 6)), shapes=[(B, 1), (B + 1, 6)], fixed=True)),
     "distributions.normal_kl": E(D.normal_kl, mean1=array(normal(B, 6), shapes=[]),
                                  logvar1=array(normal(B, 6), shapes=[(B + 1, 6)]),
-                                 mean2=array(normal(B, 6), shapes=[(B + 1, 6)]),
+                                 mean2=array(normal(B, 6), shapes=[(B + 1, 6)], fixed=True),
                                  logvar2=array(normal(B, 6), shapes=[(B + 1, 6)])),
     "distributions.sum_except_batch": E(D.sum_except_batch, x=array(normal(B, 6), shapes=[()])),
     "vae_objective.elbo": E(vae_objective.elbo, x=array(X01, shapes=[(6,)]), posterior=Arg(POSTERIOR, BAD_POSTERIOR),
-                            decoder_output=array(normal(B, 6), shapes=[(B, 1), (B + 1, 6)]),
+                            decoder_output=array(normal(B, 6), shapes=[(B, 1), (B + 1, 6)], fixed=True),
                             likelihood=choice("bernoulli"), beta=real(1.0, lo=0.0), decoder_logvar=real(0.0)),
     "vae_objective.vae_loss": E(vae_objective.vae_loss, x=array(X01, shapes=[(6,)]),
                                 posterior=Arg(POSTERIOR, BAD_POSTERIOR),
@@ -555,9 +562,11 @@ ENTRIES.update({
     "data.write_idx": E(data.write_idx, path=Arg("out.idx", PATHS),
                         array=Arg(np.arange(4, dtype=np.uint8),
                                   ("abc", None, np.array(3, np.uint8), np.arange(3.0) * 1j))),
-    "quality.gaussian_fit": E(quality.gaussian_fit, features=array(normal(5, 3), shapes=[(5,), (1, 3), (0, 3)])),
-    "quality.frechet_distance": E(quality.frechet_distance, features_a=array(normal(5, 3), shapes=[(5,), (1, 3)]),
-                                  features_b=array(normal(6, 3, seed=1), shapes=[(6, 2), (1, 3)])),
+    "quality.gaussian_fit": E(quality.gaussian_fit,
+                              features=array(normal(5, 3), nan=True, shapes=[(5,), (1, 3), (0, 3)])),
+    "quality.frechet_distance": E(quality.frechet_distance,
+                                  features_a=array(normal(5, 3), nan=True, shapes=[(5,), (1, 3)]),
+                                  features_b=array(normal(6, 3, seed=1), nan=True, shapes=[(6, 2), (1, 3)])),
     "quality.confident_fraction": E(quality.confident_fraction,
                                     probs=array(np.full((4, 3), 1 / 3), shapes=[(4,), (0, 3)]),
                                     threshold=real(0.9, lo=0.0, hi=1.0)),
@@ -698,10 +707,19 @@ def workdir(tmp_path, monkeypatch):
     for split, n in (("train", 4), ("t10k", 2)):
         data.write_idx(f"idx/{split}-images-idx3-ubyte", np.zeros((n, 2, 2), np.uint8))
         data.write_idx(f"idx/{split}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8))
+    with _alarm_handler():
+        yield tmp_path
+
+
+@contextlib.contextmanager
+def _alarm_handler():
+    """SIGALRM raises _Hang inside the block (the per-call time limit of _timed)."""
     old = signal.signal(signal.SIGALRM, _alarm)
-    yield tmp_path
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, old)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _timed(call, seconds=5.0):
@@ -746,3 +764,24 @@ def _show(value):
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return f"<{type(value).__name__} {value.dtype} {tuple(value.shape)}>"
     return repr(value)[:60]
+
+
+FIXED = sorted((key, name) for key, entry in ENTRIES.items() for name, arg in entry.args.items() if arg.fixed)
+
+
+@given(st.sampled_from(FIXED), st.lists(st.integers(0, 4), max_size=5).map(tuple))
+def test_an_array_whose_shape_the_math_fixes_takes_no_other_shape(key_name, shape):
+    """Law 3: wherever the other arguments define an array's shape, every other shape is refused by name."""
+    key, name = key_name
+    entry, arg = ENTRIES[key], ENTRIES[key].args[name]
+    assume(shape not in arg.fixed)
+    kwargs = _valid(entry)
+    kwargs[name] = np.full(shape, 0.5, dtype=arg.valid.dtype)
+    with _alarm_handler():
+        result = _timed(lambda: outcome(lambda: entry.call(**kwargs), (name,) + arg.names))
+    assert result is None, f"{key}: {name} of shape {shape} accepted (it must be one of {arg.fixed})"
+
+
+def test_the_shape_law_covers_every_kind_of_boundary():
+    """FIXED draws from diffusion, distributions, the VAE objective, the functional ops and the samplers alike."""
+    assert {key.split(".")[0] for key, _ in FIXED} >= {"diffusion", "distributions", "vae_objective", "functional"}

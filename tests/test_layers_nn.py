@@ -191,10 +191,10 @@ def test_group_norm_and_layer_norm_start_as_identity_affine():
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda: nn.GroupNorm(3, 4), ValueError, "4 channels"),
+    (lambda: nn.GroupNorm(3, 4), ValueError, "num_channels = 4 does not split into num_groups = 3"),
     (lambda: nn.GroupNorm(2, 4)(md.Tensor(np.ones((1, 3, 2)))), ValueError, "(B, 4, ...)"),
     (lambda: nn.Linear(0, 3), ValueError, "in_features"),
-    (lambda: nn.Sequential(nn.ReLU(), "relu"), TypeError, "item 1"),
+    (lambda: nn.Sequential(nn.ReLU(), "relu"), TypeError, "modules[1] must be a Module"),
     (lambda: nn.SelfAttention2d(6, num_heads=4), ValueError, "4 heads"),
     (lambda: nn.Conv2d(1, 2, 3, stride=(1, 2, 3)), TypeError, "stride"),
 ])
