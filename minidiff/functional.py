@@ -91,6 +91,20 @@ def _select_matrix(idx, n_in, like):
     return xp.asarray(r, dtype=like.dtype)
 
 
+def resize_arguments(size, scale_factor, mode, where):
+    """(size, scale_factor) with exactly one given: size ints >= 1, scale_factor numbers > 0 (each or a pair)."""
+    checks.one_of("mode", mode, ("nearest",), where)
+    if (size is None) == (scale_factor is None):
+        raise ValueError(f"{where}: give exactly one of size and scale_factor, got size={size!r}, "
+                         f"scale_factor={scale_factor!r}")
+    if size is not None:
+        return tuple(checks.integer("size", n, minimum=1, where=where)
+                     for n in (size if isinstance(size, (tuple, list)) and len(size) == 2 else (size, size))), None
+    if isinstance(scale_factor, (tuple, list)) and len(scale_factor) == 2:
+        return None, tuple(checks.real("scale_factor", f, above=0.0, where=where) for f in scale_factor)
+    return None, checks.real("scale_factor", scale_factor, above=0.0, where=where)
+
+
 def interpolate(x, size=None, scale_factor=None, mode="nearest"):
     """Nearest-neighbour resize of x (B, C, H, W): y[b, c, u, v] = x[b, c, src_h(u), src_w(v)].
 
@@ -98,19 +112,9 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest"):
     a broadcast and a reshape, whose VJP (autograd) sums g over each f×f block. Any other size
     selects rows and columns by one-hot matrices, y = R_h x R_wᵀ, whose VJP is R_hᵀ g R_w.
     """
-    checks.one_of("mode", mode, ("nearest",), "interpolate")
     checks.floating("x", x, "interpolate")
     checks.shape("x", x, (None,) * 4, "interpolate", because=" (B, C, H, W)")
-    if (size is None) == (scale_factor is None):
-        raise ValueError(f"interpolate: give exactly one of size and scale_factor, got size={size!r}, "
-                         f"scale_factor={scale_factor!r}")
-    if size is not None:
-        size = tuple(checks.integer("size", n, minimum=1, where="interpolate")
-                     for n in (size if isinstance(size, (tuple, list)) and len(size) == 2 else (size, size)))
-    elif isinstance(scale_factor, (tuple, list)) and len(scale_factor) == 2:
-        scale_factor = tuple(checks.real("scale_factor", f, above=0.0, where="interpolate") for f in scale_factor)
-    else:
-        scale_factor = checks.real("scale_factor", scale_factor, above=0.0, where="interpolate")
+    size, scale_factor = resize_arguments(size, scale_factor, mode, "interpolate")
     B, C, H, W = x.shape
     factors = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else scale_factor
     if factors is not None and all(float(f).is_integer() and f >= 1 for f in factors):

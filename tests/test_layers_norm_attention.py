@@ -168,10 +168,10 @@ def test_attention_matches_torch(dtype, problem):
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: F.group_norm(np.ones((2, 6, 3)), 4), "6 channels"),
-    (lambda: F.group_norm(np.ones((2, 6, 3)), 3, np.ones(5)), "weight shape (5,)"),
+    (lambda: F.group_norm(np.ones((2, 6, 3)), 4), "C divisible by num_groups = 4, got shape (2, 6, 3)"),
+    (lambda: F.group_norm(np.ones((2, 6, 3)), 3, np.ones(5)), "weight must have shape (6,)"),
     (lambda: F.layer_norm(np.ones((2, 6)), (5,)), "normalized_shape"),
-    (lambda: F.layer_norm(np.ones((2, 6)), 6, np.ones(5)), "weight shape (5,)"),
+    (lambda: F.layer_norm(np.ones((2, 6)), 6, np.ones(5)), "weight must have shape (6,)"),
     (lambda: F.scaled_dot_product_attention(np.ones((3, 4)), np.ones((5, 3)), np.ones((5, 2))), "k (..., S, E)"),
     (lambda: F.scaled_dot_product_attention(np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2)),
                                             attn_mask=np.ones((3, 4), bool)), "attn_mask of shape (3, 4)"),
@@ -202,7 +202,7 @@ def test_token_attention_and_transformer_block_gradcheck(module, names):
 
 
 def test_token_attention_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="embed_dim 6 does not split into 4 heads"):
+    with pytest.raises(ValueError, match="embed_dim 6 does not split into num_heads = 4 heads"):
         md.nn.MultiheadSelfAttention(6, 4)
     with pytest.raises(ValueError, match=r"must be \(B, N, 4\)"):
         md.nn.MultiheadSelfAttention(4, 2)(md.Tensor(np.zeros((2, 3, 5))))

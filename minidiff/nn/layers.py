@@ -105,7 +105,7 @@ class GroupNorm(Module):
         _positive("GroupNorm", num_groups=num_groups, num_channels=num_channels)
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm: num_channels = {num_channels} does not split into num_groups = {num_groups}")
-        eps = checks.real("eps", eps, above=0.0, where="GroupNorm")
+        eps = checks.real("eps", eps, minimum=0.0, where="GroupNorm")
         affine, dtype = checks.boolean("affine", affine, "GroupNorm"), _dtype(dtype, "GroupNorm")
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
         self.weight = init.ones_(Parameter(new_array((num_channels,), dtype))) if affine else None
@@ -128,7 +128,7 @@ class LayerNorm(Module):
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, dtype=None):
         super().__init__()
         self.normalized_shape = normalized_sizes(normalized_shape, "LayerNorm")
-        self.eps = checks.real("eps", eps, above=0.0, where="LayerNorm")
+        self.eps = checks.real("eps", eps, minimum=0.0, where="LayerNorm")
         affine = checks.boolean("elementwise_affine", elementwise_affine, "LayerNorm")
         dtype = _dtype(dtype, "LayerNorm")
         self.weight = init.ones_(Parameter(new_array(self.normalized_shape, dtype))) if affine else None
@@ -203,15 +203,7 @@ class Upsample(Module):
 
     def __init__(self, size=None, scale_factor=None, mode="nearest"):
         super().__init__()
-        checks.one_of("mode", mode, ("nearest",), "Upsample")
-        if (size is None) == (scale_factor is None):
-            raise ValueError(f"Upsample: give exactly one of size and scale_factor, got size={size!r}, "
-                             f"scale_factor={scale_factor!r}")
-        if size is not None:
-            size = tuple(checks.integer("size", n, minimum=1, where="Upsample")
-                         for n in (size if isinstance(size, (tuple, list)) and len(size) == 2 else (size, size)))
-        else:
-            scale_factor = checks.real("scale_factor", scale_factor, above=0.0, where="Upsample")
+        size, scale_factor = F.resize_arguments(size, scale_factor, mode, "Upsample")
         self.size, self.scale_factor, self.mode = size, scale_factor, mode
 
     def forward(self, x):

@@ -134,11 +134,18 @@ def _scale(q, scale):
 def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
     """softmax(τ Q Kᵀ + M) V through the fused Function (eq. M8-M11). q (..., L, E), k (..., S, E), v (..., S, Ev)."""
     where = "scaled_dot_product_attention"
-    checks.floating("q", q, where)
-    if len(q.shape) < 2:
-        raise ValueError(f"{where}: q must be (..., L, E), got shape {tuple(q.shape)}")
-    checks.shape("k", k, tuple(q.shape[:-2]) + (None, q.shape[-1]), where, because=" (..., S, E) like q")
-    checks.shape("v", v, tuple(q.shape[:-2]) + (k.shape[-2], None), where, because=" (..., S, Ev) like k")
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        checks.floating(name, a, where)
+        if len(a.shape) < 2:
+            raise ValueError(f"{where}: {name} must be at least 2-D (..., rows, features), got shape {tuple(a.shape)}")
+    if k.shape[-1] != q.shape[-1] or v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"{where}: need q (..., L, E), k (..., S, E), v (..., S, Ev); got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    try:
+        np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ValueError(f"{where}: the batch axes of q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} "
+                         "do not broadcast") from None
     checks.boolean("is_causal", is_causal, where)
     if scale is not None:
         checks.real("scale", scale, where=where)

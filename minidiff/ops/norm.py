@@ -171,7 +171,7 @@ def _affine_defaults(x, shape, weight, bias):
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     checks.floating("x", x, "group_norm")
     num_groups = checks.integer("num_groups", num_groups, minimum=1, where="group_norm")
-    eps = checks.real("eps", eps, above=0.0, where="group_norm")
+    eps = checks.real("eps", eps, minimum=0.0, where="group_norm")
     if len(x.shape) < 2 or x.shape[1] % num_groups:
         raise ValueError(f"group_norm: x must be (B, C, ...) with C divisible by num_groups = {num_groups}, got "
                          f"shape {tuple(x.shape)}")
@@ -185,7 +185,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     checks.floating("x", x, "layer_norm")
     shape = normalized_sizes(normalized_shape, "layer_norm")
-    eps = checks.real("eps", eps, above=0.0, where="layer_norm")
+    eps = checks.real("eps", eps, minimum=0.0, where="layer_norm")
     if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(x.shape) < len(shape):
         raise ValueError(f"layer_norm: x must end with normalized_shape {shape}, got shape {tuple(x.shape)}")
     for name, p in (("weight", weight), ("bias", bias)):
