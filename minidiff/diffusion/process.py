@@ -22,11 +22,8 @@ PREDICTIONS = ("eps", "x0", "v")
 
 def check_t(t, x, schedule, where="", name="x"):
     """t as an integer array of shape (B,) in 1..T on x's backend (x named `name`), or a clear ValueError/TypeError."""
-    checks.array_like(name, x, where)
     checks.instance("schedule", schedule, Schedule, "a Schedule", where)
-    if len(x.shape) < 1:
-        raise ValueError(f"{where}: {name} must have a leading batch axis (B, ...), got a 0-d array")
-    return checks.timesteps(t, x.shape[0] if len(x.shape) else 0, schedule.T, xp_of(x), where)
+    return checks.timesteps(t, checks.batch(where, **{name: x}), schedule.T, xp_of(x), where)
 
 
 def _checked(where, t, schedule, **named):
