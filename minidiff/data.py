@@ -300,7 +300,8 @@ DATASETS = ("digits", "shapes", "mnist", "fashion-mnist", *POINT_SETS)
 
 def points(name, n=10000, test_fraction=0.2, seed=0):
     """A toy 2-D point cloud of POINT_SETS, n points split like the images: x (N, 2) float32, labels (or 0)."""
-    checks.one_of("name", name, list(POINT_SETS), "points")
+    if name not in POINT_SETS:
+        raise ValueError(f"points: unknown point set {name!r}; name must be one of {list(POINT_SETS)}")
     drawn = POINT_SETS[name](n, seed=seed)
     x, y = drawn if isinstance(drawn, tuple) else (drawn, np.zeros(n, dtype=np.int64))
     return ImageDataset(name, *train_test_split(x, y, test_fraction, seed), num_classes=int(y.max()) + 1)

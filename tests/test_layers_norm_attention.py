@@ -202,7 +202,7 @@ def test_token_attention_and_transformer_block_gradcheck(module, names):
 
 
 def test_token_attention_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="embed_dim 6 does not split into num_heads = 4 heads"):
+    with pytest.raises(ValueError, match="embed_dim 6 does not split into 4 heads"):
         md.nn.MultiheadSelfAttention(6, 4)
     with pytest.raises(ValueError, match=r"must be \(B, N, 4\)"):
         md.nn.MultiheadSelfAttention(4, 2)(md.Tensor(np.zeros((2, 3, 5))))

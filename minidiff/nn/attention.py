@@ -38,8 +38,8 @@ class MultiheadSelfAttention(Module):
         embed_dim = checks.integer("embed_dim", embed_dim, minimum=1, where="MultiheadSelfAttention")
         num_heads = checks.integer("num_heads", num_heads, minimum=1, where="MultiheadSelfAttention")
         if embed_dim % num_heads:
-            raise ValueError(f"MultiheadSelfAttention: embed_dim {embed_dim} does not split into num_heads = "
-                             f"{num_heads} heads")
+            raise ValueError(f"MultiheadSelfAttention: embed_dim {embed_dim} does not split into {num_heads} heads "
+                             "(num_heads)")
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.qkv = Linear(embed_dim, 3 * embed_dim, dtype=dtype)
         self.proj = Linear(embed_dim, embed_dim, dtype=dtype)
@@ -95,7 +95,7 @@ class SelfAttention2d(Module):
         num_heads = checks.integer("num_heads", num_heads, minimum=1, where="SelfAttention2d")
         num_groups = checks.integer("num_groups", num_groups, minimum=0, where="SelfAttention2d")
         if channels % num_heads:
-            raise ValueError(f"SelfAttention2d: {channels} channels do not split into num_heads = {num_heads} heads")
+            raise ValueError(f"SelfAttention2d: {channels} channels do not split into {num_heads} heads (num_heads)")
         self.channels, self.num_heads = channels, num_heads
         self.norm = GroupNorm(num_groups, channels, eps, dtype=dtype) if num_groups else None
         self.qkv = Linear(channels, 3 * channels, dtype=dtype)
