@@ -16,14 +16,22 @@ from minidiff.backend import to_numpy, xp
 from minidiff.distributions import DiagonalGaussian
 
 
+def _scores(name, scores):
+    """Scores (an array, Tensor or list of real numbers) as a non-empty finite 1-D float64 array."""
+    try:
+        a = np.ravel(to_numpy(scores.data if isinstance(scores, Tensor) else scores))
+    except ValueError:  # a ragged list
+        a = np.asarray([None])
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"auroc: {name} must hold real scores, got {type(scores).__name__} of dtype {a.dtype}")
+    if a.size == 0:
+        raise ValueError(f"auroc: needs both groups non-empty, got an empty {name}")
+    return checks.finite(name, a.astype(np.float64), where="auroc")
+
+
 def auroc(normal_scores, anomalous_scores):
     """Area under the ROC curve of a score meant to be higher on anomalies, eq. (N3); 0.5 is chance."""
-    normal, anomalous = np.ravel(normal_scores), np.ravel(anomalous_scores)
-    if normal.size == 0 or anomalous.size == 0:
-        raise ValueError(f"auroc needs both groups non-empty, got {normal.size} normal and {anomalous.size} "
-                         "anomalous scores")
-    checks.finite("normal_scores", normal, where="auroc")
-    checks.finite("anomalous_scores", anomalous, where="auroc")
+    normal, anomalous = _scores("normal_scores", normal_scores), _scores("anomalous_scores", anomalous_scores)
     labels = np.concatenate([np.zeros(normal.size), np.ones(anomalous.size)])
     return float(roc_auc_score(labels, np.concatenate([normal, anomalous])))
 
@@ -36,9 +44,13 @@ def anomaly_scores(vae, x, rng, K=50, batch_size=256):
     minidiff.models.vae.VAE; x: (N, C, H, W) images of its image_shape. Returns
     {"elbo": (N,), "iw": (N,)} host float64 arrays; the same rng stream gives the same scores.
     """
+    from minidiff.models.vae import VAE
+    checks.instance("vae", vae, VAE, "a minidiff.models.vae.VAE", "anomaly_scores")
     if getattr(vae, "num_classes", 0):
-        raise ValueError("anomaly_scores needs an unconditional VAE (num_classes = 0): an anomaly has no label")
+        raise ValueError("anomaly_scores: vae must be an unconditional VAE (num_classes = 0): an anomaly has no label")
     K = checks.integer("K", K, minimum=1, where="anomaly_scores")
+    batch_size = checks.integer("batch_size", batch_size, minimum=1, where="anomaly_scores")
+    checks.generator("rng", rng, "anomaly_scores")
     checks.shape("x", x, (None,) + vae.image_shape, where="anomaly_scores", because=" (the VAE's image_shape)")
     scores = {"elbo": [], "iw": []}
     logvar = vae._decoder_logvar()

@@ -7,6 +7,7 @@ graph in reverse topological order and accumulates (+=) every gradient, so a ten
 used twice receives the sum of both contributions. See docs/autograd.md.
 """
 import contextlib
+import inspect
 
 import numpy as np
 
@@ -96,8 +97,10 @@ class Tensor:
         if self.data.dtype.kind not in "biufc":
             raise TypeError(f"Tensor: data must be numbers (bool, integer, floating or complex), got "
                             f"{type(data).__name__} {data!r:.40} of dtype {self.data.dtype}")
+        if not isinstance(requires_grad, (bool, np.bool_)):
+            raise TypeError(f"Tensor: requires_grad must be True or False, got {requires_grad!r}")
         if requires_grad and self.data.dtype.kind not in "fc":
-            raise TypeError(f"only floating tensors can require gradients, got dtype {self.data.dtype}")
+            raise TypeError(f"only floating tensors can require gradients, got data of dtype {self.data.dtype}")
         self.requires_grad = bool(requires_grad)
         self.grad = None
         self._ctx = None
@@ -258,7 +261,7 @@ class Function:
         Ops are polymorphic: with no Tensor among the inputs the raw result array is
         returned, so the same formula code serves plain arrays (tests, kernels) and Tensors.
         """
-        arrays = _raw_inputs(inputs)
+        arrays = _raw_inputs(inputs, cls)
         _check_same_backend(cls.__name__, arrays)
         fn = cls()
         has_tensor = any(isinstance(x, Tensor) for x in inputs)
@@ -281,7 +284,7 @@ class Function:
         raise NotImplementedError
 
 
-def _raw_inputs(inputs):
+def _raw_inputs(inputs, fn=None):
     """Raw arrays for an op's inputs; Python numbers take the float dtype of the array they meet."""
     ref = next((unwrap(x) for x in inputs if isinstance(x, Tensor) or hasattr(x, "dtype")), None)
     out = []
@@ -291,8 +294,21 @@ def _raw_inputs(inputs):
         elif ref is not None and isinstance(x, (int, float)) and not isinstance(x, bool):
             out.append(xp_of(ref).asarray(x, dtype=ref.dtype if ref.dtype.kind == "f" else None))
         else:
-            out.append(_as_array(x))
+            try:
+                out.append(_as_array(x))
+            except ValueError:  # a ragged list
+                out.append(np.asarray(None))
+            if out[-1].dtype.kind not in "biufc":
+                name = f"{getattr(fn, '__name__', 'op')}: {_input_name(fn, len(out) - 1)}"
+                raise TypeError(f"{name} must be numbers (an array, Tensor or number), got {type(x).__name__} "
+                                f"{x!r:.40}")
     return out
+
+
+def _input_name(fn, i):
+    """The name of input i of the Function class fn (its forward's parameter), for error messages."""
+    names = list(inspect.signature(fn.forward).parameters)[1:] if fn is not None else []
+    return names[i] if i < len(names) else f"input {i}"
 
 
 def _check_same_backend(op, arrays):

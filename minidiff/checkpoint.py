@@ -22,6 +22,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from minidiff import checks
 from minidiff.backend import to_numpy
 
 # The safetensors dtypes that have a NumPy equivalent (BF16 and the float8 kinds have none).
@@ -40,22 +41,28 @@ class CheckpointError(ValueError):
 
 def _storable(name, value):
     if not isinstance(name, str) or not name or name == "__metadata__":
-        raise ValueError(f"tensor names must be non-empty strings other than __metadata__, got {name!r}")
+        raise ValueError(f"tensors: names must be non-empty strings other than __metadata__, got {name!r}")
     array = np.asarray(to_numpy(value), order="C")  # the library reads the raw buffer: C order only
     if array.dtype.newbyteorder("=") not in {np.dtype(d) for d in DTYPES.values()}:
-        raise TypeError(f"tensor {name!r}: dtype {array.dtype} cannot be stored; use one of "
+        raise TypeError(f"tensors[{name!r}]: dtype {array.dtype} cannot be stored; use one of "
                         f"{sorted(str(np.dtype(d)) for d in DTYPES.values())}")
     return array
 
 
 def encode(tensors, metadata=None):
     """The safetensors bytes of {name: array} with string metadata {key: str}."""
+    checks.instance("tensors", tensors, dict, "a dict {name: array}", "encode")
+    if metadata is not None:
+        checks.instance("metadata", metadata, dict, "a dict {str: str}", "encode")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise TypeError(f"encode: metadata must map str to str, got {metadata!r:.60}")
     return safetensors.numpy.save({name: _storable(name, value) for name, value in tensors.items()},
                                   metadata=dict(metadata) if metadata else None)
 
 
 def decode(buffer, source="<bytes>"):
     """({name: numpy array}, metadata dict) from safetensors bytes, validated by the library."""
+    checks.instance("buffer", buffer, (bytes, bytearray, memoryview), "bytes", "decode")
     try:
         entries = safetensors.deserialize(bytes(buffer))
     except safetensors.SafetensorError as e:
@@ -86,6 +93,7 @@ def remove_orphaned_temporaries(path):
     A temp file belongs to the process whose id is in its name; it is an orphan when that process no
     longer exists. Files of a live writer (another process saving to the same path) are left alone.
     """
+    checks.path("path", path, "remove_orphaned_temporaries")
     folder, stem = os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}."
     removed = []
     for entry in os.listdir(folder) if os.path.isdir(folder) else ():
@@ -115,6 +123,8 @@ def atomic_write_bytes(path, payload):
 
     Temp files that earlier, killed writers left for the same path are removed first.
     """
+    checks.path("path", path, "atomic_write_bytes")
+    checks.instance("payload", payload, (bytes, bytearray, memoryview), "bytes", "atomic_write_bytes")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_orphaned_temporaries(path)
@@ -151,6 +161,7 @@ def save_file(path, tensors, metadata=None):
 
 def load_file(path):
     """({name: numpy array}, metadata) from a safetensors file, validated."""
+    checks.path("path", path, "load_file")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     with open(path, "rb") as f:
@@ -164,11 +175,19 @@ GROUPS = ("params", "ema", "optim")
 
 def save_checkpoint(path, params, state, ema=None, optim=None):
     """One file holding params / EMA / optimiser arrays ({name: array} each) and JSON-able `state`."""
+    checks.path("path", path, "save_checkpoint")
+    checks.instance("state", state, dict, "a dict", "save_checkpoint")
     tensors = {}
     for group, arrays in zip(GROUPS, (params, ema, optim)):
+        if arrays is not None or group == "params":
+            checks.instance(group, arrays, dict, "a dict {name: array}", "save_checkpoint")
         for name, array in (arrays or {}).items():
             tensors[f"{group}.{name}"] = array
-    save_file(path, tensors, {METADATA_KEY: json.dumps(state, allow_nan=True)})
+    try:
+        text = json.dumps(state, allow_nan=True)
+    except TypeError as e:
+        raise TypeError(f"save_checkpoint: state must hold JSON values only ({e})") from None
+    save_file(path, tensors, {METADATA_KEY: text})
 
 
 def load_checkpoint(path):

@@ -13,6 +13,7 @@ See docs/reliability.md.
 """
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -31,6 +32,8 @@ def _describe(value):
     """A short account of a value for an error message: its type, and the value if it is small."""
     if isinstance(value, (bool, numbers.Number, str)) or value is None:
         return f"{value!r} ({type(value).__name__})"
+    if isinstance(value, type):
+        return f"the class {value.__name__}"
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return f"a {type(value).__name__} of shape {_shape(value)} and dtype {value.dtype}"
     return f"a {type(value).__name__}"
@@ -83,6 +86,46 @@ def boolean(name, value, where=""):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{_prefix(where)}{name} must be True or False, got {_describe(value)}")
     return bool(value)
+
+
+def instance(name, value, types, expected, where=""):
+    """value if it is an instance of `types` (a class or tuple); `expected` says what in words."""
+    if not isinstance(value, types):
+        raise TypeError(f"{_prefix(where)}{name} must be {expected}, got {_describe(value)}")
+    return value
+
+
+def function(name, value, where=""):
+    """value if it can be called (a model, a decoder)."""
+    if not callable(value):
+        raise TypeError(f"{_prefix(where)}{name} must be callable, got {_describe(value)}")
+    return value
+
+
+def generator(name, value, where=""):
+    """value if it draws like a NumPy/CuPy Generator (standard_normal, random, integers, permutation)."""
+    if not all(callable(getattr(value, m, None)) for m in ("standard_normal", "random", "integers", "permutation")):
+        raise TypeError(f"{_prefix(where)}{name} must be a random Generator (numpy.random.default_rng or "
+                        f"minidiff.default_rng), got {_describe(value)}")
+    return value
+
+
+def path(name, value, where=""):
+    """value if it is a file system path (str or os.PathLike); an int would be taken as a file descriptor."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{_prefix(where)}{name} must be a path (str or os.PathLike), got {_describe(value)}")
+    return value
+
+
+def dtype(name, value, kinds="f", where=""):
+    """np.dtype(value) if it names a dtype of one of `kinds` (NumPy kind letters), else a TypeError."""
+    try:
+        result = None if value is None else np.dtype(value)
+    except TypeError:
+        result = None
+    if result is None or result.kind not in kinds or isinstance(value, (bool, int, float)):
+        raise TypeError(f"{_prefix(where)}{name} must be a NumPy dtype of kind {kinds!r}, got {_describe(value)}")
+    return result
 
 
 # ---------------------------------------------------------------- arrays and Tensors

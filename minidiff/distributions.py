@@ -6,6 +6,7 @@ methods sum over all axes but the first and return nats per sample, shape (B,). 
 docs/notation.md.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -20,13 +21,36 @@ GRID_TOLERANCE = 1e-2  # how far (in grid steps) data may sit from a level: floa
 
 # ---------------------------------------------------------------- Gaussian densities and KL
 
+def _elementwise(where, like, per_sample=(), **named):
+    """Arguments of an elementwise formula: the array/Tensor `like` names first, each other a real number or an
+    array of its shape, or for the names in per_sample also a 0-d or a per-sample (B, 1, ..., 1) array; nothing
+    else broadcasts."""
+    first = named[like]
+    checks.array_like(like, first, where)
+    for name, value in named.items():
+        if name == like:
+            continue
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+            continue
+        if name in per_sample and len(checks.array_like(name, value, where).shape) == 0:
+            continue  # one value for every element (a learned scalar log-variance)
+        if name in per_sample and len(first.shape):
+            checks.per_sample(name, value, first, where)
+        else:
+            checks.shape(name, value, tuple(first.shape), where, because=f" (the shape of {like})")
+
+
 def _exp(a):
     """e^a; a Python number stays a float64 number (ops would make it a float32 array)."""
     return math.exp(a) if isinstance(a, (int, float)) else ops.exp(a)
 
 
 def gaussian_log_density(x, mean, logvar):
-    """log N(x; mu, sigma^2) = -1/2 (log 2 pi + log sigma^2 + (x - mu)^2 / sigma^2), eq. (K1), elementwise."""
+    """log N(x; mu, sigma^2) = -1/2 (log 2 pi + log sigma^2 + (x - mu)^2 / sigma^2), eq. (K1), elementwise.
+
+    x: an array or Tensor; mean of its shape; logvar of its shape, per sample (B, 1, ..., 1) or a number.
+    """
+    _elementwise("gaussian_log_density", "x", ("logvar",), x=x, mean=mean, logvar=logvar)
     return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * _exp(-logvar))
 
 
@@ -34,7 +58,11 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     """KL(N(mu1, s1^2) || N(mu2, s2^2)), elementwise, in nats, eq. (K2).
 
         KL = 1/2 (log s2^2 - log s1^2 + (s1^2 + (mu1 - mu2)^2) / s2^2 - 1)
+
+    mean1: an array or Tensor; mean2 of its shape; the log-variances of its shape, per sample or numbers.
     """
+    _elementwise("normal_kl", "mean1", ("logvar1", "logvar2"), mean1=mean1, logvar1=logvar1, mean2=mean2,
+                 logvar2=logvar2)
     return 0.5 * ((logvar2 - logvar1) + _exp(logvar1 - logvar2) - 1.0 + (mean1 - mean2) ** 2 * _exp(-logvar2))
 
 
@@ -113,6 +141,7 @@ def kl_standard_normal(mean, logvar):
 
     The Chapter 2 notes' VAE form (docs/errata.md X7), elementwise; summed over latent dims it is the VAE's KL term.
     """
+    _elementwise("kl_standard_normal", "mean", ("logvar",), mean=mean, logvar=logvar)
     return 0.5 * (_exp(logvar) - (1.0 + logvar) + mean ** 2)
 
 
@@ -121,11 +150,15 @@ def kl_standard_normal_std(mean, std):
 
     The notes' form with sigma as a standard deviation (the Class 6 notes), elementwise.
     """
+    _elementwise("kl_standard_normal_std", "mean", ("std",), mean=mean, std=std)
+    if not bool(xp_of(unwrap(std)).all(unwrap(std) > 0)):
+        raise ValueError("kl_standard_normal_std: std must be > 0 everywhere (log sigma), got a value <= 0 or NaN")
     return 0.5 * (mean ** 2 + std ** 2 - 1.0 - 2.0 * ops.log(std))
 
 
 def sum_except_batch(x):
     """Sum over every axis but the first: (B, ...) -> (B,)."""
+    checks.batch("sum_except_batch", x=x)
     return ops.sum(x, axis=tuple(range(1, len(x.shape)))) if len(x.shape) > 1 else x
 
 
@@ -133,8 +166,9 @@ class DiagonalGaussian:
     """N(mu, diag(sigma^2)) parameterised by mean and log-variance (the VAE encoder's outputs)."""
 
     def __init__(self, mean, logvar):
-        if tuple(mean.shape) != tuple(logvar.shape):
-            raise ValueError(f"mean and logvar must have one shape, got {tuple(mean.shape)} and {tuple(logvar.shape)}")
+        checks.floating("mean", mean, "DiagonalGaussian")
+        checks.floating("logvar", logvar, "DiagonalGaussian")
+        checks.same_shape("DiagonalGaussian", mean=mean, logvar=logvar)
         self.mean, self.logvar = mean, logvar
 
     @property
@@ -202,11 +236,15 @@ class LogNormalCDFDiff(Function):
 
 def log_normal_cdf_diff(a, b):
     """log(Phi(b) - Phi(a)), elementwise, a < b (exact CDF; see LogNormalCDFDiff)."""
+    checks.floating("a", a, "log_normal_cdf_diff")
+    checks.floating("b", b, "log_normal_cdf_diff")
+    checks.same_shape("log_normal_cdf_diff", a=a, b=b)
     return LogNormalCDFDiff.apply(a, b)
 
 
 def approx_standard_normal_cdf(x):
     """Phi(x) ~ 1/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the DDPM code's approximation, eq. (L7)."""
+    checks.floating("x", x, "approx_standard_normal_cdf")
     return 0.5 * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
@@ -220,6 +258,7 @@ def discretized_bin_edges(x, levels=LEVELS):
     Returns two arrays of x's shape and dtype.
     """
     levels = checks.integer("levels", levels, minimum=2, where="discretized_bin_edges")
+    checks.finite("x", checks.floating("x", x, "discretized_bin_edges"), "discretized_bin_edges")
     data = unwrap(x)
     xp = xp_of(data)
     if float(data.min()) < -1.0 - 1e-6 or float(data.max()) > 1.0 + 1e-6:
@@ -247,11 +286,9 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="exact", levels=
     cdf: "exact" (default; the normal CDF in log space, accurate in the tails) or "tanh" (the DDPM
     reference code's approximation, with its 1e-12 floors), see docs/vlb_bits_per_dim.md.
     """
-    checks.same_shape("discretized_gaussian_log_likelihood", x=x, mean=mean)
-    if hasattr(log_scale, "shape"):
-        checks.per_sample("log_scale", log_scale, x, "discretized_gaussian_log_likelihood")
-    if cdf not in ("exact", "tanh"):
-        raise ValueError(f"cdf must be 'exact' or 'tanh', got {cdf!r}")
+    checks.one_of("cdf", cdf, ("exact", "tanh"), "discretized_gaussian_log_likelihood")
+    checks.integer("levels", levels, minimum=2, where="discretized_gaussian_log_likelihood")
+    _elementwise("discretized_gaussian_log_likelihood", "x", ("log_scale",), x=x, mean=mean, log_scale=log_scale)
     lower_edge, upper_edge = discretized_bin_edges(x, levels)
     xp = xp_of(lower_edge)
     bottom, top = xp.isinf(lower_edge), xp.isinf(upper_edge)

@@ -39,11 +39,21 @@ def linear(x, weight, bias=None):
 
 def softmax(x, dim=-1):
     """softmax along dim: y_i = e^{x_i} / Σ_j e^{x_j} (VJP y ⊙ (g − ⟨g, y⟩), docs/autograd.md eq. A6)."""
-    return ops.softmax(x, dim)
+    return ops.softmax(x, _dim(x, dim, "softmax"))
 
 
 def log_softmax(x, dim=-1):
-    return ops.log_softmax(x, dim)
+    return ops.log_softmax(x, _dim(x, dim, "log_softmax"))
+
+
+def _dim(x, dim, where):
+    """dim as an int in [-n, n) for x of n >= 1 dimensions (a 0-d x takes 0 or -1, as PyTorch)."""
+    dim = checks.integer("dim", dim, where=where)
+    n = max(len(getattr(x, "shape", ())), 1)
+    if not -n <= dim < n:
+        raise ValueError(f"{where}: dim must lie in [{-n}, {n}) for x of shape {tuple(getattr(x, 'shape', ()))}, "
+                         f"got {dim}")
+    return dim
 
 
 def dropout(x, p=0.5, training=True, rng=None):
@@ -51,8 +61,11 @@ def dropout(x, p=0.5, training=True, rng=None):
 
     rng: a generator with .random(size) on x's backend (default: minidiff.backend.default_rng()).
     """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    p = checks.real("p", p, minimum=0.0, maximum=1.0, where="dropout")
+    checks.boolean("training", training, "dropout")
+    checks.floating("x", x, "dropout")
+    if rng is not None:
+        checks.generator("rng", rng, "dropout")
     if not training or p == 0.0:
         return x
     data = unwrap(x)
@@ -78,6 +91,20 @@ def _select_matrix(idx, n_in, like):
     return xp.asarray(r, dtype=like.dtype)
 
 
+def resize_arguments(size, scale_factor, mode, where):
+    """(size, scale_factor) with exactly one given: size ints >= 1, scale_factor numbers > 0 (each or a pair)."""
+    checks.one_of("mode", mode, ("nearest",), where)
+    if (size is None) == (scale_factor is None):
+        raise ValueError(f"{where}: give exactly one of size and scale_factor, got size={size!r}, "
+                         f"scale_factor={scale_factor!r}")
+    if size is not None:
+        return tuple(checks.integer("size", n, minimum=1, where=where)
+                     for n in (size if isinstance(size, (tuple, list)) and len(size) == 2 else (size, size))), None
+    if isinstance(scale_factor, (tuple, list)) and len(scale_factor) == 2:
+        return None, tuple(checks.real("scale_factor", f, above=0.0, where=where) for f in scale_factor)
+    return None, checks.real("scale_factor", scale_factor, above=0.0, where=where)
+
+
 def interpolate(x, size=None, scale_factor=None, mode="nearest"):
     """Nearest-neighbour resize of x (B, C, H, W): y[b, c, u, v] = x[b, c, src_h(u), src_w(v)].
 
@@ -85,11 +112,9 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest"):
     a broadcast and a reshape, whose VJP (autograd) sums g over each f×f block. Any other size
     selects rows and columns by one-hot matrices, y = R_h x R_wᵀ, whose VJP is R_hᵀ g R_w.
     """
-    if mode != "nearest":
-        raise ValueError(f"interpolate: only mode='nearest' is implemented, got {mode!r}")
-    if len(x.shape) != 4 or (size is None) == (scale_factor is None):
-        raise ValueError(f"interpolate: need a (B, C, H, W) input and exactly one of size / scale_factor; "
-                         f"got shape {tuple(x.shape)}, size={size}, scale_factor={scale_factor}")
+    checks.floating("x", x, "interpolate")
+    checks.shape("x", x, (None,) * 4, "interpolate", because=" (B, C, H, W)")
+    size, scale_factor = resize_arguments(size, scale_factor, mode, "interpolate")
     B, C, H, W = x.shape
     factors = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else scale_factor
     if factors is not None and all(float(f).is_integer() and f >= 1 for f in factors):
@@ -100,7 +125,7 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest"):
         size = (int(np.floor(H * factors[0])), int(np.floor(W * factors[1])))
     size = (size, size) if isinstance(size, int) else tuple(size)
     if min(size) < 1:
-        raise ValueError(f"interpolate: output size {size} must be positive")
+        raise ValueError(f"interpolate: scale_factor {scale_factor} makes the output size {size} zero")
     fh, fw = (None, None) if factors is None else factors
     r_h = _select_matrix(_nearest_index(H, size[0], fh), H, unwrap(x))
     r_w = _select_matrix(_nearest_index(W, size[1], fw), W, unwrap(x))
@@ -112,10 +137,13 @@ def embedding(indices, weight):
 
     VJP: each picked row's gradient is added into ∂L/∂W (repeated indices accumulate), via getitem.
     """
+    checks.floating("weight", weight, "embedding")
+    checks.shape("weight", weight, (None, None), "embedding", because=" (num_embeddings, dim)")
+    checks.array_like("indices", indices, "embedding")
     idx = xp_of(unwrap(weight)).asarray(unwrap(indices))
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
     n = weight.shape[0]
     if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        raise IndexError(f"embedding: indices must lie in [0, {n}), got range [{int(idx.min())}, {int(idx.max())}]")
+        raise ValueError(f"embedding: indices must lie in [0, {n}), got range [{int(idx.min())}, {int(idx.max())}]")
     return ops.getitem(weight, idx)

@@ -20,14 +20,25 @@ from minidiff.autograd import Tensor
 from minidiff.backend import to_numpy, xp_of
 
 
-def _param_list(params):
+def _param_list(params, where="optimizer"):
+    if isinstance(params, (str, bytes, Tensor)) or not hasattr(params, "__iter__"):
+        raise TypeError(f"{where}: params must be an iterable of Parameters, got {type(params).__name__}")
     params = list(params)
     if not params:
-        raise ValueError("optimizer got an empty parameter list")
+        raise ValueError(f"{where}: params is an empty parameter list")
     for i, p in enumerate(params):
         if not isinstance(p, Tensor) or not p.requires_grad:
-            raise TypeError(f"optimizer: item {i} is not a Tensor with requires_grad=True ({type(p).__name__})")
+            raise TypeError(f"{where}: params[{i}] is not a Tensor with requires_grad=True ({type(p).__name__})")
     return params
+
+
+def _check_schedule(where, base_lr, warmup_steps, total_steps, min_lr):
+    """The warm-up/cosine arguments: base_lr > 0, 0 <= min_lr <= base_lr, 0 <= warmup_steps <= total_steps >= 1."""
+    base_lr = checks.real("base_lr", base_lr, above=0.0, where=where)
+    min_lr = checks.real("min_lr", min_lr, minimum=0.0, maximum=base_lr, where=where)
+    total_steps = checks.integer("total_steps", total_steps, minimum=1, where=where)
+    warmup_steps = checks.integer("warmup_steps", warmup_steps, minimum=0, maximum=total_steps, where=where)
+    return base_lr, warmup_steps, total_steps, min_lr
 
 
 class Optimizer:
@@ -37,7 +48,7 @@ class Optimizer:
 
     def __init__(self, params, lr):
         lr = checks.real("lr", lr, minimum=0.0, where=type(self).__name__)
-        self.params, self.lr, self.step_count = _param_list(params), lr, 0
+        self.params, self.lr, self.step_count = _param_list(params, type(self).__name__), lr, 0
         self.state = {name: [None] * len(self.params) for name in self.state_names}
 
     def zero_grad(self):
@@ -139,6 +150,7 @@ class AdamW(Adam):
 def clip_grad_norm(params, max_norm):
     """Scale all gradients by min(1, max_norm/(‖g‖ + 1e-6)), ‖g‖ the global L2 norm; return ‖g‖ (a float)."""
     max_norm = checks.real("max_norm", max_norm, minimum=0.0, finite=False, where="clip_grad_norm")
+    params = _param_list(params, "clip_grad_norm")
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
@@ -160,6 +172,8 @@ class EMA:
 
     def __init__(self, module, decay=0.999):
         self.decay = checks.real("decay", decay, minimum=0.0, maximum=1.0, where="EMA")
+        if not callable(getattr(module, "named_parameters", None)):
+            raise TypeError(f"EMA: module must be a Module (with named_parameters), got {type(module).__name__}")
         self.shadow = {name: p.data.copy() for name, p in module.named_parameters()}
         self.num_updates = 0
 
@@ -167,7 +181,7 @@ class EMA:
         self.num_updates += 1
         for name, p in module.named_parameters():
             if name not in self.shadow:
-                raise KeyError(f"EMA.update: the module has a parameter {name!r} the EMA was not made with")
+                raise ValueError(f"EMA.update: the module has a parameter {name!r} the EMA was not made with")
             s = self.shadow[name]
             s *= self.decay
             s += (1 - self.decay) * p.data
@@ -182,7 +196,7 @@ class EMA:
     def load_state_dict(self, state):
         for name, a in self.shadow.items():
             if name not in state:
-                raise KeyError(f"EMA.load_state_dict: missing {name!r}")
+                raise ValueError(f"EMA.load_state_dict: missing {name!r}")
             if tuple(np.shape(state[name])) != tuple(a.shape):
                 raise ValueError(f"EMA.load_state_dict: {name!r} has shape {tuple(np.shape(state[name]))}, "
                                  f"expected {tuple(a.shape)}")
@@ -191,6 +205,9 @@ class EMA:
 
 def warmup_cosine_lr(step, base_lr, warmup_steps, total_steps, min_lr=0.0):
     """η(s) = η₀ (s + 1)/S_w for s < S_w, then min_lr + ½(η₀ − min_lr)(1 + cos(π·min(1, (s − S_w)/(S − S_w))))."""
+    base_lr, warmup_steps, total_steps, min_lr = _check_schedule("warmup_cosine_lr", base_lr, warmup_steps,
+                                                                 total_steps, min_lr)
+    step = checks.integer("step", step, minimum=0, where="warmup_cosine_lr")
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -204,9 +221,8 @@ class WarmupCosine:
     """
 
     def __init__(self, base_lr, warmup_steps, total_steps, min_lr=0.0):
-        if warmup_steps < 0 or total_steps < warmup_steps:
-            raise ValueError(f"WarmupCosine: need 0 <= warmup_steps <= total_steps, got {warmup_steps}, "
-                             f"{total_steps}")
+        base_lr, warmup_steps, total_steps, min_lr = _check_schedule("WarmupCosine", base_lr, warmup_steps,
+                                                                     total_steps, min_lr)
         self.base_lr, self.warmup_steps, self.total_steps, self.min_lr = base_lr, warmup_steps, total_steps, min_lr
 
     def lr_at(self, step):

@@ -28,15 +28,19 @@ def reconstruction_log_likelihood(x, decoder_output, likelihood="gaussian", deco
     bernoulli: decoder_output = logits l; log p = sum_i x_i l_i - softplus(l_i), x in {0, 1}.
     """
     checks.one_of("likelihood", likelihood, LIKELIHOODS, "reconstruction_log_likelihood")
+    checks.batch("reconstruction_log_likelihood", x=x)
+    if not hasattr(decoder_logvar, "shape"):
+        checks.real("decoder_logvar", decoder_logvar, where="reconstruction_log_likelihood")
     if likelihood == "bernoulli":
-        checks.shape("logits", decoder_output, tuple(x.shape), "reconstruction_log_likelihood",
+        checks.shape("decoder_output (logits)", decoder_output, tuple(x.shape), "reconstruction_log_likelihood",
                      because=" (that of x)")
         return sum_except_batch(bernoulli_log_likelihood(x, decoder_output))
     mean, logvar = decoder_output if isinstance(decoder_output, tuple) else (decoder_output, decoder_logvar)
-    checks.shape("decoder mean", mean, tuple(x.shape), "reconstruction_log_likelihood", because=" (that of x)")
+    checks.shape("decoder_output (mean)", mean, tuple(x.shape), "reconstruction_log_likelihood",
+                 because=" (that of x)")
     if hasattr(logvar, "shape"):  # one log sigma^2 for all (0-d), or one per element
         if len(logvar.shape):
-            checks.shape("decoder logvar", logvar, tuple(x.shape), "reconstruction_log_likelihood",
+            checks.shape("decoder_output (logvar)", logvar, tuple(x.shape), "reconstruction_log_likelihood",
                          because=" (that of x, or 0-d)")
     else:
         checks.real("decoder_logvar", logvar, where="reconstruction_log_likelihood")
@@ -81,6 +85,8 @@ def importance_weighted_bound(x, posterior, decode, K, rng, likelihood="gaussian
     """
     K = checks.integer("K", K, minimum=1, where="importance_weighted_bound")
     _check_posterior(x, posterior, "importance_weighted_bound")
+    checks.function("decode", decode, "importance_weighted_bound")
+    checks.generator("rng", rng, "importance_weighted_bound")
     mean, logvar = posterior.mean, posterior.logvar
     batch = x.shape[0]
     data = unwrap(mean)
@@ -89,6 +95,9 @@ def importance_weighted_bound(x, posterior, decode, K, rng, likelihood="gaussian
     x_rep = ops.concatenate([x] * K, axis=0)
     q = DiagonalGaussian(ops.concatenate([mean] * K, axis=0), ops.concatenate([logvar] * K, axis=0))
     zeros = xp_of(data).zeros(z.shape, dtype=data.dtype)
-    log_w = (reconstruction_log_likelihood(x_rep, decode(z), likelihood, decoder_logvar)
+    decoded = decode(z)
+    checks.shape("decode(z)", decoded[0] if isinstance(decoded, tuple) else decoded, tuple(x_rep.shape),
+                 "importance_weighted_bound", because=" (that of x repeated K times)")
+    log_w = (reconstruction_log_likelihood(x_rep, decoded, likelihood, decoder_logvar)
              + sum_except_batch(gaussian_log_density(z, zeros, zeros)) - q.log_prob(z))
     return ops.logsumexp(ops.reshape(log_w, (K, batch)), axis=0) - math.log(K)

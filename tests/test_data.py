@@ -108,7 +108,7 @@ def test_shapes_dataset():
     ds = data.shapes(60, size=12)
     assert ds.x_train.shape[1:] == (1, 12, 12) and set(np.unique(ds.x_train)) == {-1.0, 1.0}
     assert ds.num_classes == 3
-    with pytest.raises(ValueError, match="size >= 6"):
+    with pytest.raises(ValueError, match="size must be >= 6"):
         data.shapes(10, size=4)
 
 
@@ -155,7 +155,7 @@ def test_iterate_batches_covers_every_item_once(n, batch_size, drop_last):
 
 
 def test_load_images_errors():
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+    with pytest.raises(ValueError, match="name must be one of .*got 'cifar'"):
         data.load_images("cifar")
     with pytest.raises(ValueError, match="IDX files"):
         data.load_images("mnist")

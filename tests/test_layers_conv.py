@@ -173,14 +173,14 @@ def test_ddpm_sized_convs_match_torch_float32(shape, seed):
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: F.conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 4, 3, 3))), "3 channels"),
-    (lambda: F.conv2d(np.ones((3, 5, 5)), np.ones((2, 3, 3, 3))), "(B, C, H, W)"),
+    (lambda: F.conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 4, 3, 3))), "(C = w.shape[1]), got shape (1, 3, 5, 5)"),
+    (lambda: F.conv2d(np.ones((3, 5, 5)), np.ones((2, 3, 3, 3))), "x must have shape (*, 3, *, *)"),
     (lambda: F.conv2d(np.ones((1, 3, 2, 2)), np.ones((2, 3, 3, 3))), "does not fit"),
-    (lambda: F.conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3)), np.ones(3)), "bias shape (3,)"),
+    (lambda: F.conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3)), np.ones(3)), "b must have shape (2,)"),
     (lambda: F.conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3)), stride=0), "stride"),
     (lambda: F.conv2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3)), padding=(1, 2, 3)), "pair of ints"),
     (lambda: F.conv2d(np.ones((1, 3, 5, 5), np.float32), np.ones((2, 3, 3, 3))), "dtype"),
-    (lambda: F.conv_transpose2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3))), "expects 2"),
+    (lambda: F.conv_transpose2d(np.ones((1, 3, 5, 5)), np.ones((2, 3, 3, 3))), "x must have shape (*, 2, *, *)"),
     (lambda: F.conv_transpose2d(np.ones((1, 3, 5, 5)), np.ones((3, 2, 3, 3)), stride=2, output_padding=2),
      "output_padding"),
     (lambda: F.avg_pool2d(np.ones((1, 1, 4, 4)), 2, padding=2), "padding"),

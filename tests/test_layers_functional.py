@@ -149,11 +149,11 @@ def test_embedding_matches_torch(n, d, data):
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda: F.linear(np.ones((2, 3)), np.ones((4, 2))), ValueError, "weight must have shape (*, 3) = (out, in)"),
-    (lambda: F.dropout(np.ones(3), 1.5), ValueError, "p must be in [0, 1]"),
+    (lambda: F.dropout(np.ones(3), 1.5), ValueError, "p must be <= 1, got 1.5"),
     (lambda: F.interpolate(np.ones((1, 1, 2, 2)), scale_factor=2, mode="bilinear"), ValueError, "nearest"),
-    (lambda: F.interpolate(np.ones((1, 1, 2, 2))), ValueError, "exactly one of size / scale_factor"),
+    (lambda: F.interpolate(np.ones((1, 1, 2, 2))), ValueError, "exactly one of size and scale_factor"),
     (lambda: F.embedding(np.array([0.5]), np.ones((3, 2))), TypeError, "integers"),
-    (lambda: F.embedding(np.array([3]), np.ones((3, 2))), IndexError, "[0, 3)"),
+    (lambda: F.embedding(np.array([3]), np.ones((3, 2))), ValueError, "[0, 3)"),
 ])
 def test_bad_input_is_named(call, error, message):
     with pytest.raises(error) as info:

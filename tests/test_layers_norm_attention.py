@@ -168,13 +168,13 @@ def test_attention_matches_torch(dtype, problem):
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: F.group_norm(np.ones((2, 6, 3)), 4), "6 channels"),
-    (lambda: F.group_norm(np.ones((2, 6, 3)), 3, np.ones(5)), "weight shape (5,)"),
+    (lambda: F.group_norm(np.ones((2, 6, 3)), 4), "C divisible by num_groups = 4, got shape (2, 6, 3)"),
+    (lambda: F.group_norm(np.ones((2, 6, 3)), 3, np.ones(5)), "weight must have shape (6,)"),
     (lambda: F.layer_norm(np.ones((2, 6)), (5,)), "normalized_shape"),
-    (lambda: F.layer_norm(np.ones((2, 6)), 6, np.ones(5)), "weight shape (5,)"),
+    (lambda: F.layer_norm(np.ones((2, 6)), 6, np.ones(5)), "weight must have shape (6,)"),
     (lambda: F.scaled_dot_product_attention(np.ones((3, 4)), np.ones((5, 3)), np.ones((5, 2))), "k (..., S, E)"),
     (lambda: F.scaled_dot_product_attention(np.ones((3, 4)), np.ones((5, 4)), np.ones((5, 2)),
-                                            attn_mask=np.ones((3, 4), bool)), "mask shape (3, 4)"),
+                                            attn_mask=np.ones((3, 4), bool)), "attn_mask of shape (3, 4)"),
 ])
 def test_bad_input_is_named(call, message):
     with pytest.raises(ValueError) as info:

@@ -67,5 +67,6 @@ def test_confident_fraction_counts_rows_above_threshold(tops):
 def test_bad_feature_shapes():
     with pytest.raises(ValueError, match="n >= 2"):
         quality.frechet_distance(np.ones((1, 3)), np.ones((5, 3)))
-    with pytest.raises(ValueError, match="feature sizes differ: 3 vs 4"):
+    with pytest.raises(ValueError, match=r"features_b must have d = 3 columns \(that of features_a\), got shape "
+                                         r"\(5, 4\)"):
         quality.frechet_distance(np.random.rand(5, 3), np.random.rand(5, 4))

@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 from scipy import stats
 from scipy.special import logsumexp
 
+from minidiff import kernels
 from minidiff.backend import default_rng
 from minidiff.diffusion import (EmpiricalDenoiser, GaussianDataOracle, Schedule, ddim_sample, ddpm_sample,
-                                nll_bpd_importance, p_mean_variance, prior_bpd, spaced_timesteps, vb_terms_bpd)
+                                nll_bpd_importance, p_mean_variance, prior_bpd, sde_sample, spaced_timesteps,
+                                vb_terms_bpd)
 from tests.strategies_diffusion import batch_shapes, schedules, seeds
 
 
@@ -92,13 +94,31 @@ def test_samplers_accept_minidiff_rng_progress_bar_and_float32():
     assert ddpm_sample(smooth_model, (2, 2), s, rng=default_rng(0), progress=True).dtype == np.float32
 
 
+SAMPLE_CALLS = [pytest.param(ddpm_sample, {"impl": impl}, id=f"ddpm-{impl}") for impl in kernels.available()] + [
+    pytest.param(ddim_sample, {"eta": 1.0}, id="ddim-eta-1"), pytest.param(sde_sample, {}, id="sde")]
+
+
+@pytest.mark.parametrize("sampler, options", SAMPLE_CALLS)
+def test_nan_noise_at_t_1_never_reaches_the_sample_and_nan_noise_that_is_used_is_refused(sampler, options):
+    """The z of the last step (t = 1) is documented as ignored: a NaN there must not poison x_0 (0 * NaN = NaN)."""
+    s, rng = Schedule.cosine(6), np.random.default_rng(0)
+    x_T = rng.standard_normal((2, 3)).astype(np.float32)
+    noise = list(_noise(rng, 6, (2, 3)).astype(np.float32))
+    clean = sampler(smooth_model, (2, 3), s, x_T=x_T, noise=noise, **options)
+    noise[-1] = np.full((2, 3), np.nan, np.float32)
+    np.testing.assert_array_equal(sampler(smooth_model, (2, 3), s, x_T=x_T, noise=noise, **options), clean)
+    noise[2] = np.full((2, 3), np.nan, np.float32)
+    with pytest.raises(ValueError, match=r"noise\[2\] must be finite"):
+        sampler(smooth_model, (2, 3), s, x_T=x_T, noise=noise, **options)
+
+
 def test_samplers_refuse_bad_arguments():
     s = Schedule.cosine(10)
     with pytest.raises(ValueError, match="eta"):
         ddim_sample(smooth_model, (2, 2), s, eta=1.5)
     with pytest.raises(ValueError, match="one z per step"):
         ddpm_sample(smooth_model, (2, 2), s, x_T=np.zeros((2, 2)), noise=np.zeros((9, 2, 2)))
-    with pytest.raises(ValueError, match="x_T has shape"):
+    with pytest.raises(ValueError, match="x_T must have shape"):
         ddpm_sample(smooth_model, (2, 2), s, x_T=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="K"):
         ddim_sample(smooth_model, (2, 2), s, steps=11)

@@ -177,9 +177,10 @@ def test_the_smallest_beta_that_still_changes_alpha_is_accepted():
     assert s.alphas[2] < 1.0 and s.betas[2] == 1e-16
 
 
-@pytest.mark.parametrize("T", [0, -3, 2.5, True, "10"])
-def test_bad_T_raises(T):
-    with pytest.raises(ValueError, match="T must be an integer"):
+@pytest.mark.parametrize("T, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError),
+                                      ("10", TypeError)])
+def test_bad_T_raises(T, error):
+    with pytest.raises(error, match="T must be (an integer|>= 1)"):
         Schedule.cosine(T)
 
 

@@ -52,6 +52,26 @@ def test_a_diverged_run_keeps_the_last_good_checkpoint_and_names_its_step(tmp_pa
     assert resumed.step == saved_step and resumed.fit().step == 12
 
 
+def test_an_lr_of_1e9_never_replaces_the_good_checkpoints_of_a_run(tmp_path):
+    """The reported case with real Adam steps on a real model: a run saves every step at a sane lr, then is resumed
+    at lr 1e9 with a checkpoint every step; its first step diverges, and the step-6 file stays, named in the error."""
+    from minidiff.models.classifier import Classifier
+    x, y = _digits(128)
+    minidiff.manual_seed(0)
+    Trainer(Classifier(hidden=16, features=8), _config(steps=6, lr=1e-3, checkpoint_every=1), x, y,
+            out_dir=tmp_path).fit()
+    good_groups, good_state = checkpoint.load_checkpoint(tmp_path / "model.safetensors")
+    trainer = Trainer(Classifier(hidden=16, features=8), _config(steps=12, lr=1e9, checkpoint_every=1), x, y,
+                      out_dir=tmp_path).resume()
+    with pytest.raises(TrainingDiverged, match=r"at step 7.*was not written.*model.safetensors' \(step 6\)"):
+        trainer.fit()
+    groups, state = checkpoint.load_checkpoint(tmp_path / "model.safetensors")
+    assert good_state["step"] == state["step"] == 6
+    for name, w in good_groups["params"].items():
+        np.testing.assert_array_equal(groups["params"][name], w)
+    assert Trainer(Classifier(hidden=16, features=8), _config(steps=8), x, y, out_dir=tmp_path).resume().fit().step == 8
+
+
 def test_non_finite_weights_are_never_saved(tmp_path):
     x, y = _digits()
     trainer = Trainer(_Diverges(bad=10 ** 9, kind="weights"), _config(), x, y, out_dir=tmp_path)

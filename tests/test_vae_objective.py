@@ -147,7 +147,7 @@ def test_vae_objective_refuses_bad_arguments():
     q = DiagonalGaussian(np.zeros((2, 3)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="likelihood"):
         elbo(np.zeros((2, 3)), q, np.zeros((2, 3)), likelihood="poisson")
-    with pytest.raises(ValueError, match="decoder mean must have shape"):
+    with pytest.raises(ValueError, match=r"decoder_output \(mean\) must have shape"):
         elbo(np.zeros((2, 3)), q, np.zeros((2, 4)))
     with pytest.raises(ValueError, match="beta"):
         elbo(np.zeros((2, 3)), q, np.zeros((2, 3)), beta=-1.0)

@@ -17,11 +17,31 @@ import minidiff.kernels as kernels
 from minidiff import checks, ops
 from minidiff.autograd import Function, Tensor
 from minidiff.backend import to_numpy, xp_of
-from minidiff.diffusion.process import check_t, p_mean_variance, q_posterior, q_sample
+from minidiff.diffusion.process import PREDICTIONS, check_t, p_mean_variance, q_posterior, q_sample
+from minidiff.diffusion.schedule import VARIANCES, Schedule
 from minidiff.distributions import LEVELS, discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
 from minidiff.kernels.reference import per_sample
 
 DECODERS = ("discretized", "gaussian")
+CDFS = ("exact", "tanh")
+
+
+def _check_bound_options(where, variance, clip_x0, decoder, cdf, levels, prediction="eps"):
+    """The options of the bound's terms, each one of its choices (levels an integer >= 2)."""
+    checks.one_of("variance", variance, VARIANCES, where)
+    checks.boolean("clip_x0", clip_x0, where)
+    checks.one_of("prediction", prediction, PREDICTIONS, where)
+    checks.one_of("decoder", decoder, DECODERS, where)
+    checks.one_of("cdf", cdf, CDFS, where)
+    checks.integer("levels", levels, minimum=2, where=where)
+
+
+def _check_model_x0(where, model, x0, schedule, rng):
+    """A callable model, data x0 (B, ...), a Schedule and a Generator."""
+    checks.function("model", model, where)
+    checks.batch(where, x0=x0)
+    checks.instance("schedule", schedule, Schedule, "a Schedule", where)
+    checks.generator("rng", rng, where)
 
 
 def _mean_over_dims(x):
@@ -48,6 +68,7 @@ def eps_loss(eps_hat, eps, weights=None):
     checks.same_shape("eps_loss", eps_hat=eps_hat, eps=eps)
     if weights is not None:
         checks.shape("weights", weights, (eps.shape[0],), "eps_loss", because=" (one per sample)")
+        checks.finite("weights", weights, "eps_loss")
     squared = (eps_hat - eps) ** 2
     if weights is not None:
         squared = squared * per_sample(weights, np.arange(eps.shape[0]), squared)
@@ -95,7 +116,7 @@ def elbo_weighted_loss(eps_hat, eps, t, schedule, variance="fixed_small"):
     t >= 2 each sample's term is its KL term L_{t-1} per dimension minus a constant (eq. E11).
     """
     checks.same_shape("elbo_weighted_loss", eps=eps, eps_hat=eps_hat)
-    t = check_t(t, eps, schedule, "elbo_weighted_loss")
+    t = check_t(t, eps, schedule, "elbo_weighted_loss", "eps")
     return eps_loss(eps_hat, eps, weights=schedule.elbo_weight_table(variance)[to_numpy(t)])
 
 
@@ -114,10 +135,9 @@ def vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance="fixed_small", clip_x0=
     "gaussian" (a density, for continuous data). eps_hat: the network output (see p_mean_variance's
     prediction); v: the network's variance output, with variance="learned" (p_mean_variance, eq. G6).
     """
-    if decoder not in DECODERS:
-        raise ValueError(f"vb_terms_bpd: decoder must be one of {DECODERS}, got {decoder!r}")
+    _check_bound_options("vb_terms_bpd", variance, clip_x0, decoder, cdf, levels, prediction)
     checks.same_shape("vb_terms_bpd", x_t=x_t, x0=x0, eps_hat=eps_hat)
-    t = check_t(t, x_t, schedule, "vb_terms_bpd")
+    t = check_t(t, x_t, schedule, "vb_terms_bpd", "x_t")
     true_mean, _, true_log_variance = q_posterior(x0, x_t, t, schedule)
     mean, _, log_variance, _ = p_mean_variance(eps_hat, x_t, t, schedule, variance, clip_x0, prediction, v=v)
     kl = _mean_over_dims(normal_kl(true_mean, true_log_variance, mean, log_variance))
@@ -132,6 +152,7 @@ def vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance="fixed_small", clip_x0=
 def prior_bpd(x0, schedule):
     """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, (B,), eq. (L4). Constant in theta."""
     checks.batch("prior_bpd", x0=x0)
+    checks.instance("schedule", schedule, Schedule, "a Schedule", "prior_bpd")
     t = np.full(x0.shape[0], schedule.T)
     mean = per_sample(schedule.sqrt_alpha_bars, t, x0) * x0
     log_variance = per_sample(np.full(schedule.T + 1, np.log1p(-schedule.alpha_bars[-1])), t, x0)
@@ -169,7 +190,9 @@ def nll_bpd(model, x0, schedule, rng, variance="fixed_small", clip_x0=False, dec
     a fresh eps ~ N(0, I) per t. levels: the data's grid for the discretised decoder (`vb_terms_bpd`).
     Returns {"total_bpd": (B,), "prior_bpd": (B,), "vb_bpd": (B, T) with column t-1 = term t}.
     """
-    checks.batch("nll_bpd", x0=x0)
+    _check_model_x0("nll_bpd", model, x0, schedule, rng)
+    _check_bound_options("nll_bpd", variance, clip_x0, decoder, cdf, levels)
+    checks.boolean("progress", progress, "nll_bpd")
     xp, batch = xp_of(x0), x0.shape[0]
     terms = []
     for step in tqdm(range(1, schedule.T + 1), disable=not progress, desc="vlb", leave=False):
@@ -192,7 +215,8 @@ def nll_bpd_importance(model, x0, schedule, rng, n_t=1, proposal=None, variance=
     `nll_bpd`. Its
     expectation equals that of `nll_bpd`'s total for the same model and x0.
     """
-    checks.batch("nll_bpd_importance", x0=x0)
+    _check_model_x0("nll_bpd_importance", model, x0, schedule, rng)
+    _check_bound_options("nll_bpd_importance", variance, clip_x0, decoder, cdf, levels)
     n_t = checks.integer("n_t", n_t, minimum=1, where="nll_bpd_importance")
     p = _check_proposal(proposal, schedule.T)
     xp, batch = xp_of(x0), x0.shape[0]
@@ -210,8 +234,15 @@ def nll_bpd_importance(model, x0, schedule, rng, n_t=1, proposal=None, variance=
 def _check_proposal(proposal, T):
     if proposal is None:
         return np.full(T, 1.0 / T)
-    p = np.asarray(proposal, dtype=np.float64)
-    if p.shape != (T,) or not np.all(p > 0) or not np.isclose(p.sum(), 1.0):
+    try:
+        p = np.asarray(proposal)
+    except ValueError:  # ragged
+        p = np.asarray(None)
+    if p.dtype.kind not in "iuf":
+        raise TypeError(f"nll_bpd_importance: proposal must hold T = {T} probabilities, got {proposal!r:.40}")
+    checks.shape("proposal", p, (T,), "nll_bpd_importance", because=" (one probability per step)")
+    p = checks.finite("proposal", p.astype(np.float64), "nll_bpd_importance")
+    if not np.all(p > 0) or not np.isclose(p.sum(), 1.0):
         raise ValueError(f"proposal must be T={T} positive probabilities summing to 1, got shape {p.shape}, "
                          f"sum {p.sum() if p.size else 0}")
     return p / p.sum()

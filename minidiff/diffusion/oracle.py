@@ -12,11 +12,14 @@ the timesteps of the schedule they were built with. Derivations: docs/eps_parame
       x0_hat(x_t) = sum_i softmax_i(-||x_t - sqrt(ab) x_i||^2 / (2 (1 - ab))) x_i    eq. (E16)
 """
 import math
+import numbers
 
 import numpy as np
 
+from minidiff import checks
 from minidiff.backend import xp_of
 from minidiff.diffusion.process import eps_from_x0
+from minidiff.diffusion.schedule import Schedule
 from minidiff.kernels.reference import per_sample
 
 
@@ -24,10 +27,14 @@ class GaussianDataOracle:
     """The exact eps-predictor for data N(m, diag(s^2)); m, s broadcast to one sample's shape."""
 
     def __init__(self, mean, std, schedule):
+        for name, value in (("mean", mean), ("std", std)):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                checks.floating(name, value, "GaussianDataOracle")
+            checks.finite(name, np.asarray(value, dtype=np.float64), "GaussianDataOracle")
         self.mean, self.std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
         if not np.all(self.std > 0):
-            raise ValueError(f"std must be positive, got {self.std}")
-        self.schedule = schedule
+            raise ValueError(f"GaussianDataOracle: std must be positive, got {self.std}")
+        self.schedule = checks.instance("schedule", schedule, Schedule, "a Schedule", "GaussianDataOracle")
 
     def _variance_x_t(self, t, like):
         """v_t = alpha_bar_t s^2 + 1 - alpha_bar_t as (B, ...) broadcastable."""
@@ -85,10 +92,12 @@ class EmpiricalDenoiser:
     """The MMSE denoiser of a finite training set, eq. (E16): x0_hat is a posterior-weighted mean of x_i."""
 
     def __init__(self, train_x, schedule):
+        checks.finite("train_x", checks.floating("train_x", train_x, "EmpiricalDenoiser"), "EmpiricalDenoiser")
         train_x = np.asarray(train_x, dtype=np.float64)
         if train_x.ndim < 2 or len(train_x) < 1:
-            raise ValueError(f"train_x must be (N, ...) with N >= 1, got shape {train_x.shape}")
-        self.train_x, self.schedule = train_x, schedule
+            raise ValueError(f"EmpiricalDenoiser: train_x must be (N, ...) with N >= 1, got shape {train_x.shape}")
+        self.train_x = train_x
+        self.schedule = checks.instance("schedule", schedule, Schedule, "a Schedule", "EmpiricalDenoiser")
 
     def weights(self, x_t, t):
         """P(x_0 = x_i | x_t) = softmax_i(-||x_t - sqrt(ab) x_i||^2 / (2 (1 - ab))), (B, N)."""

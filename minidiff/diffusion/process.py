@@ -13,6 +13,7 @@ import minidiff.kernels as kernels
 from minidiff import checks, ops
 from minidiff.autograd import Tensor
 from minidiff.backend import xp_of
+from minidiff.diffusion.schedule import Schedule
 from minidiff.kernels import reference as kernel_reference
 from minidiff.kernels.reference import VARIANCES, per_sample
 
@@ -20,23 +21,24 @@ PREDICTIONS = ("eps", "x0", "v")
 REVERSE_VARIANCES = VARIANCES + ("learned",)  # sigma_t^2 of p_theta: beta_tilde_t, beta_t, or Sigma_theta (G6)
 
 
-def check_t(t, x, schedule, where=""):
-    """t as an integer array of shape (B,) in 1..T on x's backend, or a clear ValueError/TypeError."""
-    checks.array_like("x", x, where)
-    return checks.timesteps(t, x.shape[0] if len(x.shape) else 0, schedule.T, xp_of(x), where)
+def check_t(t, x, schedule, where="", name="x"):
+    """t as an integer array of shape (B,) in 1..T on x's backend (x named `name`), or a clear ValueError/TypeError."""
+    checks.instance("schedule", schedule, Schedule, "a Schedule", where)
+    return checks.timesteps(t, checks.batch(where, **{name: x}), schedule.T, xp_of(x), where)
 
 
 def _checked(where, t, schedule, **named):
     """check_t against the first named array, and every named array of its shape (no broadcasting)."""
     checks.same_shape(where, **named)
-    return check_t(t, next(iter(named.values())), schedule, where)
+    name, first = next(iter(named.items()))
+    return check_t(t, first, schedule, where, name)
 
 
 # ---------------------------------------------------------------- forward process, docs/forward_process.md
 
 def q_step_mean_variance(x_prev, t, schedule):
     """Get q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I), eq. (F1). Returns (mean, variance)."""
-    t = check_t(t, x_prev, schedule)
+    t = check_t(t, x_prev, schedule, "q_step_mean_variance", "x_prev")
     return ops.sqrt(per_sample(schedule.alphas, t, x_prev)) * x_prev, per_sample(schedule.betas, t, x_prev)
 
 
@@ -52,7 +54,7 @@ def q_mean_variance(x0, t, schedule):
 
     Returns (mean (B, ...), variance (B, 1..), log_variance (B, 1..)).
     """
-    t = check_t(t, x0, schedule)
+    t = check_t(t, x0, schedule, "q_mean_variance", "x0")
     variance = per_sample(1.0 - schedule.alpha_bars, t, x0)
     return per_sample(schedule.sqrt_alpha_bars, t, x0) * x0, variance, xp_of(variance).log(variance)
 
@@ -132,6 +134,8 @@ def eps_from_v(x_t, t, v, schedule):
 
 def predict_x0(model_output, x_t, t, schedule, prediction="eps"):
     """x0_hat from the network output: eps_hat (eq. E1), x0_hat itself, or v_hat (eq. E4)."""
+    checks.one_of("prediction", prediction, PREDICTIONS, "predict_x0")
+    _checked("predict_x0", t, schedule, x_t=x_t, model_output=model_output)
     if prediction == "eps":
         return x0_from_eps(x_t, t, model_output, schedule)
     if prediction == "x0":
@@ -164,6 +168,7 @@ def p_mean_variance(eps_hat, x_t, t, schedule, variance="fixed_small", clip_x0=F
     if (variance == "learned") != (v is not None):
         raise ValueError(f"p_mean_variance: the network's v is needed exactly for variance='learned'; got "
                          f"variance={variance!r} and v={'None' if v is None else 'an array'}")
+    clip_x0 = checks.boolean("clip_x0", clip_x0, "p_mean_variance")
     x0_hat = predict_x0(eps_hat, x_t, t, schedule, prediction)
     if clip_x0:
         x0_hat = ops.clip(x0_hat, -1.0, 1.0)

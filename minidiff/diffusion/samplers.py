@@ -82,7 +82,7 @@ class Sampler:
     name = None  # the registry key: DDPM.sample(sampler=...), the CLI's --sampler
 
     def __init__(self, *, clip_x0=False):
-        self.clip_x0 = bool(clip_x0)
+        self.clip_x0 = checks.boolean("clip_x0", clip_x0, type(self).__name__)
 
     def start(self, x_T, chain):
         """A fresh state for one run on `chain` from x_T; override to carry history (module docstring)."""
@@ -127,7 +127,7 @@ def register_sampler(cls):
 def make_sampler(name, **options):
     """The registered sampler `name` built with its keyword-only options, e.g. make_sampler("ddim", eta=0.5)."""
     if name not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {name!r}")
+        raise ValueError(f"make_sampler: name: sampler must be one of {list(SAMPLERS)}, got {name!r}")
     accepted = inspect.signature(SAMPLERS[name]).parameters
     unknown = [key for key in options if key not in accepted]
     if unknown:
@@ -152,9 +152,8 @@ class DDPMSampler(Sampler):
 
     def __init__(self, *, variance="fixed_small", clip_x0=False, impl="auto"):
         super().__init__(clip_x0=clip_x0)
-        if variance not in REVERSE_VARIANCES:
-            raise ValueError(f"variance must be one of {REVERSE_VARIANCES}, got {variance!r}")
-        self.variance, self.impl = variance, impl
+        self.variance = checks.one_of("variance", variance, REVERSE_VARIANCES, "DDPMSampler")
+        self.impl = checks.one_of("impl", impl, ("auto",) + tuple(kernels.IMPLS), "DDPMSampler")
 
     def step(self, state, x, k, eps_hat, z):
         t = xp_of(x).full(x.shape[0], k)
@@ -173,6 +172,12 @@ def ddim_step(x_t, k, eps_hat, z, chain, eta=0.0, clip_x0=False):
         x0_hat  = (x_t - sqrt(1 - alpha_bar_k) eps_hat) / sqrt(alpha_bar_k)   (clipped: eps_hat recomputed)
         x_{k-1} = sqrt(alpha_bar_{k-1}) x0_hat + sqrt(1 - alpha_bar_{k-1} - sigma_k^2) eps_hat + sigma_k z
     """
+    checks.instance("chain", chain, Schedule, "a Schedule", "ddim_step")
+    k = checks.integer("k", k, minimum=1, maximum=chain.T, where="ddim_step")
+    eta = checks.real("eta", eta, minimum=0.0, where="ddim_step")
+    clip_x0 = checks.boolean("clip_x0", clip_x0, "ddim_step")
+    checks.batch("ddim_step", x_t=x_t)
+    checks.same_shape("ddim_step", x_t=x_t, eps_hat=eps_hat, z=z)
     t = xp_of(x_t).full(x_t.shape[0], k)
     alpha_bar, alpha_bar_prev = float(chain.alpha_bars[k]), float(chain.alpha_bars[k - 1])  # Python floats keep
     sigma = float(ddim_sigma(alpha_bar, alpha_bar_prev, eta))                                # float32 data float32
@@ -192,9 +197,9 @@ class DDIMSampler(Sampler):
 
     def __init__(self, *, eta=0.0, clip_x0=False):
         super().__init__(clip_x0=clip_x0)
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must lie in [0, 1], got {eta}")
-        self.eta = eta
+        self.eta = checks.real("eta", eta, where="DDIMSampler")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"DDIMSampler: eta must lie in [0, 1], got {eta}")
 
     def step(self, state, x, k, eps_hat, z):
         return ddim_step(x, k, eps_hat, z, state.chain, eta=self.eta, clip_x0=self.clip_x0)
@@ -212,15 +217,22 @@ class Draws:
     """
 
     def __init__(self, shape, K, rng=None, x_T=None, noise=None, dtype=np.float32):
-        shape = tuple(int(n) for n in shape)
-        if noise is not None and len(noise) != K:
-            raise ValueError(f"noise must hold one z per step (K={K}), got {len(noise)}")
+        shape = _sample_shape(shape)
+        self.K = checks.integer("K", K, minimum=1, where="Draws")
+        dtype = checks.dtype("dtype", dtype, "f", "Draws")
+        if noise is not None:
+            if not isinstance(noise, (list, tuple)) and len(checks.array_like("noise", noise, "Draws").shape) < 1:
+                raise ValueError("Draws: noise must hold K arrays z (a list, or an array (K, ...)), got a 0-d array")
+            if len(noise) != K:
+                raise ValueError(f"Draws: noise must hold one z per step (K={K}), got {len(noise)}")
         if rng is None and (x_T is None or noise is None):
             rng = default_rng()
+        if rng is not None:
+            checks.generator("rng", rng, "Draws")
         self.rng, self.noise = rng, noise
         self.x_T = rng.standard_normal(shape, dtype=dtype) if x_T is None else x_T
-        if tuple(self.x_T.shape) != shape:
-            raise ValueError(f"x_T has shape {tuple(self.x_T.shape)}, expected {shape}")
+        checks.shape("x_T", self.x_T, shape, "Draws", because=" (the sample shape)")
+        checks.floating("x_T", self.x_T, "Draws")
 
     def z(self, i, x, shape):
         """z for the i-th step, of `shape` (the sampler's noise_shape): zeros like x where shape is None
@@ -233,8 +245,18 @@ class Draws:
         if shape is None:
             return xp_of(x).zeros_like(x)
         if self.noise is not None:
+            checks.finite(f"noise[{i}]", z, "Draws")
+        if self.noise is not None:
             return xp_of(x).asarray(z, dtype=x.dtype)
         return self.rng.standard_normal(shape, dtype=x.dtype)
+
+
+def _sample_shape(shape):
+    """shape as a tuple of positive ints (B, ...), or a TypeError/ValueError naming it."""
+    checks.instance("shape", shape, (tuple, list), "a tuple of sizes (B, ...)", "Draws")
+    if len(shape) < 1:
+        raise ValueError("Draws: shape must have a batch axis (B, ...), got ()")
+    return tuple(checks.integer(f"shape[{i}]", n, minimum=1, where="Draws") for i, n in enumerate(shape))
 
 
 def run_chain(sampler, model, chain, draws, return_trajectory=False, progress=False):
@@ -245,6 +267,14 @@ def run_chain(sampler, model, chain, draws, return_trajectory=False, progress=Fa
     x_{k-1} = sampler.step(state, x_k, k, model(x_k, s_k), z_k). state = sampler.start(x_T, chain), made
     once for this run. Returns x_0, and with return_trajectory the list [x_K, ..., x_0] (copies) as well.
     """
+    checks.instance("sampler", sampler, Sampler, "a Sampler instance", "run_chain")
+    checks.function("model", model, "run_chain")
+    checks.instance("chain", chain, Schedule, "a Schedule", "run_chain")
+    checks.instance("draws", draws, Draws, "a Draws", "run_chain")
+    if draws.K != chain.T:
+        raise ValueError(f"run_chain: draws must hold one z per step of the chain (K = {chain.T}), got K = {draws.K}")
+    checks.boolean("return_trajectory", return_trajectory, "run_chain")
+    checks.boolean("progress", progress, "run_chain")
     x = draws.x_T
     xp = xp_of(x)
     model_steps = xp.asarray(chain.timesteps)
@@ -275,6 +305,9 @@ def sample(sampler, model, shape, schedule, rng=None, steps=None, x_T=None, nois
 
     steps: K (or the kept steps); x_T, noise (K arrays), rng, dtype: see `Draws`.
     """
+    checks.instance("sampler", sampler, Sampler, "a Sampler instance", "sample")
+    checks.function("model", model, "sample")
+    checks.instance("schedule", schedule, Schedule, "a Schedule", "sample")
     chain = schedule if steps is None else schedule.respace(steps)
     draws = Draws(shape, chain.T, rng=rng, x_T=x_T, noise=noise, dtype=dtype)
     return run_chain(sampler, model, chain, draws, return_trajectory=return_trajectory, progress=progress)

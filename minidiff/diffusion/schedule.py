@@ -20,6 +20,7 @@ list of names that the DDPM (`schedule=...`), the CLI (`plot schedules`) and the
 """
 import numpy as np
 
+from minidiff import checks
 from minidiff.kernels.reference import VARIANCES
 
 SCHEDULES = {}  # name -> constructor(T, **options) -> Schedule, in definition order; filled by @named_schedule
@@ -182,8 +183,8 @@ class Schedule:
 def make_schedule(name, T, **options):
     """The registered schedule `name` with T steps: SCHEDULES[name](T, **options), e.g. Schedule.cosine(T)."""
     if name not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {name!r}")
-    return SCHEDULES[name](T, **options)
+        raise ValueError(f"make_schedule: name: schedule must be one of {list(SCHEDULES)}, got {name!r}")
+    return SCHEDULES[name](_check_T(T), **options)
 
 
 def schedules_at(T):
@@ -208,9 +209,8 @@ def spaced_timesteps(T, K):
 
     The spacing (T - 1)/(K - 1) >= 1, so rounding never repeats a step; K need not divide T.
     """
-    T, K = _check_T(T), int(K)
-    if not 1 <= K <= T:
-        raise ValueError(f"number of steps K must be in 1..T={T}, got {K}")
+    T = _check_T(T)
+    K = checks.integer("K", K, minimum=1, maximum=T, where="spaced_timesteps")
     if K == 1 and T > 1:
         raise ValueError(f"K=1 step cannot both start at t=T={T} and end at t=1; use K >= 2")
     if K == 1:
@@ -224,9 +224,7 @@ def _is_int(x):
 
 
 def _check_T(T):
-    if not _is_int(T) or T < 1:
-        raise ValueError(f"T must be an integer >= 1, got {T!r}")
-    return int(T)
+    return checks.integer("T", T, minimum=1)
 
 
 def _check_betas(betas):
@@ -260,9 +258,12 @@ def _check_kept(steps, T):
 def _check_mapping(timesteps, T):
     if timesteps is None:
         return np.arange(T + 1)
+    checks.shape("timesteps", timesteps, (T,), "Schedule", because=" (one original step per step)")
+    if np.dtype(timesteps.dtype).kind not in "iu":
+        raise TypeError(f"Schedule: timesteps must hold integer steps, got dtype {timesteps.dtype}")
     timesteps = np.asarray(timesteps, dtype=np.int64)
-    if timesteps.shape != (T,):
-        raise ValueError(f"timesteps must map each of the T={T} steps, got shape {timesteps.shape}")
+    if timesteps[0] < 1 or np.any(np.diff(timesteps) <= 0):
+        raise ValueError(f"Schedule: timesteps must increase strictly from >= 1, got {timesteps.tolist()}")
     return np.concatenate([[0], timesteps])
 
 

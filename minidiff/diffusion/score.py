@@ -27,13 +27,14 @@ def score_from_eps(eps_hat, t, schedule):
     eps_hat: (B, ...) the network's eps_theta(x_t, t); t: (B,) in 1..T. Returns (B, ...) like eps_hat.
     Exact for the MMSE eps_hat = E[eps | x_t] (tests/test_score.py).
     """
-    t = check_t(t, eps_hat, schedule)
+    t = check_t(t, eps_hat, schedule, "score_from_eps", "eps_hat")
     return -eps_hat / per_sample(schedule.sqrt_one_minus_alpha_bars, t, eps_hat)
 
 
 def conditional_score(x_t, x0, t, schedule):
     """grad_{x_t} log q(x_t | x_0) = -(x_t - sqrt(alpha_bar_t) x_0) / (1 - alpha_bar_t), eq. (S3): the DSM target."""
-    t = check_t(t, x_t, schedule)
+    checks.same_shape("conditional_score", x_t=x_t, x0=x0)
+    t = check_t(t, x_t, schedule, "conditional_score", "x_t")
     return -(x_t - per_sample(schedule.sqrt_alpha_bars, t, x_t) * x0) / per_sample(1.0 - schedule.alpha_bars, t, x_t)
 
 
@@ -47,6 +48,7 @@ def dsm_loss(score_hat, x_t, x0, t, schedule, weighting="sigma2"):
     score_hat, x_t, x0: (B, ...) arrays or Tensors; returns a scalar like `minidiff.diffusion.eps_loss`.
     """
     checks.one_of("weighting", weighting, ("sigma2", "none"), where="dsm_loss")
+    checks.same_shape("dsm_loss", x_t=x_t, score_hat=score_hat, x0=x0)
     squared = (score_hat - conditional_score(x_t, x0, t, schedule)) ** 2
     if weighting == "sigma2":
         squared = squared * per_sample(1.0 - schedule.alpha_bars, t, squared)

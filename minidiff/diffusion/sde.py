@@ -14,6 +14,7 @@ Likelihood by the instantaneous change of variables along (W6), from t = 1 (the 
     log p_1(x) = log N(x_T; 0, I) + D/2 log(alpha_bar_T / alpha_bar_1) + int sqrt(alpha_bar) tr(d eps/dx) dsigma (W10)
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from minidiff.autograd import Tensor, enable_grad
 from minidiff.backend import default_rng, xp_of
 from minidiff.diffusion.process import eps_from_x0, x0_from_eps
 from minidiff.diffusion.samplers import Sampler, register_sampler, sample
+from minidiff.diffusion.schedule import Schedule
 from minidiff.diffusion.score import score_from_eps
 from minidiff.distributions import LEVELS, discretized_bin_edges
 
@@ -34,15 +36,27 @@ DIVERGENCES = ("auto", "autograd", "finite-difference")
 
 def beta_continuous(schedule, tau):
     """beta(tau) = -T log(1 - beta_t) for tau in ((t - 1)/T, t/T] (t = ceil(T tau), t = 1 at tau = 0), eq. (W1)."""
+    _check_tau("beta_continuous", schedule, tau)
     t = np.clip(np.ceil(np.asarray(tau, dtype=np.float64) * schedule.T), 1, schedule.T).astype(np.int64)
     return -schedule.T * np.log1p(-schedule.betas[t])
 
 
 def alpha_bar_continuous(schedule, tau):
     """alpha_bar(tau) = exp(-int_0^tau beta(u) du): log-linear between the nodes, alpha_bar(t/T) = alpha_bar_t (W2)."""
-    tau = np.asarray(tau, dtype=np.float64)
+    tau = np.asarray(_check_tau("alpha_bar_continuous", schedule, tau), dtype=np.float64)
     log_alpha_bar = np.log(schedule.alpha_bars)                                 # at tau = t / T, t = 0..T
     return np.exp(np.interp(tau * schedule.T, np.arange(schedule.T + 1), log_alpha_bar))
+
+
+def _check_tau(where, schedule, tau):
+    """tau: a real number or real array in [0, 1], of a Schedule."""
+    checks.instance("schedule", schedule, Schedule, "a Schedule", where)
+    if isinstance(tau, (bool, np.bool_)) or not (isinstance(tau, numbers.Real) or hasattr(tau, "dtype")):
+        raise TypeError(f"{where}: tau must be a real number or array in [0, 1], got {tau!r:.40}")
+    a = np.asarray(tau)
+    if a.dtype.kind not in "iuf" or not np.all((a >= 0.0) & (a <= 1.0)):
+        raise ValueError(f"{where}: tau must lie in [0, 1], got {tau!r:.40}")
+    return tau
 
 
 def sigma_of(alpha_bar):
@@ -56,6 +70,8 @@ def probability_flow_drift(x, score, tau, schedule):
     x, score: (B, ...) arrays; tau: a float in [0, 1]. The samplers and the likelihood integrate the same ODE
     in the variables of eq. (W6) (tests/test_sde.py solves this form finely and compares).
     """
+    checks.same_shape("probability_flow_drift", x=x, score=score)
+    checks.real("tau", tau, minimum=0.0, maximum=1.0, where="probability_flow_drift")
     return -0.5 * float(beta_continuous(schedule, tau)) * (x + score)
 
 
@@ -191,6 +207,15 @@ def _trace_finite_difference(model, x, t, directions, delta):
     return model(x, t), total
 
 
+def _shape_checked(model, shape):
+    """model whose every output is checked to have x's shape (a (B, 1) output must not broadcast)."""
+    def call(x, t):
+        out = model(x, t)
+        checks.shape("model(x_t, t)", out, shape, "ode_log_likelihood", because=" (that of x_t)")
+        return out
+    return call
+
+
 def _per_sample(a):
     """(B, ...) -> (B,) float64 sums."""
     return a.reshape(a.shape[0], -1).sum(axis=1).astype(np.float64)
@@ -228,6 +253,7 @@ def eps_and_divergence(model, x, t, probes, divergence, delta=None):
     "autograd" (one forward pass and one backward pass per probe; the model must accept Tensors) or
     "finite-difference" (two calls per probe, step delta: 1e-4 in float64, 1e-2 in float32).
     """
+    model = _shape_checked(model, tuple(x.shape))
     if divergence == "autograd":
         return _trace_autograd(model, x, t, probes)
     delta = delta or (1e-4 if x.dtype == np.float64 else 1e-2)
@@ -252,6 +278,14 @@ def ode_log_likelihood_terms(model, x0, schedule, steps=None, trace="exact", rng
     """
     checks.one_of("trace", trace, TRACES, where="ode_log_likelihood")
     checks.one_of("solver", solver, ODE_SOLVERS, where="ode_log_likelihood")
+    checks.function("model", model, "ode_log_likelihood")
+    checks.batch("ode_log_likelihood", x0=x0)
+    checks.floating("x0", x0, "ode_log_likelihood")
+    checks.instance("schedule", schedule, Schedule, "a Schedule", "ode_log_likelihood")
+    if steps is not None:
+        checks.integer("steps", steps, minimum=2, maximum=schedule.T, where="ode_log_likelihood")
+    if rng is not None:
+        checks.generator("rng", rng, "ode_log_likelihood")
     chain = schedule if steps is None else schedule.respace(steps)
     if chain.T < 2 or chain.timesteps[1] != 1:
         raise ValueError(f"the likelihood integral runs over nodes from t = 1 to t = T (at least 2); steps={steps!r} "
@@ -314,8 +348,9 @@ def ode_nll_bpd(model, x0, schedule, steps=None, trace="hutchinson", rng=None, d
     n_dequant draws of u from rng; the other arguments as `ode_log_likelihood`.
     """
     discretized_bin_edges(x0, levels)                                   # x0 on the grid, or a ValueError
+    rng = default_rng() if rng is None else checks.generator("rng", rng, "ode_nll_bpd")
     n_dequant = checks.integer("n_dequant", n_dequant, minimum=1, where="ode_nll_bpd")
-    rng = default_rng() if rng is None else rng
+    checks.batch("ode_nll_bpd", x0=x0)
     xp, D = xp_of(x0), int(np.prod(x0.shape[1:]))
     bin_width = 2.0 / (levels - 1)
     log_p = 0.0

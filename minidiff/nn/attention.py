@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from minidiff import functional as F
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.autograd import Tensor, get_default_dtype, unwrap
 from minidiff.backend import xp, xp_of
 from minidiff.nn.layers import GELU, GroupNorm, LayerNorm, Linear
@@ -35,15 +35,19 @@ class MultiheadSelfAttention(Module):
 
     def __init__(self, embed_dim, num_heads=1, dtype=None):
         super().__init__()
+        embed_dim = checks.integer("embed_dim", embed_dim, minimum=1, where="MultiheadSelfAttention")
+        num_heads = checks.integer("num_heads", num_heads, minimum=1, where="MultiheadSelfAttention")
         if embed_dim % num_heads:
-            raise ValueError(f"MultiheadSelfAttention: embed_dim {embed_dim} does not split into {num_heads} heads")
+            raise ValueError(f"MultiheadSelfAttention: embed_dim {embed_dim} does not split into {num_heads} heads "
+                             "(num_heads)")
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.qkv = Linear(embed_dim, 3 * embed_dim, dtype=dtype)
         self.proj = Linear(embed_dim, embed_dim, dtype=dtype)
 
     def forward(self, x):
+        checks.array_like("x", x, "MultiheadSelfAttention")
         if len(x.shape) != 3 or x.shape[2] != self.embed_dim:
-            raise ValueError(f"MultiheadSelfAttention({self.embed_dim}): input shape {tuple(x.shape)} must be "
+            raise ValueError(f"MultiheadSelfAttention({self.embed_dim}): x of shape {tuple(x.shape)} must be "
                              f"(B, N, {self.embed_dim})")
         return multihead_self_attention(x, self.qkv, self.proj, self.num_heads)
 
@@ -62,6 +66,8 @@ class TransformerBlock(Module):
 
     def __init__(self, dim, num_heads=1, mlp_ratio=4, eps=1e-5, dtype=None):
         super().__init__()
+        checks.integer("dim", dim, minimum=1, where="TransformerBlock")
+        mlp_ratio = checks.integer("mlp_ratio", mlp_ratio, minimum=1, where="TransformerBlock")
         self.norm1 = LayerNorm(dim, eps, dtype=dtype)
         self.attn = MultiheadSelfAttention(dim, num_heads, dtype=dtype)
         self.norm2 = LayerNorm(dim, eps, dtype=dtype)
@@ -85,16 +91,20 @@ class SelfAttention2d(Module):
 
     def __init__(self, channels, num_heads=1, num_groups=32, eps=1e-5, dtype=None):
         super().__init__()
+        channels = checks.integer("channels", channels, minimum=1, where="SelfAttention2d")
+        num_heads = checks.integer("num_heads", num_heads, minimum=1, where="SelfAttention2d")
+        num_groups = checks.integer("num_groups", num_groups, minimum=0, where="SelfAttention2d")
         if channels % num_heads:
-            raise ValueError(f"SelfAttention2d: {channels} channels do not split into {num_heads} heads")
+            raise ValueError(f"SelfAttention2d: {channels} channels do not split into {num_heads} heads (num_heads)")
         self.channels, self.num_heads = channels, num_heads
         self.norm = GroupNorm(num_groups, channels, eps, dtype=dtype) if num_groups else None
         self.qkv = Linear(channels, 3 * channels, dtype=dtype)
         self.proj = Linear(channels, channels, dtype=dtype)
 
     def forward(self, x):
+        checks.array_like("x", x, "SelfAttention2d")
         if len(x.shape) != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"SelfAttention2d({self.channels}): input shape {tuple(x.shape)} must be "
+            raise ValueError(f"SelfAttention2d({self.channels}): x of shape {tuple(x.shape)} must be "
                              f"(B, {self.channels}, H, W)")
         B, C, H, W = x.shape
         h = x if self.norm is None else self.norm(x)
@@ -116,11 +126,17 @@ def sinusoidal_embedding(t, embedding_dim, max_period=10000.0, dtype=None, freq_
     timesteps (ints or floats). Returns (B, embedding_dim) in `dtype` (default: minidiff's default
     float dtype), computed in float64.
     """
+    where = "sinusoidal_embedding"
+    embedding_dim = checks.integer("embedding_dim", embedding_dim, minimum=2, where=where)
+    max_period = checks.real("max_period", max_period, above=0.0, where=where)
+    dtype = None if dtype is None else checks.dtype("dtype", dtype, "f", where)
+    freq_shift = checks.integer("freq_shift", freq_shift, minimum=0, where=where)
+    flip_sin_to_cos = checks.boolean("flip_sin_to_cos", flip_sin_to_cos, where)
+    checks.shape("t", t, (None,), where, because=" (B,) timesteps")
+    if np.dtype(t.dtype).kind not in "iuf":
+        raise TypeError(f"{where}: t must hold real timesteps, got dtype {t.dtype}")
+    checks.finite("t", t, where)
     a = xp_of(t).asarray(t, dtype=np.float64)
-    if a.ndim != 1:
-        raise ValueError(f"sinusoidal_embedding: timesteps must be 1-D (B,), got shape {tuple(a.shape)}")
-    if embedding_dim < 2:
-        raise ValueError(f"sinusoidal_embedding: embedding_dim must be >= 2, got {embedding_dim}")
     half = embedding_dim // 2
     if half - freq_shift <= 0:
         raise ValueError(f"sinusoidal_embedding: freq_shift must be < embedding_dim // 2 = {half}, got {freq_shift}")
@@ -139,6 +155,9 @@ class SinusoidalTimeEmbedding(Module):
 
     def __init__(self, embedding_dim, max_period=10000.0, dtype=None):
         super().__init__()
+        embedding_dim = checks.integer("embedding_dim", embedding_dim, minimum=2, where="SinusoidalTimeEmbedding")
+        max_period = checks.real("max_period", max_period, above=0.0, where="SinusoidalTimeEmbedding")
+        dtype = None if dtype is None else checks.dtype("dtype", dtype, "f", "SinusoidalTimeEmbedding")
         self.embedding_dim, self.max_period, self.dtype = embedding_dim, max_period, dtype
 
     def forward(self, t):

@@ -5,16 +5,28 @@ line up name for name. `dtype=` picks the parameter dtype (float32 by default; f
 """
 import numpy as np
 
+from minidiff import checks
+
 from minidiff import functional as F
 from minidiff.nn import init
 from minidiff.nn.module import Module, Parameter, new_array
 from minidiff.ops.conv import pair
+from minidiff.ops.norm import normalized_sizes
 
 
 def _positive(name, **values):
     for key, v in values.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name}: {key} must be a positive int, got {v!r}")
+        checks.integer(key, v, minimum=1, where=name)
+
+
+def _dtype(dtype, where):
+    """dtype None (the default float dtype) or a floating NumPy dtype."""
+    return None if dtype is None else checks.dtype("dtype", dtype, "f", where)
+
+
+def _conv_geometry(where, kernel_size, stride, padding, dilation):
+    return (pair(kernel_size, "kernel_size", 1, where), pair(stride, "stride", 1, where),
+            pair(padding, "padding", 0, where), pair(dilation, "dilation", 1, where))
 
 
 class Linear(Module):
@@ -23,6 +35,7 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, dtype=None):
         super().__init__()
         _positive("Linear", in_features=in_features, out_features=out_features)
+        bias, dtype = checks.boolean("bias", bias, "Linear"), _dtype(dtype, "Linear")
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(new_array((out_features, in_features), dtype))
         self.bias = Parameter(new_array((out_features,), dtype)) if bias else None
@@ -42,9 +55,9 @@ class Conv2d(Module):
                  dtype=None):
         super().__init__()
         _positive("Conv2d", in_channels=in_channels, out_channels=out_channels)
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride, self.padding, self.dilation = pair(stride, "stride"), pair(padding, "padding"), \
-            pair(dilation, "dilation")
+        bias, dtype = checks.boolean("bias", bias, "Conv2d"), _dtype(dtype, "Conv2d")
+        self.kernel_size, self.stride, self.padding, self.dilation = _conv_geometry(
+            "Conv2d", kernel_size, stride, padding, dilation)
         self.weight = Parameter(new_array((out_channels, in_channels) + self.kernel_size, dtype))
         self.bias = Parameter(new_array((out_channels,), dtype)) if bias else None
         init.default_layer_init_(self.weight, self.bias)
@@ -64,9 +77,13 @@ class ConvTranspose2d(Module):
                  dilation=1, bias=True, dtype=None):
         super().__init__()
         _positive("ConvTranspose2d", in_channels=in_channels, out_channels=out_channels)
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride, self.padding = pair(stride, "stride"), pair(padding, "padding")
-        self.output_padding, self.dilation = pair(output_padding, "output_padding"), pair(dilation, "dilation")
+        bias, dtype = checks.boolean("bias", bias, "ConvTranspose2d"), _dtype(dtype, "ConvTranspose2d")
+        self.kernel_size, self.stride, self.padding, self.dilation = _conv_geometry(
+            "ConvTranspose2d", kernel_size, stride, padding, dilation)
+        self.output_padding = pair(output_padding, "output_padding", 0, "ConvTranspose2d")
+        if any(o >= max(s, d) for o, s, d in zip(self.output_padding, self.stride, self.dilation)):
+            raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be smaller than stride "
+                             f"{self.stride} or dilation {self.dilation}")
         self.weight = Parameter(new_array((in_channels, out_channels) + self.kernel_size, dtype))
         self.bias = Parameter(new_array((out_channels,), dtype)) if bias else None
         init.default_layer_init_(self.weight, self.bias)
@@ -87,15 +104,18 @@ class GroupNorm(Module):
         super().__init__()
         _positive("GroupNorm", num_groups=num_groups, num_channels=num_channels)
         if num_channels % num_groups:
-            raise ValueError(f"GroupNorm: {num_channels} channels do not split into {num_groups} groups")
+            raise ValueError(f"GroupNorm: num_channels = {num_channels} does not split into num_groups = {num_groups}")
+        eps = checks.real("eps", eps, minimum=0.0, where="GroupNorm")
+        affine, dtype = checks.boolean("affine", affine, "GroupNorm"), _dtype(dtype, "GroupNorm")
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
         self.weight = init.ones_(Parameter(new_array((num_channels,), dtype))) if affine else None
         self.bias = init.zeros_(Parameter(new_array((num_channels,), dtype))) if affine else None
 
     def forward(self, x):
+        checks.array_like("x", x, "GroupNorm")
         if len(x.shape) < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(f"GroupNorm({self.num_groups}, {self.num_channels}): input shape {tuple(x.shape)} "
-                             f"must be (B, {self.num_channels}, ...)")
+            raise ValueError(f"GroupNorm({self.num_groups}, {self.num_channels}): x must be (B, {self.num_channels}, "
+                             f"...), got shape {tuple(x.shape)}")
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
@@ -107,9 +127,10 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, dtype=None):
         super().__init__()
-        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-        self.eps = eps
-        affine = elementwise_affine
+        self.normalized_shape = normalized_sizes(normalized_shape, "LayerNorm")
+        self.eps = checks.real("eps", eps, minimum=0.0, where="LayerNorm")
+        affine = checks.boolean("elementwise_affine", elementwise_affine, "LayerNorm")
+        dtype = _dtype(dtype, "LayerNorm")
         self.weight = init.ones_(Parameter(new_array(self.normalized_shape, dtype))) if affine else None
         self.bias = init.zeros_(Parameter(new_array(self.normalized_shape, dtype))) if affine else None
 
@@ -126,6 +147,7 @@ class Embedding(Module):
     def __init__(self, num_embeddings, embedding_dim, dtype=None):
         super().__init__()
         _positive("Embedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim)
+        dtype = _dtype(dtype, "Embedding")
         self.weight = init.normal_(Parameter(new_array((num_embeddings, embedding_dim), dtype)))
 
     def forward(self, indices):
@@ -144,7 +166,7 @@ class GELU(Module):
 
     def __init__(self, approximate="none"):
         super().__init__()
-        self.approximate = approximate
+        self.approximate = checks.one_of("approximate", approximate, ("none", "tanh"), "GELU")
 
     def forward(self, x):
         return F.gelu(x, self.approximate)
@@ -170,9 +192,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
-        self.p = p
+        self.p = checks.real("p", p, minimum=0.0, maximum=1.0, where="Dropout")
 
     def forward(self, x):
         return F.dropout(x, self.p, self.training)
@@ -183,6 +203,7 @@ class Upsample(Module):
 
     def __init__(self, size=None, scale_factor=None, mode="nearest"):
         super().__init__()
+        size, scale_factor = F.resize_arguments(size, scale_factor, mode, "Upsample")
         self.size, self.scale_factor, self.mode = size, scale_factor, mode
 
     def forward(self, x):
@@ -192,7 +213,12 @@ class Upsample(Module):
 class AvgPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        kernel = pair(kernel_size, "kernel_size", 1, "AvgPool2d")
+        padding = pair(padding, "padding", 0, "AvgPool2d")
+        if any(2 * p > k for p, k in zip(padding, kernel)):
+            raise ValueError(f"AvgPool2d: padding {padding} must be at most half the kernel_size {kernel}")
+        stride = None if stride is None else pair(stride, "stride", 1, "AvgPool2d")
+        self.kernel_size, self.stride, self.padding = kernel, stride, padding
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
@@ -202,6 +228,7 @@ class Flatten(Module):
     """(B, d1, d2, ...) -> (B, d1·d2·...)."""
 
     def forward(self, x):
+        checks.batch("Flatten", x=x)
         return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
 
 
@@ -210,7 +237,9 @@ class Unflatten(Module):
 
     def __init__(self, shape):
         super().__init__()
-        self.shape = tuple(shape)
+        checks.instance("shape", shape, (tuple, list), "a tuple of sizes", "Unflatten")
+        self.shape = tuple(checks.integer("shape", n, minimum=1, where="Unflatten") for n in shape)
 
     def forward(self, x):
+        checks.shape("x", x, (None, int(np.prod(self.shape))), "Unflatten", because=f" (B, prod{self.shape})")
         return x.reshape((x.shape[0],) + self.shape)

@@ -157,8 +157,8 @@ class Module:
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
-                           f"unexpected keys {unexpected}")
+            raise ValueError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
         for key, (module, attr, current) in targets.items():
             if key in state and tuple(np.shape(state[key])) != tuple(current.shape):
                 raise ValueError(f"load_state_dict: shape mismatch for {key!r}: checkpoint has "
@@ -229,6 +229,8 @@ class ModuleList(Module):
 
     def __init__(self, modules=()):
         super().__init__()
+        if isinstance(modules, (str, bytes)) or not hasattr(modules, "__iter__"):
+            raise TypeError(f"ModuleList: modules must be an iterable of Modules, got {type(modules).__name__}")
         for m in modules:
             self.append(m)
 
@@ -250,7 +252,7 @@ class ModuleList(Module):
 
 def _check_module(owner, i, m):
     if not isinstance(m, Module):
-        raise TypeError(f"{owner}: item {i} must be a Module, got {type(m).__name__}")
+        raise TypeError(f"{owner}: modules[{i}] must be a Module, got {type(m).__name__}")
 
 
 class Identity(Module):

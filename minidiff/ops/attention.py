@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.autograd import Function, unbroadcast, unwrap
 from minidiff.backend import xp_of
 
@@ -48,7 +48,7 @@ def additive_mask(attn_mask, is_causal, L, S, like):
         try:
             np.broadcast_shapes(mask.shape, like.shape[:-2] + (L, S))
         except ValueError:
-            raise ValueError(f"attention: mask shape {tuple(mask.shape)} does not broadcast to the scores "
+            raise ValueError(f"attention: attn_mask of shape {tuple(mask.shape)} does not broadcast to the scores "
                              f"{like.shape[:-2] + (L, S)}") from None
     if is_causal:
         causal = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), 0.0, -xp.inf).astype(like.dtype)
@@ -133,6 +133,26 @@ def _scale(q, scale):
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
     """softmax(τ Q Kᵀ + M) V through the fused Function (eq. M8-M11). q (..., L, E), k (..., S, E), v (..., S, Ev)."""
+    where = "scaled_dot_product_attention"
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        checks.floating(name, a, where)
+        if len(a.shape) < 2:
+            raise ValueError(f"{where}: {name} must be at least 2-D (..., rows, features), got shape {tuple(a.shape)}")
+    if k.shape[-1] != q.shape[-1] or v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"{where}: need q (..., L, E), k (..., S, E), v (..., S, Ev); got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    try:
+        np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ValueError(f"{where}: the batch axes of q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} "
+                         "do not broadcast") from None
+    checks.boolean("is_causal", is_causal, where)
+    if scale is not None:
+        checks.real("scale", scale, where=where)
+    if attn_mask is not None:
+        checks.array_like("attn_mask", attn_mask, where)
+        if np.dtype(attn_mask.dtype).kind not in "bf":
+            raise TypeError(f"{where}: attn_mask must be boolean or floating, got dtype {attn_mask.dtype}")
     like = unwrap(q)
     mask = additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], like)
     return ScaledDotProductAttention.apply(q, k, v, mask=mask, scale=_scale(q, scale))

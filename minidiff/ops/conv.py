@@ -22,17 +22,29 @@ convolution, so its forward IS conv2d's input gradient (`conv2d_input_grad`, wri
 both), and its input gradient is conv2d itself (eq. M5). Everything here is array-module code
 (`xp`), so it runs on NumPy and CuPy.
 """
+from minidiff import checks
 from minidiff.autograd import Function
 from minidiff.backend import xp_of
 
 
-def pair(v, name):
-    """An int or a pair of ints as a pair of ints."""
-    if isinstance(v, int) and not isinstance(v, bool):
-        return (v, v)
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(a, int) for a in v):
-        return tuple(v)
-    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+def pair(v, name, minimum=0, where=""):
+    """An int or a pair of ints, each >= minimum, as a pair of ints."""
+    if isinstance(v, (tuple, list)) and len(v) == 2:
+        return tuple(checks.integer(name, a, minimum=minimum, where=where) for a in v)
+    if isinstance(v, (tuple, list)):
+        raise TypeError(f"{where}: {name} must be an int or a pair of ints, got {v!r}")
+    v = checks.integer(name, v, minimum=minimum, where=where)
+    return (v, v)
+
+
+def _check_inputs(where, x, w, b, in_axis):
+    """x (B, C, H, W) and w 4-D floating arrays with x's C on w's axis in_axis, b None or an array."""
+    checks.floating("x", x, where)
+    checks.floating("w", w, where)
+    checks.shape("w", w, (None,) * 4, where)
+    checks.shape("x", x, (None, w.shape[in_axis], None, None), where, because=f" (C = w.shape[{in_axis}])")
+    if b is not None:
+        checks.shape("b", b, (w.shape[1 - in_axis],), where, because=" (one per output channel)")
 
 
 def conv_output_size(n, k, s, p, d):
@@ -269,18 +281,30 @@ class AvgPool2d(Function):
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1):
-    geometry = dict(stride=pair(stride, "stride"), padding=pair(padding, "padding"),
-                    dilation=pair(dilation, "dilation"))
+    _check_inputs("conv2d", x, w, b, 1)
+    geometry = dict(stride=pair(stride, "stride", 1, "conv2d"), padding=pair(padding, "padding", 0, "conv2d"),
+                    dilation=pair(dilation, "dilation", 1, "conv2d"))
     return Conv2d.apply(x, w, **geometry) if b is None else Conv2d.apply(x, w, b, **geometry)
 
 
 def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1):
-    geometry = dict(stride=pair(stride, "stride"), padding=pair(padding, "padding"),
-                    output_padding=pair(output_padding, "output_padding"), dilation=pair(dilation, "dilation"))
+    where = "conv_transpose2d"
+    _check_inputs(where, x, w, b, 0)
+    geometry = dict(stride=pair(stride, "stride", 1, where), padding=pair(padding, "padding", 0, where),
+                    output_padding=pair(output_padding, "output_padding", 0, where),
+                    dilation=pair(dilation, "dilation", 1, where))
     return ConvTranspose2d.apply(x, w, **geometry) if b is None else ConvTranspose2d.apply(x, w, b, **geometry)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    kernel = pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None else pair(stride, "stride")
-    return AvgPool2d.apply(x, kernel=kernel, stride=stride, padding=pair(padding, "padding"))
+    checks.floating("x", x, "avg_pool2d")
+    checks.shape("x", x, (None,) * 4, "avg_pool2d", because=" (B, C, H, W)")
+    kernel = pair(kernel_size, "kernel_size", 1, "avg_pool2d")
+    stride = kernel if stride is None else pair(stride, "stride", 1, "avg_pool2d")
+    padding = pair(padding, "padding", 0, "avg_pool2d")
+    if any(2 * p > k for p, k in zip(padding, kernel)):
+        raise ValueError(f"avg_pool2d: padding {padding} must be at most half the kernel_size {kernel}")
+    if any(k > n + 2 * p for k, n, p in zip(kernel, x.shape[2:], padding)):
+        raise ValueError(f"avg_pool2d: kernel_size {kernel} does not fit x of shape {tuple(x.shape)} padded by "
+                         f"{padding}")
+    return AvgPool2d.apply(x, kernel=kernel, stride=stride, padding=padding)

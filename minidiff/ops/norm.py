@@ -15,7 +15,7 @@ the backward); `GroupNorm` / `LayerNorm` are one Function each with eq. M7, test
 """
 import math
 
-from minidiff import ops
+from minidiff import checks, ops
 from minidiff.autograd import Function, unwrap
 from minidiff.backend import xp_of
 
@@ -152,6 +152,13 @@ def layer_norm_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 # ---------------------------------------------------------------- fast-path entry points
 
+def normalized_sizes(normalized_shape, where):
+    """normalized_shape (an int or a tuple of ints >= 1) as a tuple."""
+    if isinstance(normalized_shape, (tuple, list)):
+        return tuple(checks.integer("normalized_shape", n, minimum=1, where=where) for n in normalized_shape)
+    return (checks.integer("normalized_shape", normalized_shape, minimum=1, where=where),)
+
+
 def _affine_defaults(x, shape, weight, bias):
     """γ = 1 and β = 0 (constants, no gradient) where not given."""
     data = unwrap(x)
@@ -162,14 +169,27 @@ def _affine_defaults(x, shape, weight, bias):
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    checks.floating("x", x, "group_norm")
+    num_groups = checks.integer("num_groups", num_groups, minimum=1, where="group_norm")
+    eps = checks.real("eps", eps, minimum=0.0, where="group_norm")
+    if len(x.shape) < 2 or x.shape[1] % num_groups:
+        raise ValueError(f"group_norm: x must be (B, C, ...) with C divisible by num_groups = {num_groups}, got "
+                         f"shape {tuple(x.shape)}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None:
+            checks.shape(name, p, (x.shape[1],), "group_norm", because=" (one per channel C)")
     weight, bias = _affine_defaults(x, (x.shape[1],) if len(x.shape) > 1 else (), weight, bias)
     return GroupNorm.apply(x, weight, bias, num_groups=int(num_groups), eps=float(eps))
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    checks.floating("x", x, "layer_norm")
+    shape = normalized_sizes(normalized_shape, "layer_norm")
+    eps = checks.real("eps", eps, minimum=0.0, where="layer_norm")
+    if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(x.shape) < len(shape):
+        raise ValueError(f"layer_norm: x must end with normalized_shape {shape}, got shape {tuple(x.shape)}")
     for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and tuple(p.shape) != shape:
-            raise ValueError(f"layer_norm: {name} shape {tuple(p.shape)} != normalized_shape {shape}")
+        if p is not None:
+            checks.shape(name, p, shape, "layer_norm", because=" (normalized_shape)")
     weight, bias = _affine_defaults(x, shape, weight, bias)
     return LayerNorm.apply(x, weight, bias, eps=float(eps))
