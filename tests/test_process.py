@@ -204,7 +204,7 @@ def test_p_mean_variance_clips_x0_hat_and_picks_the_variance(problem):
 
 
 def test_bad_timesteps_raise_clear_errors():
-    """Each message starts with the function that refused t (none for the one-table helpers)."""
+    """Each message starts with the function that refused t."""
     s, x = Schedule.cosine(10), np.zeros((3, 2))
     with pytest.raises(ValueError, match=r"^q_sample: t must lie in 1..T = 1..10, got values in 0..2"):
         q_sample(x, np.array([0, 1, 2]), x, s)
@@ -212,9 +212,9 @@ def test_bad_timesteps_raise_clear_errors():
         q_posterior(x, x, np.array([1, 2, 11]), s)
     with pytest.raises(ValueError, match=r"^p_mean_variance: t must have shape \(B,\) = \(3,\)"):
         p_mean_variance(x, x, np.array([1, 2]), s)
-    with pytest.raises(TypeError, match="^t must hold integer timesteps"):
+    with pytest.raises(TypeError, match="^q_mean_variance: t must hold integer timesteps"):
         q_mean_variance(x, np.array([1.0, 2.0, 3.0]), s)
-    with pytest.raises(ValueError, match=r"^t must have shape \(B,\) = \(0,\)"):  # a 0-d x has no batch
+    with pytest.raises(ValueError, match=r"^q_mean_variance: t must have shape \(B,\) = \(0,\)"):  # a 0-d x has no batch
         q_mean_variance(np.array(0.5), np.array([1]), s)
     with pytest.raises(ValueError, match="impl"):
         q_sample(x, np.array([1, 2, 3]), x, s, impl="no-such-kernel")

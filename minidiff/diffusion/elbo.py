@@ -17,8 +17,8 @@ import minidiff.kernels as kernels
 from minidiff import checks, ops
 from minidiff.autograd import Function, Tensor
 from minidiff.backend import to_numpy, xp_of
-from minidiff.diffusion.process import PREDICTIONS, check_t, p_mean_variance, q_posterior, q_sample
-from minidiff.diffusion.schedule import VARIANCES, Schedule
+from minidiff.diffusion.process import PREDICTIONS, REVERSE_VARIANCES, check_t, p_mean_variance, q_posterior, q_sample
+from minidiff.diffusion.schedule import Schedule
 from minidiff.distributions import LEVELS, discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
 from minidiff.kernels.reference import per_sample
 
@@ -28,7 +28,7 @@ CDFS = ("exact", "tanh")
 
 def _check_bound_options(where, variance, clip_x0, decoder, cdf, levels, prediction="eps"):
     """The options of the bound's terms, each one of its choices (levels an integer >= 2)."""
-    checks.one_of("variance", variance, VARIANCES, where)
+    checks.one_of("variance", variance, REVERSE_VARIANCES, where)
     checks.boolean("clip_x0", clip_x0, where)
     checks.one_of("prediction", prediction, PREDICTIONS, where)
     checks.one_of("decoder", decoder, DECODERS, where)
