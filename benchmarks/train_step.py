@@ -3,7 +3,7 @@
     python benchmarks/train_step.py --config digits --json benchmarks/results/train_step_digits.json
     python benchmarks/train_step.py --config 32x32  --json benchmarks/results/train_step_32x32.json
     options: --rounds 5 (processes per framework) --steps 5 (timed steps per process) --threads 2
-             --malloc default|tuned --no-sampling
+             --malloc default|tuned --no-sampling --baseline DIR (also time the minidiff checked out in DIR)
 
 Configs (float32, dropout 0.1, Adam lr 2e-3, loss = mean (eps_hat − eps)²):
   digits  the README main job's U-Net: 1×8×8, C = 32, mults 1-2, 1 res block, attention at 4×4, B = 64
@@ -22,6 +22,10 @@ the other). Each worker times, after 2 warm-up steps:
   sampling (digits only) images/s for 64 images by 200-step DDPM and 50-step DDIM (clipped x0, one run each)
 and prints one JSON line. Reported: the median over processes of each worker's median; ratio = ours/torch;
 paired_ratios: ours/torch of each round's two processes (their spread is the load's effect).
+With --baseline DIR each round also runs the ours worker on the minidiff package found in DIR (PYTHONPATH=DIR,
+e.g. an older commit unpacked by `git archive`), in the order baseline, ours, torch, and reports
+`baseline` (its medians, its ratio to torch) and `vs_baseline` (ours/baseline, median and per round): a change
+of our own code measured against the code before it, which the machine's load moves less than a ratio to torch.
 
 FLOPs model (multiply-add = 2 FLOPs), counted on the PyTorch mirror with forward hooks: conv/conv-transpose
 2·B·O·Ho·Wo·C·kh·kw (the transposed conv: that of the conv it is the adjoint of), linear 2·rows·in·out,
@@ -330,6 +334,9 @@ WORKERS = {"ours": worker_ours, "torch": worker_torch}
 # ---------------------------------------------------------------- the parent
 
 def spawn(framework, config, path, args, env):
+    if framework == "baseline":
+        framework, env = "ours", dict(env, PYTHONPATH=os.pathsep.join(filter(None, [args.baseline,
+                                                                                  env.get("PYTHONPATH")])))
     cmd = [sys.executable, __file__, "--config", config, "--worker", framework, "--inputs", path,
            "--steps", str(args.steps), "--threads", str(args.threads)] + (["--no-sampling"] if args.no_sampling else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -378,6 +385,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--malloc", choices=["default", "tuned"], default="default")
     ap.add_argument("--no-sampling", action="store_true")
+    ap.add_argument("--baseline", metavar="DIR", help="a checkout of another minidiff version to time as well")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--inputs", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -395,14 +403,21 @@ def main():
         facts = check_float64_agreement(CONFIGS[args.config], path)
         print(f"float64 outputs agree: max rel err {facts['float64_max_rel_err']:.2e}, {facts['params']} parameters")
         load_before = os.getloadavg()
-        runs = {"ours": [], "torch": []}
+        frameworks = (("baseline",) if args.baseline else ()) + ("ours", "torch")
+        runs = {fw: [] for fw in frameworks}
         for r in range(args.rounds):
-            for fw in ("ours", "torch"):
+            for fw in frameworks:
                 runs[fw].append(spawn(fw, args.config, path, args, env))
                 last = runs[fw][-1]
-                print(f"round {r + 1}/{args.rounds} {fw:>5}: step {1e3 * last['step_s']:8.1f} ms, forward "
+                print(f"round {r + 1}/{args.rounds} {fw:>8}: step {1e3 * last['step_s']:8.1f} ms, forward "
                       f"{1e3 * last['forward_s']:7.1f} ms, peak +{last['peak_mib']:6.0f} MiB", flush=True)
-    result = summarise(runs, facts)
+    result = summarise({fw: runs[fw] for fw in ("ours", "torch")}, facts)
+    if args.baseline:
+        result["baseline"] = {"dir": args.baseline, **summarise({"ours": runs["baseline"], "torch": runs["torch"]},
+                                                                facts)}
+        result["vs_baseline"] = {k: {"median": result[f"ours_{k}"] / result["baseline"][f"ours_{k}"],
+                                     "paired": [a[k] / b[k] for a, b in zip(runs["ours"], runs["baseline"])]}
+                                 for k in ("step_s", "forward_s", "peak_mib")}
     result.update({"config": args.config, "unet": CONFIGS[args.config]["unet"],
                    "batch_size": CONFIGS[args.config]["batch"], "dtype": "float32", "optimizer": f"Adam(lr={LR})",
                    "rounds": args.rounds, "steps_per_process": args.steps, "threads": args.threads,
