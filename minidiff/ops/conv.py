@@ -150,8 +150,7 @@ def conv2d_input_grad_as_conv(g, w, x_shape, padding, dilation):
     """
     w_flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)                       # (C, O, kh, kw)
     full = tuple(d * (k - 1) - p for k, p, d in zip(w.shape[2:], padding, dilation))
-    y, _ = conv2d_channels_last(g, w_flipped, (1, 1), full, dilation, tuple(x_shape[2:]))
-    return y
+    return conv2d_channels_last(channels_last_padded(g, full), w_flipped, (1, 1), dilation, tuple(x_shape[2:]))
 
 
 # ---------------------------------------------------------------- the channels-last fast path (eq. M21)
@@ -200,10 +199,10 @@ def rows_of(x, kernel, stride, padding, dilation, out_hw):
     return rows_channels_last(channels_last_padded(x, padding), kernel, stride, dilation, out_hw)
 
 
-def conv2d_channels_last(x, w, stride, padding, dilation, out_hw):
-    """y = R W_tᵀ (eq. M21, = eq. M2) as (B, O, Ho, Wo), and the row matrix R (for ∂W)."""
-    rows = rows_of(x, w.shape[2:], stride, padding, dilation, out_hw)
-    return from_rows(rows @ taps_matrix(w).T, x.shape[0], out_hw), rows
+def conv2d_channels_last(x_cl, w, stride, dilation, out_hw):
+    """y = R W_tᵀ (eq. M21, = eq. M2) as (B, O, Ho, Wo), for x_cl the padded channels-last input."""
+    rows = rows_channels_last(x_cl, w.shape[2:], stride, dilation, out_hw)
+    return from_rows(rows @ taps_matrix(w).T, x_cl.shape[0], out_hw)
 
 
 def weight_grad_channels_last(g_rows, rows, w_shape):
@@ -278,7 +277,8 @@ class Conv2d(Function):
     """y[b, o] = Σ_{c,i,j} w[o, c, i, j] x_pad[b, c, s·u + d·i, s·v + d·j] + bias[o]  (eq. M1-M2).
 
     Inputs x (B, C, H, W), w (O, C, kh, kw), optional bias (O,). Computed channels last (eq. M21):
-    y = R W_tᵀ. Saved: R (B·Ho·Wo, kh·kw·C) and w. VJP (eq. M3-M4, M20): ∂w = Gᵀ R,
+    y = R W_tᵀ. Saved: the padded channels-last x and w, not R: R is kh·kw times larger and is
+    gathered again in backward (a fraction of one product's time). VJP (eq. M3-M4, M20): ∂w = Gᵀ R,
     ∂x = conv2d_input_grad(g, w), ∂bias = Σ_{b,u,v} g.
     """
 
@@ -291,15 +291,20 @@ class Conv2d(Function):
         if min(out_hw) < 1:
             raise ValueError(f"conv2d: kernel {tuple(kernel)} (dilation {dilation}) does not fit the padded "
                              f"input {tuple(x.shape)} with padding {padding}")
-        self.geometry, self.x_shape, self.w = (stride, padding, dilation), x.shape, w
-        y, self.rows = conv2d_channels_last(x, w, stride, padding, dilation, out_hw)
+        self.geometry, self.x_shape, self.w, self.out_hw = (stride, padding, dilation), x.shape, w, out_hw
+        self.x_cl = channels_last_padded(x, padding)
+        y = conv2d_channels_last(self.x_cl, w, stride, dilation, out_hw)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)                               # y is a fresh array
         return y
 
     def backward(self, g):
         dx = conv2d_input_grad(g, self.w, self.x_shape, *self.geometry) if self.needs_grad[0] else None
-        dw = weight_grad_channels_last(as_rows(g), self.rows, self.w.shape) if self.needs_grad[1] else None
+        dw = None
+        if self.needs_grad[1]:
+            (stride, _, dilation), kernel = self.geometry, self.w.shape[2:]
+            rows = rows_channels_last(self.x_cl, kernel, stride, dilation, self.out_hw)      # R again
+            dw = weight_grad_channels_last(as_rows(g), rows, self.w.shape)
         db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return dx, dw, db
 
