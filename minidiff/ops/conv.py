@@ -36,6 +36,7 @@ both gradients). Everything here is array-module code (`xp`), so it runs on NumP
 """
 from minidiff.autograd import Function
 from minidiff.backend import xp_of
+from minidiff.ops.attention import one_blas_thread
 
 
 def pair(v, name):
@@ -129,7 +130,8 @@ def conv2d_input_grad(g, w, x_shape, stride, padding, dilation):
     """
     if _input_grad_is_a_conv(g, w, x_shape, stride, padding, dilation):
         return conv2d_input_grad_as_conv(g, w, x_shape, padding, dilation)
-    d_rows = as_rows(g) @ taps_matrix(w)                                  # ∂L/∂R: (B·Ho·Wo, kh·kw·C)
+    with one_blas_thread(xp_of(g)):
+        d_rows = as_rows(g) @ taps_matrix(w)                              # ∂L/∂R: (B·Ho·Wo, kh·kw·C)
     return col2im_channels_last(d_rows, x_shape, w.shape[2:], stride, padding, dilation, g.shape[2:])
 
 
@@ -197,7 +199,9 @@ def from_rows(y, B, out_hw):
 WORKSPACE_BYTES = 2 << 20
 """R is gathered for a slice of the batch at a time, at most this many bytes (at least one sample): a bounded
 workspace instead of a kh·kw-times-x-sized array, and the slice stays in cache for its product (measured 0-30%
-faster than the whole R at the U-Net's sizes, docs/benchmarks.md)."""
+faster than the whole R at the U-Net's sizes, docs/benchmarks.md). The products run on one BLAS thread
+(`one_blas_thread`): a multi-threaded BLAS hands each slice to its threads and waits for them, which on a
+shared 2-core machine cost the digits training step 6x its wall time (docs/benchmarks.md)."""
 
 
 def batch_slices(x_cl, kernel, out_hw):
@@ -213,9 +217,10 @@ def conv2d_channels_last(x, w, stride, padding, dilation, out_hw):
     x_cl, kernel, n = channels_last_padded(x, padding), w.shape[2:], out_hw[0] * out_hw[1]
     w_t = taps_matrix(w)
     y = xp.empty((x.shape[0] * n, w.shape[0]), dtype=x.dtype)
-    for b in batch_slices(x_cl, kernel, out_hw):
-        xp.matmul(rows_channels_last(x_cl[b], kernel, stride, dilation, out_hw), w_t.T,
-                  out=y[b.start * n:b.stop * n])
+    with one_blas_thread(xp):
+        for b in batch_slices(x_cl, kernel, out_hw):
+            xp.matmul(rows_channels_last(x_cl[b], kernel, stride, dilation, out_hw), w_t.T,
+                      out=y[b.start * n:b.stop * n])
     return from_rows(y, x.shape[0], out_hw)
 
 
@@ -228,8 +233,9 @@ def weight_grad_channels_last(g_rows, x, w_shape, stride, padding, dilation, out
     xp = xp_of(x)
     x_cl, n = channels_last_padded(x, padding), out_hw[0] * out_hw[1]
     dw = xp.zeros((O, kh * kw * C), dtype=x.dtype)
-    for b in batch_slices(x_cl, (kh, kw), out_hw):
-        dw += g_rows[b.start * n:b.stop * n].T @ rows_channels_last(x_cl[b], (kh, kw), stride, dilation, out_hw)
+    with one_blas_thread(xp):
+        for b in batch_slices(x_cl, (kh, kw), out_hw):
+            dw += g_rows[b.start * n:b.stop * n].T @ rows_channels_last(x_cl[b], (kh, kw), stride, dilation, out_hw)
     return xp.ascontiguousarray(dw.reshape(O, kh, kw, C).transpose(0, 3, 1, 2))
 
 

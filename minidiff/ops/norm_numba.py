@@ -12,18 +12,20 @@ temporary. Here one (sample, group) block is one work item, and every pass reads
 
 which is eq. M7 with (x − μ) multiplied out. Statistics and the per-block sums are accumulated in
 float64; the outputs are written in x's dtype (float32 stays float32). Saved for backward: x itself (no
-centred copy), μ and r. Runs unchanged (slowly) under NUMBA_DISABLE_JIT=1.
+centred copy), μ and r. The kernels run on the calling thread: a (sample, group) block is a few thousand
+numbers, too little to hand to other threads and wait for them (on a loaded machine each such hand-off can
+cost a scheduler time slice). Runs unchanged (slowly) under NUMBA_DISABLE_JIT=1.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc"})
+@njit(cache=True, fastmath={"reassoc"})
 def _forward(x, gamma, beta, eps, y, mean, rstd):
     """x, y (B, G, Cg, S); gamma, beta (G, Cg); writes y and the float64 (B, G) μ and r."""
     B, G, Cg, S = x.shape
     n = Cg * S
-    for k in prange(B * G):
+    for k in range(B * G):
         b = k // G
         grp = k - b * G
         total = 0.0
@@ -50,12 +52,12 @@ def _forward(x, gamma, beta, eps, y, mean, rstd):
                 yc[s] = xc[s] * a_c + h_c
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc"})
+@njit(cache=True, fastmath={"reassoc"})
 def _backward(g, x, gamma, mean, rstd, dx, sum_g, sum_gx):
     """g, x, dx (B, G, Cg, S); writes dx and the float64 (B, G, Cg) sums S_c = Σ g, T_c = Σ g (x − μ)."""
     B, G, Cg, S = x.shape
     n = Cg * S
-    for k in prange(B * G):
+    for k in range(B * G):
         b = k // G
         grp = k - b * G
         mu, r = mean[b, grp], rstd[b, grp]
