@@ -3,7 +3,7 @@
     python benchmarks/train_step.py --config digits --json benchmarks/results/train_step_digits.json
     python benchmarks/train_step.py --config 32x32  --json benchmarks/results/train_step_32x32.json
     options: --rounds 5 (processes per framework) --steps 5 (timed steps per process) --threads 2
-             --malloc default|tuned --no-sampling
+             --malloc default|tuned --no-sampling --baseline DIR (also time the minidiff checked out in DIR; repeatable)
 
 Configs (float32, dropout 0.1, Adam lr 2e-3, loss = mean (eps_hat − eps)²):
   digits  the README main job's U-Net: 1×8×8, C = 32, mults 1-2, 1 res block, attention at 4×4, B = 64
@@ -22,6 +22,10 @@ the other). Each worker times, after 2 warm-up steps:
   sampling (digits only) images/s for 64 images by 200-step DDPM and 50-step DDIM (clipped x0, one run each)
 and prints one JSON line. Reported: the median over processes of each worker's median; ratio = ours/torch;
 paired_ratios: ours/torch of each round's two processes (their spread is the load's effect).
+With --baseline DIR (repeatable) each round also runs the ours worker on the minidiff package found in each DIR
+(PYTHONPATH=DIR, e.g. an older commit unpacked by `git archive`), in the order baselines, ours, torch, and
+reports `baselines` (per DIR: its medians and its ratios to torch) and `vs_baselines` (per DIR: ours/baseline,
+median and per round): changes of our own code measured against the code before them in the same rounds.
 
 FLOPs model (multiply-add = 2 FLOPs), counted on the PyTorch mirror with forward hooks: conv/conv-transpose
 2·B·O·Ho·Wo·C·kh·kw (the transposed conv: that of the conv it is the adjoint of), linear 2·rows·in·out,
@@ -79,12 +83,21 @@ def peak_growth_mib(fn):
 
 
 def median_time(fn, repeats):
-    samples = []
+    return median_times(fn, repeats)[0]
+
+
+def median_times(fn, repeats):
+    """Medians over `repeats` calls of the wall time and of the process's CPU time (all its threads).
+
+    With one thread per framework the CPU time is the work done, whatever the machine's load: a process
+    descheduled by other jobs loses wall time but no CPU time (cache and memory-bus sharing still show)."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 # ---------------------------------------------------------------- shared set-up
@@ -286,11 +299,12 @@ def worker_torch(config, path, steps, threads):
 def run_worker(step, forward, steps):
     for _ in range(2):
         step()
-    step_s = median_time(step, steps)
+    step_s, step_cpu_s = median_times(step, steps)
     peak = peak_growth_mib(step)
     forward()
-    forward_s = median_time(forward, steps)
-    return {"step_s": step_s, "forward_s": forward_s, "peak_mib": peak}
+    forward_s, forward_cpu_s = median_times(forward, steps)
+    return {"step_s": step_s, "forward_s": forward_s, "peak_mib": peak, "step_cpu_s": step_cpu_s,
+            "forward_cpu_s": forward_cpu_s}
 
 
 def torch_ddpm_sample(net, shape, schedule):
@@ -330,6 +344,9 @@ WORKERS = {"ours": worker_ours, "torch": worker_torch}
 # ---------------------------------------------------------------- the parent
 
 def spawn(framework, config, path, args, env):
+    if framework != "torch" and framework != "ours":                     # a --baseline checkout
+        framework, env = "ours", dict(env, PYTHONPATH=os.pathsep.join(filter(None, [framework,
+                                                                                  env.get("PYTHONPATH")])))
     cmd = [sys.executable, __file__, "--config", config, "--worker", framework, "--inputs", path,
            "--steps", str(args.steps), "--threads", str(args.threads)] + (["--no-sampling"] if args.no_sampling else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -356,11 +373,15 @@ def summarise(runs, facts):
            "peak_ratio": ours["peak_mib"] / theirs["peak_mib"], "params": facts["params"],
            "step_parts_s": {fw: {k: m[k] for k in ("forward_loss_s", "backward_s", "optimizer_s")}
                             for fw, m in med.items()},
+           # CPU time (one thread each): the load-independent comparison
+           "ours_step_cpu_s": ours["step_cpu_s"], "torch_step_cpu_s": theirs["step_cpu_s"],
+           "cpu_ratio": ours["step_cpu_s"] / theirs["step_cpu_s"],
+           "forward_cpu_ratio": ours["forward_cpu_s"] / theirs["forward_cpu_s"],
            "step_gflops_per_s": {fw: facts["step_gflop"] / m["step_s"] for fw, m in med.items()},
            # ours_i / torch_i of the processes run back to back: on a shared machine the load changes between
            # rounds, and the spread of these says how far one ratio can be trusted
            "paired_ratios": {k: [a[k] / b[k] for a, b in zip(runs["ours"], runs["torch"])]
-                             for k in ("step_s", "forward_s", "peak_mib")}}
+                             for k in ("step_s", "forward_s", "peak_mib", "step_cpu_s", "forward_cpu_s")}}
     if "ddpm200_images_per_s" in ours:
         out["sampling_images_per_s"] = {fw: {"ddpm200": m["ddpm200_images_per_s"], "ddim50": m["ddim50_images_per_s"]}
                                         for fw, m in med.items()}
@@ -378,6 +399,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--malloc", choices=["default", "tuned"], default="default")
     ap.add_argument("--no-sampling", action="store_true")
+    ap.add_argument("--baseline", metavar="DIR", action="append", default=[],
+                    help="a checkout of another minidiff version to time as well (repeatable)")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--inputs", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -395,14 +418,23 @@ def main():
         facts = check_float64_agreement(CONFIGS[args.config], path)
         print(f"float64 outputs agree: max rel err {facts['float64_max_rel_err']:.2e}, {facts['params']} parameters")
         load_before = os.getloadavg()
-        runs = {"ours": [], "torch": []}
+        frameworks = tuple(os.path.abspath(d) for d in args.baseline) + ("ours", "torch")
+        runs = {fw: [] for fw in frameworks}
         for r in range(args.rounds):
-            for fw in ("ours", "torch"):
+            for fw in frameworks:
                 runs[fw].append(spawn(fw, args.config, path, args, env))
                 last = runs[fw][-1]
-                print(f"round {r + 1}/{args.rounds} {fw:>5}: step {1e3 * last['step_s']:8.1f} ms, forward "
-                      f"{1e3 * last['forward_s']:7.1f} ms, peak +{last['peak_mib']:6.0f} MiB", flush=True)
-    result = summarise(runs, facts)
+                print(f"round {r + 1}/{args.rounds} {Path(fw).name:>8}: step {1e3 * last['step_s']:8.1f} ms, forward "
+                      f"{1e3 * last['forward_s']:7.1f} ms, peak +{last['peak_mib']:6.0f} MiB, CPU step "
+                      f"{1e3 * last['step_cpu_s']:7.1f} ms, forward {1e3 * last['forward_cpu_s']:6.1f} ms", flush=True)
+    result = summarise({fw: runs[fw] for fw in ("ours", "torch")}, facts)
+    keys = ("step_s", "forward_s", "peak_mib", "step_cpu_s", "forward_cpu_s")
+    base_dirs = frameworks[:-2]
+    result["baselines"] = {d: summarise({"ours": runs[d], "torch": runs["torch"]}, facts) for d in base_dirs}
+    result["vs_baselines"] = {d: {k: {"median": statistics.median(r[k] for r in runs["ours"])
+                                      / statistics.median(r[k] for r in runs[d]),
+                                      "paired": [a[k] / b[k] for a, b in zip(runs["ours"], runs[d])]} for k in keys}
+                              for d in base_dirs}
     result.update({"config": args.config, "unet": CONFIGS[args.config]["unet"],
                    "batch_size": CONFIGS[args.config]["batch"], "dtype": "float32", "optimizer": f"Adam(lr={LR})",
                    "rounds": args.rounds, "steps_per_process": args.steps, "threads": args.threads,

@@ -162,17 +162,17 @@ class Tensor:
             grad = _as_array(grad, self.data.dtype)
             if grad.shape != self.shape:
                 raise ValueError(f"backward(): upstream gradient shape {grad.shape} != tensor shape {self.shape}")
-        grads = {id(self): grad}
-        for node in _topological_order(self):
+        start = self if self._ctx is None else self._ctx
+        grads = {id(start): grad}
+        for node in _topological_order(start):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
-            ctx = node._ctx
-            if ctx is None:  # a leaf: accumulate into .grad
+            if isinstance(node, Tensor):  # a leaf: accumulate into .grad
                 node.grad = g if node.grad is None else node.grad + g
                 continue
-            for parent, pg in zip(ctx.parents, ctx.backward(g)):
-                if pg is None or parent is None or not parent.requires_grad:
+            for parent, pg in zip(node.parents, node.backward(g)):
+                if pg is None or parent is None:
                     continue
                 key = id(parent)
                 grads[key] = pg if key not in grads else grads[key] + pg
@@ -223,7 +223,8 @@ class Tensor:
 
 
 def _topological_order(root):
-    """Nodes reachable from root, each after every node that uses it (iterative DFS: deep graphs are fine)."""
+    """Graph nodes (Functions and leaf Tensors) reachable from root, each after every node that uses it
+    (iterative DFS: deep graphs are fine)."""
     order, seen = [], set()
     stack = [(root, False)]
     while stack:
@@ -235,12 +236,24 @@ def _topological_order(root):
             continue
         seen.add(id(node))
         stack.append((node, True))
-        if node._ctx is not None:
-            for parent in node._ctx.parents:
-                if parent is not None and parent.requires_grad and id(parent) not in seen:
+        if isinstance(node, Function):
+            for parent in node.parents:
+                if parent is not None and id(parent) not in seen:
                     stack.append((parent, False))
     order.reverse()
     return order
+
+
+def _graph_node(x):
+    """What a recorded Function keeps of one input: a leaf Tensor that requires grad itself (backward
+    writes its .grad), the Function that produced a non-leaf Tensor, None for anything else.
+
+    Keeping the producing Function rather than the Tensor means the graph holds no activation that no
+    backward saved: an intermediate's data is freed as soon as the caller drops it (as in PyTorch).
+    """
+    if not isinstance(x, Tensor) or not x.requires_grad:
+        return None
+    return x if x._ctx is None else x._ctx
 
 
 class Function:
@@ -249,7 +262,8 @@ class Function:
     Subclasses define `forward(self, *arrays, **params) -> array` and
     `backward(self, grad) -> tuple` (one gradient array or None per input). Anything
     backward needs is saved on `self` in forward. `needs_grad[i]` says whether input i
-    wants a gradient, so backward can skip work.
+    wants a gradient, so backward can skip work. A recorded Function is a graph node: `parents`
+    holds, per input, the Function that produced it, the leaf Tensor itself, or None.
     """
 
     __slots__ = ("parents", "needs_grad", "__dict__")
@@ -273,7 +287,7 @@ class Function:
         out = Tensor.__new__(Tensor)
         out.data, out.grad, out.requires_grad, out._ctx = data, None, track, None
         if track:
-            fn.parents = [x if isinstance(x, Tensor) else None for x in inputs]  # constants need no node
+            fn.parents = [_graph_node(x) for x in inputs]
             out._ctx = fn
         return out
 

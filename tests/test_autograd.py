@@ -171,3 +171,19 @@ def test_cupy_tensors_match_numpy():
     np.testing.assert_allclose(cupy.asnumpy(g.grad), c.grad, rtol=1e-10, atol=1e-12)
     with pytest.raises(TypeError, match="different backends"):
         g + c
+
+
+def test_the_graph_keeps_no_intermediate_tensor_alive():
+    """An intermediate Tensor is freed once the caller drops it (the graph keeps the Function that made it,
+    not the Tensor), and backward through it still gives d/dx Σ 3(x + 1 + 2)² = 6(x + 3)."""
+    import gc
+    import weakref
+    x = md.Tensor(np.arange(3.0), requires_grad=True)
+    h = x + 1.0
+    alive = weakref.ref(h)
+    y = ((h + 2.0) * (h + 2.0) * 3.0).sum()
+    del h
+    gc.collect()
+    assert alive() is None
+    y.backward()
+    np.testing.assert_allclose(x.grad, 6 * (np.arange(3.0) + 3))

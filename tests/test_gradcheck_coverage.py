@@ -42,15 +42,15 @@ def package_functions():
 
 
 def functions_in_graph(out):
-    """The Function classes of every node recorded on the way to `out`."""
-    found, seen, stack = set(), set(), [out]
+    """The Function classes of every node recorded on the way to `out` (parents are Functions or leaves)."""
+    found, seen, stack = set(), set(), [out._ctx]
     while stack:
         node = stack.pop()
-        if node is None or id(node) in seen or node._ctx is None:
+        if not isinstance(node, Function) or id(node) in seen:
             continue
         seen.add(id(node))
-        found.add(type(node._ctx))
-        stack.extend(node._ctx.parents)
+        found.add(type(node))
+        stack.extend(node.parents)
     return found
 
 

@@ -102,6 +102,27 @@ def test_stride_one_input_grad_as_a_conv_equals_col2im(problem, dtype, seed):
     np.testing.assert_allclose(fast, reference, rtol=0, atol=tol * scale)
 
 
+@given(conv_problems(max_channels=4, max_side=9), st.sampled_from([np.float64, np.float32]), st.integers(0, 99))
+def test_channels_last_path_equals_the_channel_major_reference(problem, dtype, seed):
+    """Eq. M21 (the Functions' channels-last products) equals eq. M1-M4 (channel-major im2col/col2im) for
+    the output, ∂w and ∂x on every geometry: to 1e-12 in float64, float32 round-off in float32, dtype kept."""
+    x, w, _, geo = problem
+    x, w = x.astype(dtype), w.astype(dtype)
+    geometry = (geo["stride"], geo["padding"], geo["dilation"])
+    y = F.conv2d(x, w, **geo)
+    g = np.random.default_rng(seed).standard_normal(y.shape).astype(dtype)
+    xt, wt = md.Tensor(x, requires_grad=True), md.Tensor(w, requires_grad=True)
+    F.conv2d(xt, wt, **geo).backward(g)
+    pairs = [(y, conv_ops.conv2d_reference(x, w, *geometry)),
+             (wt.grad, conv_ops.conv2d_weight_grad_reference(g, x, w.shape, *geometry)),
+             (xt.grad, conv_ops.conv2d_input_grad_reference(g, w, x.shape, *geometry))]
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for fast, reference in pairs:
+        assert fast.dtype == reference.dtype == dtype and fast.shape == reference.shape
+        scale = np.abs(reference).max() + np.abs(x).max() * np.abs(w).max() * np.abs(g).max() * w[0].size + 1e-30
+        np.testing.assert_allclose(fast, reference, rtol=0, atol=tol * scale)
+
+
 def test_input_grad_takes_col2im_for_strides_and_output_padding():
     """Stride 2, or g shorter than the natural output (a transposed conv's output_padding), stay on eq. M4."""
     w = np.ones((2, 3, 3, 3))

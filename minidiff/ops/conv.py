@@ -17,14 +17,27 @@ with G = ∂L/∂y as an (O, B·Ho·Wo) matrix. col2im is im2col's adjoint: it a
 (kh·kw slice additions, no scatter), then crops the padding.
 
 For stride 1 the input gradient is itself a convolution, of g with the flipped, transposed kernel
-(eq. M20): im2col of g and one product, no col2im. The transposed convolution is the adjoint of the
-convolution, so its forward IS conv2d's input gradient (`conv2d_input_grad`, written once, used by
-both), and its input gradient is conv2d itself (eq. M5). Everything here is array-module code
-(`xp`), so it runs on NumPy and CuPy.
+(eq. M20). The transposed convolution is the adjoint of the convolution, so its forward IS conv2d's
+input gradient (`conv2d_input_grad`, written once, used by both), and its input gradient is conv2d
+itself (eq. M5).
+
+Two implementations of the same sums. The channel-major functions above (`im2col`, `col2im`,
+`conv2d_from_cols`, `weight_grad`, `conv2d_input_grad_reference`, collected in `conv2d_reference`
+and `conv2d_weight_grad_reference`) are the readable definition. The Functions run the channels-last
+fast path (eq. M21): x is copied once into a padded (B, Hp, Wp, C) array, and its row matrix
+
+    R[(b, u, v), (i, j, c)] = x_pad[b, c, s·u + d·i, s·v + d·j]        (eq. M21, R = colsᵀ with columns (i, j, c))
+
+is one copy of a strided view whose innermost runs are kw·C contiguous numbers (NCHW's are Wo long),
+4-8x faster to gather at the U-Net's sizes. Then y = R W_tᵀ, ∂W_t = Gᵀ R and ∂R = G W_t, with
+W_t = w as (O, kh·kw·C) and G = g as (B·Ho·Wo, O): plain BLAS products, no transposed operand
+copied. tests/test_layers_conv.py holds the two paths together (float64 and float32, forward and
+both gradients). Everything here is array-module code (`xp`), so it runs on NumPy and CuPy.
 """
 from minidiff import checks
 from minidiff.autograd import Function
 from minidiff.backend import xp_of
+from minidiff.ops.attention import one_blas_thread
 
 
 def pair(v, name, minimum=0, where=""):
@@ -122,14 +135,16 @@ def weight_grad(G, cols, shape):
 
 
 def conv2d_input_grad(g, w, x_shape, stride, padding, dilation):
-    """∂L/∂x of y = conv2d(x, w) for upstream g (B, O, Ho, Wo): eq. M20 when stride is 1, else eq. M4.
-
-    Both compute the same sums (`conv2d_input_grad_reference` is the col2im form, kept as the readable
-    definition and tested against this one); they differ only in the order of the additions.
+    """∂L/∂x of y = conv2d(x, w) for upstream g (B, O, Ho, Wo), channels last (eq. M21): eq. M20 when
+    stride is 1, else ∂R = G W_t and its col2im. `conv2d_input_grad_reference` (eq. M4) is the
+    readable definition, tested against this one; they differ only in the order of the additions.
+    Ho, Wo are read from g, so g may be shorter than the natural output (output_padding).
     """
     if _input_grad_is_a_conv(g, w, x_shape, stride, padding, dilation):
         return conv2d_input_grad_as_conv(g, w, x_shape, padding, dilation)
-    return conv2d_input_grad_reference(g, w, x_shape, stride, padding, dilation)
+    with one_blas_thread(xp_of(g)):
+        d_rows = as_rows(g) @ taps_matrix(w)                              # ∂L/∂R: (B·Ho·Wo, kh·kw·C)
+    return col2im_channels_last(d_rows, x_shape, w.shape[2:], stride, padding, dilation, g.shape[2:])
 
 
 def _input_grad_is_a_conv(g, w, x_shape, stride, padding, dilation):
@@ -145,13 +160,124 @@ def conv2d_input_grad_as_conv(g, w, x_shape, padding, dilation):
 
         ∂L/∂x = conv2d(g, w̃, padding = d(k − 1) − p, dilation = d),   w̃[c, o, i, j] = w[o, c, kh − 1 − i, kw − 1 − j]
 
-    i.e. im2col of g and one product, instead of the product Wᵀ G and col2im's kh·kw slice additions.
+    i.e. the row matrix of g and one product, instead of ∂R = G W_t and col2im's kh·kw slice additions.
     """
-    kernel = w.shape[2:]
     w_flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)                       # (C, O, kh, kw)
-    full = tuple(d * (k - 1) - p for k, p, d in zip(kernel, padding, dilation))
-    cols = im2col(g, kernel, (1, 1), full, dilation, tuple(x_shape[2:]))
-    return conv2d_from_cols(cols, w_flipped, g.shape[0], tuple(x_shape[2:]))
+    full = tuple(d * (k - 1) - p for k, p, d in zip(w.shape[2:], padding, dilation))
+    return conv2d_channels_last(g, w_flipped, (1, 1), full, dilation, tuple(x_shape[2:]))
+
+
+# ---------------------------------------------------------------- the channels-last fast path (eq. M21)
+
+def channels_last_padded(x, padding):
+    """x (B, C, H, W) as a (B, H + 2ph, W + 2pw, C) array with zero borders: the path's one layout copy."""
+    xp = xp_of(x)
+    B, C, H, W = x.shape
+    ph, pw = padding
+    out = xp.empty((B, H + 2 * ph, W + 2 * pw, C), dtype=x.dtype)
+    out[:, ph:ph + H, pw:pw + W, :] = x.transpose(0, 2, 3, 1)
+    for border in (out[:, :ph], out[:, ph + H:], out[:, :, :pw], out[:, :, pw + W:]):
+        border[...] = 0
+    return out
+
+
+def rows_channels_last(x_cl, kernel, stride, dilation, out_hw):
+    """R[(b, u, v), (i, j, c)] = x_cl[b, s·u + d·i, s·v + d·j, c] (eq. M21): (B·Ho·Wo, kh·kw·C), one copy
+    of a strided view (none when the view is already that matrix, as for a 1×1 stride-1 kernel)."""
+    xp = xp_of(x_cl)
+    B, C = x_cl.shape[0], x_cl.shape[3]
+    sb, sh, sw, sc = x_cl.strides
+    shape = (B,) + tuple(out_hw) + tuple(kernel) + (C,)
+    strides = (sb, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc)
+    view = xp.lib.stride_tricks.as_strided(x_cl, shape=shape, strides=strides)
+    return view.reshape(B * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * C)   # explicit: B = 0 is valid
+
+
+def taps_matrix(w):
+    """W_t: w (O, C, kh, kw) as (O, kh·kw·C), columns ordered (i, j, c) as R's."""
+    return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+
+
+def as_rows(g):
+    """G: (B, O, Ho, Wo) -> the (B·Ho·Wo, O) matrix (one transposing copy)."""
+    return g.transpose(0, 2, 3, 1).reshape(-1, g.shape[1])
+
+
+def from_rows(y, B, out_hw):
+    """(B·Ho·Wo, O) -> a contiguous (B, O, Ho, Wo) array."""
+    return xp_of(y).ascontiguousarray(y.reshape((B,) + tuple(out_hw) + (y.shape[1],)).transpose(0, 3, 1, 2))
+
+
+WORKSPACE_BYTES = 2 << 20
+"""R is gathered for a slice of the batch at a time, at most this many bytes (at least one sample): a bounded
+workspace instead of a kh·kw-times-x-sized array, and the slice stays in cache for its product (measured 0-30%
+faster than the whole R at the U-Net's sizes, docs/benchmarks.md). The products run on one BLAS thread
+(`one_blas_thread`): a multi-threaded BLAS hands each slice to its threads and waits for them, which on a
+shared 2-core machine cost the digits training step 6x its wall time (docs/benchmarks.md)."""
+
+
+def batch_slices(x_cl, kernel, out_hw):
+    """Slices of the batch axis whose R fits in WORKSPACE_BYTES."""
+    per_sample = out_hw[0] * out_hw[1] * kernel[0] * kernel[1] * x_cl.shape[3] * x_cl.itemsize
+    step = max(1, WORKSPACE_BYTES // max(per_sample, 1))
+    return [slice(lo, min(lo + step, x_cl.shape[0])) for lo in range(0, x_cl.shape[0], step)]
+
+
+def conv2d_channels_last(x, w, stride, padding, dilation, out_hw):
+    """y = R W_tᵀ (eq. M21, = eq. M2) as (B, O, Ho, Wo), R gathered slice by slice of the batch."""
+    xp = xp_of(x)
+    x_cl, kernel, n = channels_last_padded(x, padding), w.shape[2:], out_hw[0] * out_hw[1]
+    w_t = taps_matrix(w)
+    y = xp.empty((x.shape[0] * n, w.shape[0]), dtype=x.dtype)
+    with one_blas_thread(xp):
+        for b in batch_slices(x_cl, kernel, out_hw):
+            xp.matmul(rows_channels_last(x_cl[b], kernel, stride, dilation, out_hw), w_t.T,
+                      out=y[b.start * n:b.stop * n])
+    return from_rows(y, x.shape[0], out_hw)
+
+
+def weight_grad_channels_last(g_rows, x, w_shape, stride, padding, dilation, out_hw):
+    """∂L/∂w = Gᵀ R (eq. M21, = eq. M3) summed slice by slice of the batch, back in (O, C, kh, kw) order.
+
+    g_rows: G (B·Ho·Wo, O); x (B, C, H, W) the convolution's input, from which R is gathered.
+    """
+    O, C, kh, kw = w_shape
+    xp = xp_of(x)
+    x_cl, n = channels_last_padded(x, padding), out_hw[0] * out_hw[1]
+    dw = xp.zeros((O, kh * kw * C), dtype=x.dtype)
+    with one_blas_thread(xp):
+        for b in batch_slices(x_cl, (kh, kw), out_hw):
+            dw += g_rows[b.start * n:b.stop * n].T @ rows_channels_last(x_cl[b], (kh, kw), stride, dilation, out_hw)
+    return xp.ascontiguousarray(dw.reshape(O, kh, kw, C).transpose(0, 3, 1, 2))
+
+
+def col2im_channels_last(d_rows, x_shape, kernel, stride, padding, dilation, out_hw):
+    """Adjoint of `rows_channels_last` (eq. M4 in this layout): each tap's (B, Ho, Wo, C) slab of ∂R
+    added into one strided slice of a zero (B, H + 2p, W + 2p, C) array, then cropped, as (B, C, H, W)."""
+    B, C, H, W = x_shape
+    (kh, kw), (Ho, Wo) = kernel, out_hw
+    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
+    xp = xp_of(d_rows)
+    taps = d_rows.reshape(B, Ho, Wo, kh, kw, C)
+    dx = xp.zeros((B, H + 2 * ph, W + 2 * pw, C), dtype=d_rows.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, dh * i:dh * i + sh * (Ho - 1) + 1:sh, dw * j:dw * j + sw * (Wo - 1) + 1:sw] += taps[:, :, :, i, j]
+    return xp.ascontiguousarray(dx[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2))
+
+
+# ---------------------------------------------------------------- the channel-major reference (eq. M1-M4)
+
+def conv2d_reference(x, w, stride, padding, dilation):
+    """y = W cols (eq. M1-M2) by the channel-major im2col, without bias."""
+    out_hw = tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in
+                   zip(x.shape[2:], w.shape[2:], stride, padding, dilation))
+    return conv2d_from_cols(im2col(x, w.shape[2:], stride, padding, dilation, out_hw), w, x.shape[0], out_hw)
+
+
+def conv2d_weight_grad_reference(g, x, w_shape, stride, padding, dilation):
+    """∂L/∂w = G colsᵀ (eq. M3) by the channel-major im2col."""
+    return weight_grad(as_matrix(g), im2col(x, w_shape[2:], stride, padding, dilation, g.shape[2:]), w_shape)
 
 
 def conv2d_input_grad_reference(g, w, x_shape, stride, padding, dilation):
@@ -190,8 +316,10 @@ def _check_geometry(name, stride, padding, dilation):
 class Conv2d(Function):
     """y[b, o] = Σ_{c,i,j} w[o, c, i, j] x_pad[b, c, s·u + d·i, s·v + d·j] + bias[o]  (eq. M1-M2).
 
-    Inputs x (B, C, H, W), w (O, C, kh, kw), optional bias (O,). Saved: cols (K, B·Ho·Wo) and w.
-    VJP (eq. M3-M4): ∂w = G colsᵀ, ∂x = col2im(Wᵀ G), ∂bias = Σ_{b,u,v} g.
+    Inputs x (B, C, H, W), w (O, C, kh, kw), optional bias (O,). Computed channels last (eq. M21):
+    y = R W_tᵀ. Saved: x and w, not R: R is kh·kw times larger and is gathered again, a slice of the
+    batch at a time, in backward (a fraction of one product's time). VJP (eq. M3-M4, M20): ∂w = Gᵀ R,
+    ∂x = conv2d_input_grad(g, w), ∂bias = Σ_{b,u,v} g.
     """
 
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
@@ -203,16 +331,16 @@ class Conv2d(Function):
         if min(out_hw) < 1:
             raise ValueError(f"conv2d: kernel {tuple(kernel)} (dilation {dilation}) does not fit the padded "
                              f"input {tuple(x.shape)} with padding {padding}")
-        self.geometry, self.x_shape, self.w = (stride, padding, dilation), x.shape, w
-        self.cols = im2col(x, kernel, stride, padding, dilation, out_hw)
-        y = conv2d_from_cols(self.cols, w, x.shape[0], out_hw)
+        self.geometry, self.x, self.w, self.out_hw = (stride, padding, dilation), x, w, out_hw
+        y = conv2d_channels_last(x, w, stride, padding, dilation, out_hw)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)                               # y is a fresh array
         return y
 
     def backward(self, g):
-        dx = conv2d_input_grad(g, self.w, self.x_shape, *self.geometry) if self.needs_grad[0] else None
-        dw = weight_grad(as_matrix(g), self.cols, self.w.shape) if self.needs_grad[1] else None
+        dx = conv2d_input_grad(g, self.w, self.x.shape, *self.geometry) if self.needs_grad[0] else None
+        dw = weight_grad_channels_last(as_rows(g), self.x, self.w.shape, *self.geometry,
+                                       out_hw=self.out_hw) if self.needs_grad[1] else None
         db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return dx, dw, db
 
@@ -224,7 +352,7 @@ class ConvTranspose2d(Function):
     Output (B, Cout, Hout, Wout), Hout = (H − 1)s − 2p + d(kh − 1) + output_padding + 1.
     As conv2d with weight w maps (B, Cout, Hout, Wout) -> (B, Cin, H, W), this forward is that
     conv's input gradient, and the VJP is conv2d again: ∂x = conv2d(g, w) (cropped to H, W),
-    ∂w = X cols(g)ᵀ with X the (Cin, B·H·W) matrix of x, ∂bias = Σ_{b,u,v} g.
+    ∂w = Xᵀ R(g) with X the (B·H·W, Cin) rows of x and R(g) g's row matrix (eq. M21), ∂bias = Σ_{b,u,v} g.
     """
 
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), dilation=(1, 1)):
@@ -240,16 +368,15 @@ class ConvTranspose2d(Function):
             raise ValueError(f"conv_transpose2d: output size {out_hw} is not positive for input {tuple(x.shape)}")
         self.geometry, self.x, self.w = (stride, padding, dilation), x, w
         y = conv2d_input_grad(x, w, (x.shape[0], w.shape[1]) + out_hw, stride, padding, dilation)
-        y = xp_of(y).ascontiguousarray(y)                            # col2im gives a cropped, transposed view
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
 
     def backward(self, g):
         x, w = self.x, self.w
-        cols = im2col(g, w.shape[2:], *self.geometry, out_hw=x.shape[2:])   # conv2d(g, w) at x's size
-        dx = conv2d_from_cols(cols, w, g.shape[0], x.shape[2:]) if self.needs_grad[0] else None
-        dw = weight_grad(as_matrix(x), cols, w.shape) if self.needs_grad[1] else None
+        dx = conv2d_channels_last(g, w, *self.geometry, out_hw=x.shape[2:]) if self.needs_grad[0] else None
+        dw = weight_grad_channels_last(as_rows(x), g, w.shape, *self.geometry,
+                                       out_hw=x.shape[2:]) if self.needs_grad[1] else None
         db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return dx, dw, db
 

@@ -15,9 +15,12 @@ the backward); `GroupNorm` / `LayerNorm` are one Function each with eq. M7, test
 """
 import math
 
+import numpy as np
+
 from minidiff import checks, ops
 from minidiff.autograd import Function, unwrap
 from minidiff.backend import xp_of
+from minidiff.ops import norm_numba
 
 
 def _standardize(x, axes, eps):
@@ -50,9 +53,35 @@ def _check_group_norm(x, num_groups, weight, bias):
 class GroupNorm(Function):
     """y = γ_c x̂ + β_c with x̂ standardised over each (sample, group of C/G channels, spatial) block.
 
-    Inputs x (B, C, *S), γ (C,), β (C,). Saved: the centred x − μ and r = 1/√(σ² + ε) per (b, group).
-    Eq. 6-7 are evaluated through per-channel sums so that each pass over the (B, C, *S) data is one
-    NumPy call: with x viewed as (B, G, C/G, n_s), n = (C/G)·n_s elements per group,
+    Inputs x (B, C, *S), γ (C,), β (C,). NumPy arrays run the Numba kernels of `ops/norm_numba.py`
+    (eq. M22: three passes forward, two backward; saved x, μ, r); other array modules (CuPy) run
+    `group_norm_forward_xp` / `group_norm_backward_xp` (below). The two are tested against each other
+    and against `group_norm_reference`.
+    """
+
+    def forward(self, x, weight, bias, num_groups=1, eps=1e-5):
+        _check_group_norm(x, num_groups, weight, bias)
+        self.weight, self.num_groups = weight, num_groups
+        if xp_of(x) is np and x.dtype in (np.float32, np.float64):
+            self.x = x
+            y, self.mean, self.rstd = norm_numba.group_norm_forward(x, weight, bias, num_groups, eps)
+            return y
+        y, self.saved = group_norm_forward_xp(x, weight, bias, num_groups, eps)
+        return y
+
+    def backward(self, g):
+        if hasattr(self, "x"):
+            dx, dw, db = norm_numba.group_norm_backward(g, self.x, self.weight, self.mean, self.rstd,
+                                                        self.num_groups)
+        else:
+            dx, dw, db = group_norm_backward_xp(g, self.weight, *self.saved)
+        return tuple(d if need else None for d, need in zip((dx, dw, db), self.needs_grad))
+
+
+def group_norm_forward_xp(x, weight, bias, num_groups, eps):
+    """Eq. M6 through per-channel sums, one array-module call per pass; returns y and what backward needs.
+
+    With x viewed as (B, G, C/G, n_s), n = (C/G)·n_s elements per group, r = 1/√(σ² + ε) per (b, group):
 
         y = (x − μ) · (r γ_c) + β_c,
         S_c = Σ_s g,  T_c = Σ_s g (x − μ)       (per sample and channel)
@@ -60,42 +89,34 @@ class GroupNorm(Function):
         ∂L/∂x = g · (r γ_c) − (x − μ) · r² mean(ĝ ⊙ x̂) − r mean(ĝ),   (eq. M7 expanded)
         ∂L/∂γ_c = Σ_b r T_c,   ∂L/∂β_c = Σ_b S_c.
     """
+    xp = xp_of(x)
+    B, C = x.shape[:2]
+    G = num_groups
+    x4 = x.reshape(B, G, C // G, math.prod(x.shape[2:]))   # explicit n_s: B = 0 is a valid empty batch
+    n = x4.shape[2] * x4.shape[3]
+    centered = x4 - x4.mean(axis=(2, 3), keepdims=True)                               # x − μ
+    var = xp.einsum("bgcs,bgcs->bg", centered, centered) / n
+    r = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)                                   # (B, G)
+    gamma, beta = weight.reshape(1, G, C // G, 1), bias.reshape(1, G, C // G, 1)
+    y = centered * (r[:, :, None, None] * gamma)
+    y += beta
+    return y.reshape(x.shape), (centered, r, n, x.shape)
 
-    def forward(self, x, weight, bias, num_groups=1, eps=1e-5):
-        _check_group_norm(x, num_groups, weight, bias)
-        xp = xp_of(x)
-        B, C = x.shape[:2]
-        G = num_groups
-        x4 = x.reshape(B, G, C // G, math.prod(x.shape[2:]))   # explicit n_s: B = 0 is a valid empty batch
-        n = x4.shape[2] * x4.shape[3]
-        self.centered = x4 - x4.mean(axis=(2, 3), keepdims=True)                      # x − μ
-        var = xp.einsum("bgcs,bgcs->bg", self.centered, self.centered) / n
-        self.r = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)                          # (B, G)
-        self.shape, self.weight, self.n = x.shape, weight, n
-        gamma, beta = weight.reshape(1, G, C // G, 1), bias.reshape(1, G, C // G, 1)
-        y = self.centered * (self.r[:, :, None, None] * gamma)
-        y += beta
-        return y.reshape(x.shape)
 
-    def backward(self, g):
-        xp = xp_of(g)
-        c, r, n = self.centered, self.r, self.n
-        B, G, Cg = c.shape[:3]
-        g4 = g.reshape(c.shape)
-        gamma = self.weight.reshape(1, G, Cg)
-        S = g4.sum(axis=3)                                                           # (B, G, C/G)
-        T = xp.einsum("bgcs,bgcs->bgc", g4, c)
-        dx = None
-        if self.needs_grad[0]:
-            mean_g_hat = (gamma * S).sum(axis=2) / n                                 # (B, G)
-            mean_g_hat_x_hat = r * (gamma * T).sum(axis=2) / n
-            dx = g4 * (r[:, :, None] * gamma)[..., None]
-            dx -= c * (r * r * mean_g_hat_x_hat)[:, :, None, None]    # r x̂ = r² (x − μ)
-            dx -= (r * mean_g_hat)[:, :, None, None]
-            dx = dx.reshape(self.shape)
-        dw = (r[:, :, None] * T).sum(axis=0).reshape(-1) if self.needs_grad[1] else None
-        db = S.sum(axis=0).reshape(-1) if self.needs_grad[2] else None
-        return dx, dw, db
+def group_norm_backward_xp(g, weight, centered, r, n, shape):
+    """(∂L/∂x, ∂L/∂γ, ∂L/∂β) of `group_norm_forward_xp` (eq. M7 expanded, its docstring)."""
+    xp = xp_of(g)
+    B, G, Cg = centered.shape[:3]
+    g4 = g.reshape(centered.shape)
+    gamma = weight.reshape(1, G, Cg)
+    S = g4.sum(axis=3)                                                               # (B, G, C/G)
+    T = xp.einsum("bgcs,bgcs->bgc", g4, centered)
+    mean_g_hat = (gamma * S).sum(axis=2) / n                                         # (B, G)
+    mean_g_hat_x_hat = r * (gamma * T).sum(axis=2) / n
+    dx = g4 * (r[:, :, None] * gamma)[..., None]
+    dx -= centered * (r * r * mean_g_hat_x_hat)[:, :, None, None]    # r x̂ = r² (x − μ)
+    dx -= (r * mean_g_hat)[:, :, None, None]
+    return dx.reshape(shape), (r[:, :, None] * T).sum(axis=0).reshape(-1), S.sum(axis=0).reshape(-1)
 
 
 class LayerNorm(Function):
