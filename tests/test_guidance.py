@@ -243,3 +243,19 @@ def test_a_class_conditional_checkpoint_round_trips(tmp_path):
 def test_an_unconditional_ddpm_writes_the_hparams_it_always_wrote():
     model = DDPM((1, 4, 4), T=5, base_channels=4, attention_resolutions=())
     assert not {"num_classes", "p_uncond", "variance", "vlb_weight"} & set(model.hparams)
+
+
+def test_evaluate_bounds_log_p_x_with_the_null_label_and_log_p_x_given_y_on_the_same_noise():
+    model = _conditional_ddpm()
+    x = _grid(np.random.default_rng(8).uniform(-1, 1, (3, 1, 4, 4)))
+    as_null = model.evaluate(x, np.full(3, 3), np.random.default_rng(9))      # "true" labels that are the null one
+    assert as_null["test_conditional_bits_per_dim"] == as_null["test_bits_per_dim"]
+    labelled = model.evaluate(x, np.array([0, 1, 2]), np.random.default_rng(9))
+    assert labelled["test_bits_per_dim"] == as_null["test_bits_per_dim"]
+    assert labelled["test_conditional_bits_per_dim"] != labelled["test_bits_per_dim"]
+    with pytest.raises(ValueError, match="scored with the test labels"):
+        model.evaluate(x, None, np.random.default_rng(9))
+
+
+def _grid(x, levels=17):
+    return (np.round((x + 1) / 2 * (levels - 1)) / (levels - 1) * 2 - 1).astype(np.float32)

@@ -19,6 +19,7 @@ Two extensions of the teaching U-Net, for any image shape (docs/guidance_varianc
                         log Sigma_theta = v log beta_t + (1 - v) log beta_tilde_t (G6), trained by the hybrid
                         loss L_simple + vlb_weight L_vlb with the mean detached in L_vlb (G7)
 """
+import copy
 import functools
 import math
 import os
@@ -267,6 +268,7 @@ class DDPM(nn.Module):
         y = None if y is None else y[:x.shape[0]]
         levels, variance = self.hparams["levels"], self.hparams.get("variance", "fixed_small")
         unconditional = None if not self.num_classes else xp_of(x).full(x.shape[0], self.num_classes)
+        paired = copy.deepcopy(rng) if self.num_classes else None   # the same noise for both bounds: a paired gap
         vlb = diffusion.nll_bpd(functools.partial(self.network_arrays, y=unconditional), x, self.schedule, rng,
                                 variance=variance, levels=levels, progress=progress)
         loss, metrics = self.loss((x, y), rng)
@@ -276,7 +278,7 @@ class DDPM(nn.Module):
                   "test_eps_loss": metrics.get("l_simple", float(to_numpy(loss.data)))}
         if self.num_classes:   # the bound on -log p(x | y) with the true labels, beside that on -log p(x) (label null)
             conditional = diffusion.nll_bpd(functools.partial(self.network_arrays, y=y), x,
-                                            self.schedule, rng, variance=variance, levels=levels, progress=progress)
+                                            self.schedule, paired, variance=variance, levels=levels, progress=progress)
             result["test_conditional_bits_per_dim"] = float(to_numpy(conditional["total_bpd"]).mean())
         return result
 
