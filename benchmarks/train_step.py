@@ -20,7 +20,9 @@ the other). Each worker times, after 2 warm-up steps:
   peak     the peak resident-memory growth over one training step: free heap pages are returned first
            (malloc_trim), VmHWM is reset to VmRSS (/proc/self/clear_refs), one step runs, growth = VmHWM − VmRSS
   sampling (digits only) images/s for 64 images by 200-step DDPM and 50-step DDIM (clipped x0, one run each)
-and prints one JSON line. Reported: the median over processes of each worker's median; ratio = ours/torch;
+and prints one JSON line. Every time is taken as wall time and as the process's CPU time (`*_cpu_s`:
+with one thread each, the work done, whatever the machine's load). Reported: the median over processes of
+each worker's median; ratio = ours/torch (cpu_ratio, forward_cpu_ratio: the same in CPU time);
 paired_ratios: ours/torch of each round's two processes (their spread is the load's effect).
 With --baseline DIR (repeatable) each round also runs the ours worker on the minidiff package found in each DIR
 (PYTHONPATH=DIR, e.g. an older commit unpacked by `git archive`), in the order baselines, ours, torch, and
