@@ -2,8 +2,8 @@
 
 Sample grids, the forward-noising strip x_0 -> x_T, the reverse trajectory x_T -> x_0, loss and
 ELBO curves, VAE latent scatter and decoded 2-D manifold, alpha_bar_t and SNR_t of schedules, and
-reconstruction error against latent size, score histograms. Every function takes NumPy arrays and a path, and
-returns the path. See docs/training.md §6.
+reconstruction error against latent size, score histograms, sample quality against network calls. Every
+function takes NumPy arrays and a path, and returns the path. See docs/training.md §6.
 """
 import math
 import os
