@@ -616,6 +616,9 @@ def cmd_eval(args):
         started = time.time()
         samples = draw_samples(args, model, args.n, labels if _class_conditional(model) else None)
         result["sampling_seconds"] = round(time.time() - started, 1)
+        if _samples_by_chain(model):                  # which sampler drew the scored samples
+            result["sampler"] = {"name": args.sampler or "ddpm", "steps": args.steps or model.T,
+                                 "options": sampler_options(args)}
         requested = labels if _class_conditional(model) else None
         result["quality"] = quality.sample_quality(classifier, samples, dataset.x_test, requested)
         result["quality"]["reference_frechet_train_vs_test"] = quality.reference_distance(

@@ -2,8 +2,8 @@
 
 Sample grids, the forward-noising strip x_0 -> x_T, the reverse trajectory x_T -> x_0, loss and
 ELBO curves, VAE latent scatter and decoded 2-D manifold, alpha_bar_t and SNR_t of schedules, and
-reconstruction error against latent size, score histograms. Every function takes NumPy arrays and a path, and
-returns the path. See docs/training.md §6.
+reconstruction error against latent size, score histograms, sample quality against network calls. Every
+function takes NumPy arrays and a path, and returns the path. See docs/training.md §6.
 """
 import math
 import os
@@ -11,6 +11,7 @@ import os
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from minidiff.backend import to_numpy
 
@@ -122,6 +123,9 @@ def save_budget_trend(curves, reference, path, ylabel, title=None, linthresh=1e-
         ax.plot(calls, values, label=name, marker="o", markersize=3)
     ax.axhline(reference, color="0.3", linestyle="--", linewidth=1, label="yardstick (data vs data)")
     ax.set_xscale("log")
+    ticks = next(iter(curves.values()))[0]                                  # the first curve's calls, plainly
+    ax.set_xticks(ticks, [str(c) for c in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yscale("symlog", linthresh=linthresh)
     ax.set_xlabel("network calls")
     ax.set_ylabel(ylabel)
