@@ -346,6 +346,7 @@ def _diff(fn, *names, **extra):
     return E(fn, **args)
 
 
+RESPACED_STEPS = dataclasses.replace(integer(None, lo=2, hi=T, none=True), names=("K",))  # Schedule.respace's K
 SAMPLE_COMMON = dict(shape=Arg(DATA, ((0, 1, 4, 4), (B, -1, 4, 4), "abc", None, (2.5, 1))),
                      schedule=schedule_arg(), rng=rng_arg(), steps=integer(None, lo=1, hi=T, none=True),
                      clip_x0=flag(False), dtype=Arg(np.float32, ("nonsense", np.int64)),
@@ -447,10 +448,10 @@ ENTRIES.update({
                                 weighting=choice("none")),
     "diffusion.ode_log_likelihood": E(diffusion.ode_log_likelihood, model=eps_model((B, 3)),
                                       x0=array(unit(B, 3), shapes=[()]), schedule=schedule_arg(),
-                                      steps=integer(None, lo=2, hi=T, none=True), trace=choice("exact"),
+                                      steps=RESPACED_STEPS, trace=choice("exact"),
                                       rng=rng_arg(), divergence=choice("finite-difference"), solver=choice("euler")),
     "diffusion.ode_nll_bpd": E(diffusion.ode_nll_bpd, model=eps_model((B, 3)), x0=array(unit(B, 3), shapes=[()]),
-                               schedule=schedule_arg(), steps=integer(None, lo=2, hi=T, none=True),
+                               schedule=schedule_arg(), steps=RESPACED_STEPS,
                                trace=choice("exact"), rng=rng_arg(), divergence=choice("finite-difference"),
                                solver=choice("euler"), n_dequant=integer(1, lo=1),
                                bin_width=real(2 / 255, above=0.0)),

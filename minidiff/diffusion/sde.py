@@ -189,7 +189,7 @@ def _trace_autograd(model, x, t, directions):
     """(eps_theta(x, t), sum_j v_j^T (d eps / dx) v_j per sample): one forward pass, one VJP per probe v_j."""
     with enable_grad(), _frozen_parameters(model):
         x_in = Tensor(x, requires_grad=True)
-        out = model(x_in, t)
+        out = _output(model, x_in, t)
         total = 0.0
         for v in directions:
             x_in.grad = None
@@ -202,18 +202,16 @@ def _trace_finite_difference(model, x, t, directions, delta):
     """(eps_theta(x, t), sum_j v_j^T J v_j per sample), J v = (eps(x + d v) - eps(x - d v)) / 2d (central)."""
     total = 0.0
     for v in directions:
-        jvp = (model(x + delta * v, t) - model(x - delta * v, t)) / (2.0 * delta)
+        jvp = (_output(model, x + delta * v, t) - _output(model, x - delta * v, t)) / (2.0 * delta)
         total = total + _per_sample(v * jvp)
-    return model(x, t), total
+    return _output(model, x, t), total
 
 
-def _shape_checked(model, shape):
-    """model whose every output is checked to have x's shape (a (B, 1) output must not broadcast)."""
-    def call(x, t):
-        out = model(x, t)
-        checks.shape("model(x_t, t)", out, shape, "ode_log_likelihood", because=" (that of x_t)")
-        return out
-    return call
+def _output(model, x, t):
+    """model(x, t), checked to have x's shape (a (B, 1) output must not broadcast)."""
+    out = model(x, t)
+    checks.shape("model(x_t, t)", out, tuple(x.shape), "ode_log_likelihood", because=" (that of x_t)")
+    return out
 
 
 def _per_sample(a):
@@ -253,7 +251,6 @@ def eps_and_divergence(model, x, t, probes, divergence, delta=None):
     "autograd" (one forward pass and one backward pass per probe; the model must accept Tensors) or
     "finite-difference" (two calls per probe, step delta: 1e-4 in float64, 1e-2 in float32).
     """
-    model = _shape_checked(model, tuple(x.shape))
     if divergence == "autograd":
         return _trace_autograd(model, x, t, probes)
     delta = delta or (1e-4 if x.dtype == np.float64 else 1e-2)
@@ -282,8 +279,6 @@ def ode_log_likelihood_terms(model, x0, schedule, steps=None, trace="exact", rng
     checks.batch("ode_log_likelihood", x0=x0)
     checks.floating("x0", x0, "ode_log_likelihood")
     checks.instance("schedule", schedule, Schedule, "a Schedule", "ode_log_likelihood")
-    if steps is not None:
-        checks.integer("steps", steps, minimum=2, maximum=schedule.T, where="ode_log_likelihood")
     if rng is not None:
         checks.generator("rng", rng, "ode_log_likelihood")
     chain = schedule if steps is None else schedule.respace(steps)
