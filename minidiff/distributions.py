@@ -101,7 +101,7 @@ def gaussian_kl_full(mean1, cov1, mean2, cov2):
 
 def _check_gaussian(mean, cov, which):
     """(mean, cov) as float64 arrays if mean is (..., d) and cov (..., d, d) with the same `...` (eq. K6's shapes)."""
-    mean, cov = np.asarray(mean, dtype=np.float64), _check_covariance(cov, f"cov{which}")
+    mean, cov = _finite_float64(mean, f"mean{which}"), _check_covariance(cov, f"cov{which}")
     checks.shape(f"mean{which}", mean, cov.shape[:-1], "gaussian_kl_full",
                  because=f" (cov{which} is {cov.shape}: a mean (..., d) for a covariance (..., d, d), one batch shape)")
     return mean, cov
@@ -119,8 +119,16 @@ def _paired_batch(mean1, mean2, d):
     return b1 or b2
 
 
+def _finite_float64(x, name):
+    """x as a float64 array if it holds finite real numbers (a TypeError/ValueError naming it otherwise)."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "iuf":
+        raise TypeError(f"gaussian_kl_full: {name} must hold real numbers, got dtype {x.dtype}")
+    return checks.finite(name, x.astype(np.float64), "gaussian_kl_full")
+
+
 def _check_covariance(cov, name):
-    cov = np.asarray(cov, dtype=np.float64)
+    cov = _finite_float64(cov, name)
     if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"gaussian_kl_full: {name} must be (..., d, d) square matrices, got shape {cov.shape}")
     if not np.allclose(cov, np.swapaxes(cov, -1, -2), rtol=1e-10, atol=1e-12):

@@ -10,6 +10,8 @@ w is s − 1 (ε̃ = (1 + w) ε_θ(x, y) − w ε_θ(x, ∅)); diffusers' `guida
 `guided_model` wraps a labelled network as the `model(x_t, t)` callable every sampler of
 diffusion.SAMPLERS and the VLB take, so guidance is applied once, at the model call, for all of them.
 """
+import numpy as np
+
 from minidiff import checks
 from minidiff.backend import xp_of
 
@@ -33,6 +35,12 @@ def guided_model(network, labels, null_label, scale):
     labels: (B,) integer array, the requested class of each sample; null_label: the index of ∅.
     The call evaluates [x_t; x_t] at [t; t] with labels [y; ∅] and splits the result in two halves.
     """
+    checks.function("network", network, "guided_model")
+    null_label = checks.integer("null_label", null_label, minimum=0, where="guided_model")
+    labels = checks.array_like("labels", labels, "guided_model")
+    if len(labels.shape) != 1 or np.dtype(labels.dtype).kind not in "iu":
+        raise TypeError(f"guided_model: labels must be a (B,) array of integer classes, got shape "
+                        f"{tuple(labels.shape)} and dtype {labels.dtype}")
     s = checks.real("scale", scale, where="guided_model")
 
     def model(x_t, t):

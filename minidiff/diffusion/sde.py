@@ -342,10 +342,11 @@ def ode_nll_bpd(model, x0, schedule, steps=None, trace="hutchinson", rng=None, d
     discretised decoder uses them (17 for the digits, 256 for 8-bit images), so the two numbers compare.
     n_dequant draws of u from rng; the other arguments as `ode_log_likelihood`.
     """
-    discretized_bin_edges(x0, levels)                                   # x0 on the grid, or a ValueError
     rng = default_rng() if rng is None else checks.generator("rng", rng, "ode_nll_bpd")
     n_dequant = checks.integer("n_dequant", n_dequant, minimum=1, where="ode_nll_bpd")
     checks.batch("ode_nll_bpd", x0=x0)
+    checks.floating("x0", x0, "ode_nll_bpd")
+    discretized_bin_edges(x0, levels)                                   # x0 on the grid, or a ValueError
     xp, D = xp_of(x0), int(np.prod(x0.shape[1:]))
     bin_width = 2.0 / (levels - 1)
     log_p = 0.0
