@@ -37,7 +37,7 @@ def guided_model(network, labels, null_label, scale):
     """
     checks.function("network", network, "guided_model")
     null_label = checks.integer("null_label", null_label, minimum=0, where="guided_model")
-    labels = checks.array_like("labels", labels, "guided_model")
+    labels = labels if hasattr(labels, "dtype") else np.asarray(labels)      # a list of classes is fine too
     if len(labels.shape) != 1 or np.dtype(labels.dtype).kind not in "iu":
         raise TypeError(f"guided_model: labels must be a (B,) array of integer classes, got shape "
                         f"{tuple(labels.shape)} and dtype {labels.dtype}")
