@@ -85,6 +85,9 @@ def _parser():
                    help="also checkpoint when this many minutes passed since the last one (default 5; 0: off)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model hyperparameter, e.g. --set latent_dim=2 --set kind=conv (JSON values)")
+    t.add_argument("--autoencoder", metavar="PATH", help="ldm only: a trained first stage (a klae checkpoint, or an "
+                                                         "ldm checkpoint's autoencoder); all --steps then train the "
+                                                         "latent DDPM (default: train one on a quarter of --steps)")
     _common(t)
 
     s = sub.add_parser("sample", help="draw N samples from a checkpoint into an .npy (+ a PNG grid beside it)")
@@ -285,6 +288,7 @@ def _can_sample(model):
 # Flags of `train` that only some models take (dest: (test on the built model, who takes it)).
 TRAIN_FLAGS = {
     "eval_every": (lambda m: hasattr(m, "evaluate"), "models with held-out metrics"),
+    "autoencoder": (lambda m: hasattr(m, "set_latent_scale"), "latent diffusion (ldm)"),
 }
 
 # Flags of `sample` and `eval` that only some models take.
@@ -364,15 +368,16 @@ def sampler_options(args):
 
 # ---------------------------------------------------------------- train
 
-def new_model(args, dataset):
-    """The model `args.model` with its defaults for the dataset and the --set overrides, seeded by --seed."""
+def new_model(args, dataset, defaults=None):
+    """The model `args.model` with its defaults for the dataset (updated by `defaults`) and the --set overrides,
+    seeded by --seed."""
     cls = models.REGISTRY[args.model]
     sets = parse_pairs("--set", args.set)
     accepted = [name for name in inspect.signature(cls).parameters if name != "dtype"]
     unknown = [key for key in sets if key not in accepted]
     if unknown:
         raise UsageError(f"--set: {args.model} has no hyperparameter {unknown[0]!r}; it takes {', '.join(accepted)}")
-    hparams = {**cls.default_hparams(dataset), **sets}
+    hparams = {**cls.default_hparams(dataset), **(defaults or {}), **sets}
     if hasattr(cls, "inapplicable_hparams"):   # hyperparameters of another network than the one this data gets
         wrong = [key for key in cls.inapplicable_hparams(hparams) if key in sets]
         if wrong:
@@ -410,16 +415,50 @@ def validate_train(args):
     writable_folder("--out", args.out)
     if args.resume and not os.path.isfile(os.path.join(args.out, Trainer.CHECKPOINT)):
         raise UsageError(f"--resume: {os.path.join(args.out, Trainer.CHECKPOINT)!r} does not exist")
+    check_applies(TRAIN_FLAGS, args, models.REGISTRY[args.model], "train")
+    if args.model == "ldm" and args.autoencoder is None:
+        if args.resume:
+            raise UsageError(f"--resume: train ldm resumes the diffusion stage only; pass the first stage with "
+                             f"--autoencoder {os.path.join(args.out, 'autoencoder', Trainer.CHECKPOINT)} and "
+                             "--steps counting diffusion steps alone")
+        at_least("--steps", args.steps, 2)   # one autoencoder step and one diffusion step at least
+
+
+def load_autoencoder(args, dataset):
+    """The KL autoencoder of --autoencoder (a klae checkpoint, or an ldm's first stage), or None."""
+    if args.autoencoder is None:
+        return None
+    model, _ = load_checkpoint("--autoencoder", args.autoencoder)
+    autoencoder = model.autoencoder if model.name == "ldm" else model
+    if autoencoder.name != "klae":
+        raise UsageError(f"--autoencoder: {args.autoencoder!r} holds a {model.name} model, expected a klae (train "
+                         "klae) or an ldm checkpoint")
+    if autoencoder.image_shape != dataset.image_shape:
+        raise UsageError(f"--autoencoder: it encodes images of shape {autoencoder.image_shape}, --dataset "
+                         f"{args.dataset} has {dataset.image_shape}")
+    return autoencoder
+
+
+def latent_first_stage(args, model, dataset, config, autoencoder):
+    """ldm: (the diffusion stage's config, the scaled codes of the training set), minidiff.latent.first_stage."""
+    from minidiff import latent
+    try:
+        return latent.first_stage(model, dataset, config, autoencoder, args.out, log=_write)
+    except ValueError as e:   # a --set that contradicts the given autoencoder
+        raise UsageError(f"--autoencoder: {e}; drop the --set or train a new first stage") from None
 
 
 def cmd_train(args):
     args.out = args.out or os.path.join("runs", args.model)
     validate_train(args)
     dataset = data.load_dataset(args.dataset, args.data_root, seed=0)
-    model = new_model(args, dataset)
-    check_applies(TRAIN_FLAGS, args, model, "train")
+    autoencoder = load_autoencoder(args, dataset)   # ldm: a trained first stage, whose hparams the model takes
+    model = new_model(args, dataset, autoencoder and models.REGISTRY[args.model].hparams_of(autoencoder))
     config = train_config(type(model), args)
-    trainer = Trainer(model, config, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
+    x_train = dataset.x_train
+    if hasattr(model, "set_latent_scale"):   # latent diffusion: the autoencoder first, then its codes
+        config, x_train = latent_first_stage(args, model, dataset, config, autoencoder)
+    trainer = Trainer(model, config, x_train, dataset.y_train, dataset.x_test, dataset.y_test,
                       out_dir=args.out, meta={"dataset": args.dataset})
     if args.resume:
         try:
