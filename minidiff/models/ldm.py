@@ -41,7 +41,7 @@ class LDM(nn.Module):
     TRAIN_DEFAULTS = dict(steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.995)
 
     def __init__(self, image_shape=(1, 8, 8), latent_channels=4, channels=32, kl_weight=1e-4, downsamples=None,
-                 T=200, schedule="cosine", base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
+                 T=200, schedule="linear", base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
                  attention_resolutions=(4,), dropout=0.1, eval_images=64, schedule_options=None, prediction="eps",
                  dtype=None):
         super().__init__()
