@@ -24,8 +24,8 @@ def _images(n, side, seed=0, channels=1):
 
 def _tiny_ldm(side=8, dtype=None, **kw):
     minidiff.manual_seed(0)
-    args = dict(latent_channels=2, channels=4, T=6, base_channels=4, attention_resolutions=(), dropout=0.0,
-                eval_images=3)
+    args = dict(latent_channels=2, channels=4, T=6, schedule="cosine", base_channels=4, attention_resolutions=(),
+                dropout=0.0, eval_images=3)
     return LDM((1, side, side), **{**args, **kw}, dtype=dtype)
 
 

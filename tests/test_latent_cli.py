@@ -8,7 +8,7 @@ import pytest
 
 from minidiff.cli import main
 
-TINY = ["--set", "T=5", "--set", "base_channels=8", "--set", "channels=4", "--set", "latent_channels=2",
+TINY = ["--set", "T=25", "--set", "base_channels=8", "--set", "channels=4", "--set", "latent_channels=2",
         "--set", "eval_images=4", "--no-progress"]
 
 
@@ -85,7 +85,7 @@ MISTAKES = {  # argv, the flag its error line names
                                      "runs/ldm/autoencoder/model.safetensors"], "--autoencoder"),
     "label on an ldm": (["sample", "--checkpoint", "runs/ldm/model.safetensors", "--label", "3", "--out", "s.npy"],
                         "--label"),
-    "steps beyond the latent T": (["sample", "--checkpoint", "runs/ldm/model.safetensors", "--steps", "6",
+    "steps beyond the latent T": (["sample", "--checkpoint", "runs/ldm/model.safetensors", "--steps", "26",
                                    "--out", "s.npy"], "--steps"),
     "sample a klae": (["sample", "--checkpoint", "runs/ldm/autoencoder/model.safetensors", "--out", "s.npy"],
                       "--checkpoint"),
