@@ -3,7 +3,9 @@
     z   = E[z | x] = mu_phi(x)          the training images encoded once, by the posterior mean (eq. Z3)
     s   = 1 / std(z)                    over every element of the encoded training set (eq. Z4)
     eps_theta trained on s z            models/ddpm.py's DDPM on the latent shape (c, h, w), L_simple,
-                                        without clipping x0_hat (the latents are not in [-1, 1])
+                                        without clipping x0_hat (the latents are not in [-1, 1]), on the
+                                        linear schedule by default (the cosine one's beta_T = 0.999 step is
+                                        unstable without the clip: docs/latent.md §2)
     x   = D_theta(z_0 / s),  z_0 ~ p_theta(z_0)      sampling: the latent chain, then one decoder call (Z5)
 
 The model holds both stages (`autoencoder`, `ddpm`) and s (the buffer `latent_scale`), so one
