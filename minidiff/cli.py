@@ -88,6 +88,9 @@ def _parser():
     t.add_argument("--autoencoder", metavar="PATH", help="ldm only: a trained first stage (a klae checkpoint, or an "
                                                          "ldm checkpoint's autoencoder); all --steps then train the "
                                                          "latent DDPM (default: train one on a quarter of --steps)")
+    t.add_argument("--class-conditional", action="store_true",
+                   help="condition on the dataset's labels (num_classes = the dataset's); ddpm, ldm: classifier-free "
+                        "guidance, labels dropped with probability p_uncond (--set p_uncond=0.1)")
     _common(t)
 
     s = sub.add_parser("sample", help="draw N samples from a checkpoint into an .npy (+ a PNG grid beside it)")
@@ -96,7 +99,8 @@ def _parser():
     s.add_argument("--out", required=True, help="FILE.npy (FILE.png is written beside it)")
     _sampling(s)
     s.add_argument("--eta", type=float, help="ddim sampler only (same as --sampler-option eta=E)")
-    s.add_argument("--label", type=int, help="cvae only: the digit to draw (default: 0..9 in turn)")
+    s.add_argument("--label", type=int, help="class-conditional models only (cvae, ddpm or ldm --class-conditional): "
+                                             "the class to draw (default: 0..K-1 in turn)")
     s.add_argument("--seed", type=int, default=0)
     _common(s)
 
@@ -112,10 +116,13 @@ def _parser():
     _common(e)
 
     f = sub.add_parser("plot", help="figures: 'checkpoint' (a model's figures), 'schedules', 'recon-vs-latent', "
-                                    "'vae-anomaly', 'mae-probe' or 'score-field' (a 2-D DDPM: its score arrows, "
-                                    "every sampler, MMD at equal calls)")
+                                    "'vae-anomaly', 'mae-probe', 'score-field' (a 2-D DDPM: its score arrows, "
+                                    "every sampler, MMD at equal calls) or 'guidance-sweep' (a class-conditional "
+                                    "ddpm at guidance scales 0..5: requested-label accuracy, FD)")
     f.add_argument("what", choices=list(PLOTS))
-    f.add_argument("--checkpoint", help="checkpoint and score-field only: the model whose figures to draw")
+    f.add_argument("--checkpoint", help="checkpoint, score-field and guidance-sweep only: the model whose figures "
+                                        "to draw")
+    f.add_argument("--classifier", help="guidance-sweep only: the classifier that scores the samples")
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument("--T", type=int, help="schedules only: the number of steps T (default 200)")
     f.add_argument("--steps", type=int, help="recon-vs-latent, vae-anomaly and mae-probe only: training steps per "
@@ -153,6 +160,9 @@ def _sampling(p):
     p.add_argument("--steps", type=int, help="ddpm only: sample on K respaced steps, 1 <= K <= T (default: all T)")
     p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
                    help="ddpm only: a sampler option, e.g. --sampler-option eta=0.5 for ddim (JSON values)")
+    p.add_argument("--guidance", type=float, help="class-conditional ddpm or ldm only: the classifier-free guidance "
+                                                  "scale s (diffusers' guidance_scale; the paper's w = s - 1); "
+                                                  "0: unconditional, 1: conditional (default)")
 
 
 def _common(p):
@@ -281,6 +291,11 @@ def _class_conditional(model):
     return bool(getattr(model, "num_classes", 0))
 
 
+def _guided(model):
+    """A class-conditional diffusion model: it samples with classifier-free guidance."""
+    return _class_conditional(model) and _samples_by_chain(model)
+
+
 def _can_sample(model):
     return hasattr(model, "sample_images")
 
@@ -297,11 +312,13 @@ SAMPLING_FLAGS = {
     "steps": (_samples_by_chain, "diffusion models (ddpm)"),
     "sampler_option": (_samples_by_chain, "diffusion models (ddpm)"),
     "eta": (_samples_by_chain, "diffusion models (ddpm) with --sampler ddim"),
-    "label": (_class_conditional, "class-conditional models (cvae)"),
+    "label": (_class_conditional, "class-conditional models (cvae, ddpm or ldm trained with --class-conditional)"),
+    "guidance": (_guided, "class-conditional diffusion models (train ddpm or ldm --class-conditional)"),
 }
 
 # Flags of `plot` and the figures they apply to.
-PLOT_FLAGS = {"checkpoint": ("checkpoint", "score-field"), "T": ("schedules",),
+PLOT_FLAGS = {"checkpoint": ("checkpoint", "score-field", "guidance-sweep"), "T": ("schedules",),
+              "classifier": ("guidance-sweep",),
               "steps": ("recon-vs-latent", "vae-anomaly", "mae-probe"), "calls": ("score-field",)}
 
 
@@ -352,6 +369,8 @@ def validate_sampling(args, model, command):
             raise UsageError(f"--sampler-option: {e}") from None
         if args.steps is not None and not 1 <= args.steps <= model.T:
             raise UsageError(f"--steps must be in 1..{model.T} (the model's T), got {args.steps}")
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
     if getattr(args, "label", None) is not None and not 0 <= args.label < model.num_classes:
         raise UsageError(f"--label must be in 0..{model.num_classes - 1}, got {args.label}")
 
@@ -377,6 +396,11 @@ def new_model(args, dataset, defaults=None):
     unknown = [key for key in sets if key not in accepted]
     if unknown:
         raise UsageError(f"--set: {args.model} has no hyperparameter {unknown[0]!r}; it takes {', '.join(accepted)}")
+    if args.class_conditional:
+        if "num_classes" not in accepted or "num_classes" in sets:
+            raise UsageError("--class-conditional: " + (f"{args.model} takes no labels" if "num_classes" not in
+                                                          accepted else "give it or --set num_classes, not both"))
+        sets["num_classes"] = dataset.num_classes
     hparams = {**cls.default_hparams(dataset), **(defaults or {}), **sets}
     if hasattr(cls, "inapplicable_hparams"):   # hyperparameters of another network than the one this data gets
         wrong = [key for key in cls.inapplicable_hparams(hparams) if key in sets]
@@ -555,7 +579,8 @@ def draw_samples(args, model, n, label):
     _write(f"sampling {_count(n, 'image')} from {args.checkpoint}" + (
         f" with the {args.sampler or 'ddpm'} sampler on {args.steps or model.T} steps" if chain else ""),
         file=sys.stderr)
-    options = {**sampler_options(args), **progress_option(model.sample_images, not args.no_progress)}
+    options = {**sampler_options(args), **progress_option(model.sample_images, not args.no_progress),
+               **({"guidance": args.guidance} if args.guidance is not None else {})}
     return model.sample_images(n, backend.default_rng(seed=args.seed), sampler=args.sampler or "ddpm",
                                steps=args.steps, label=label, **options)
 
@@ -628,7 +653,7 @@ def cmd_eval(args):
     if classifier is not None:
         labels = np.arange(args.n) % dataset.num_classes
         started = time.time()
-        samples = draw_samples(args, model, args.n, labels)
+        samples = draw_samples(args, model, args.n, labels if _class_conditional(model) else None)
         result["sampling_seconds"] = round(time.time() - started, 1)
         requested = labels if _class_conditional(model) else None
         result["quality"] = quality.sample_quality(classifier, samples, dataset.x_test, requested)
@@ -652,16 +677,38 @@ def validate_plot(args):
     writable_folder("--out", args.out)
     for calls in args.calls or ():
         at_least("--calls", calls, toy2d.MIN_CALLS)   # two Langevin levels and the denoising call
-    if args.what in ("checkpoint", "score-field"):
+    if args.what in ("checkpoint", "score-field", "guidance-sweep"):
         if args.checkpoint is None:
             raise UsageError(f"--checkpoint: plot {args.what} needs --checkpoint PATH")
         model, state = load_checkpoint("--checkpoint", args.checkpoint)
+        if args.what == "guidance-sweep":
+            validate_guidance_sweep(args, model)
         if args.what == "score-field" and not (_points(model) and model.image_shape == (2,)):
             raise UsageError(f"--checkpoint: plot score-field takes a ddpm trained on a 2-D point set (train ddpm "
                              f"--dataset two-moons), got a {model.name} model of data shape "
                              f"{getattr(model, 'image_shape', None)}")
         return model, state
     return None, None
+
+
+def validate_guidance_sweep(args, model):
+    if not _guided(model):
+        raise UsageError(f"--checkpoint: plot guidance-sweep takes a class-conditional ddpm (train ddpm "
+                         f"--class-conditional), got a {model.name} model")
+    if args.classifier is None:
+        raise UsageError("--classifier: plot guidance-sweep needs the scoring classifier (train classifier)")
+    classifier, _ = load_checkpoint("--classifier", args.classifier)
+    if classifier.name != "classifier":
+        raise UsageError(f"--classifier: {args.classifier!r} holds a {classifier.name} model, expected a classifier")
+    args.classifier_model = classifier
+
+
+def plot_guidance_sweep(args, model, state):
+    """The requested-label accuracy, label entropies and FD ratio of samples at s in GUIDANCE_SCALES."""
+    from minidiff import experiments
+    dataset = data.load_dataset(state.get("dataset", "digits"), None, seed=0)
+    return experiments.guidance_sweep_report(args.out, model, args.classifier_model, dataset, seed=args.seed,
+                                             progress=not args.no_progress)
 
 
 def plot_checkpoint(args, model, state):
@@ -702,7 +749,8 @@ def plot_mae_probe(args, model, state):
 
 
 PLOTS = {"checkpoint": plot_checkpoint, "schedules": plot_schedules, "recon-vs-latent": plot_recon_vs_latent,
-         "vae-anomaly": plot_vae_anomaly, "mae-probe": plot_mae_probe, "score-field": plot_score_field}
+         "vae-anomaly": plot_vae_anomaly, "mae-probe": plot_mae_probe, "score-field": plot_score_field,
+         "guidance-sweep": plot_guidance_sweep}
 
 
 def cmd_plot(args):

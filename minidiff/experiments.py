@@ -9,6 +9,9 @@ import order (models never import the trainer).
                       -L_K; the AUROC of each score (docs/anomaly.md §3)
     mae_linear_probe  the MAE's masked-patch error against two inpainting baselines, and a linear probe
                       of its encoder's features against pixels, PCA and AE codes (docs/mae.md §4)
+    guidance_sweep    a class-conditional DDPM sampled at several guidance scales s: the classifier's
+                      accuracy on the requested label, the label entropies and the FD ratio per s
+                      (docs/guidance_variance.md §1)
 """
 import json
 import os
@@ -226,3 +229,48 @@ def mae_linear_probe_report(out, steps=1500, seed=0, progress=False):
     with trainer.averaged_weights():
         figures = mae.figures(out, data.digits(), trainer, default_rng(seed=seed))
     return [path] + figures
+
+
+GUIDANCE_SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+def guidance_sweep(model, classifier, dataset, scales=GUIDANCE_SCALES, n=500, sampler="ddim", steps=25, seed=0,
+                   progress=False):
+    """Sample quality of a class-conditional DDPM at each guidance scale s (eq. G4), labels 0..K-1 in turn.
+
+    Per s: quality.sample_quality with the requested labels (requested_label_accuracy, confident_fraction,
+    label_entropy_nats of the predicted-label histogram, frechet_distance), the mean per-sample predictive
+    entropy of the classifier (nats; falls as guidance sharpens each sample), frechet_ratio against the
+    FD of n real training images, and the sampling time. Every s starts from the same seed (same x_T).
+    """
+    import time
+
+    from minidiff import quality
+    labels = np.arange(n) % dataset.num_classes
+    yardstick = quality.reference_distance(classifier, dataset.x_train, dataset.x_test, n, seed=seed)
+    rows = []
+    for s in scales:
+        started = time.time()
+        samples = model.sample_images(n, default_rng(seed=seed), sampler=sampler, steps=steps, label=labels,
+                                      guidance=s, progress=progress)
+        seconds = time.time() - started
+        row = {"guidance": s, "sampling_seconds": round(seconds, 1),
+               **quality.sample_quality(classifier, samples, dataset.x_test, labels)}
+        probs = classifier.predict_proba(samples)
+        row["mean_predictive_entropy_nats"] = float(-(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(1).mean())
+        row["frechet_ratio"] = row["frechet_distance"] / yardstick
+        rows.append(row)
+        if progress:
+            print(f"s = {s:g}: requested label {row['requested_label_accuracy']:.3f}, "
+                  f"FD ratio {row['frechet_ratio']:.2f} ({seconds:.0f} s)", file=sys.stderr)
+    return {"sampler": sampler, "steps": steps, "n": n, "seed": seed,
+            "reference_frechet_train_vs_test": yardstick, "rows": rows}
+
+
+def guidance_sweep_report(out, model, classifier, dataset, seed=0, progress=False):
+    """guidance_sweep's report as out/guidance_sweep.json and its figure out/guidance_sweep.png; the paths."""
+    report = guidance_sweep(model, classifier, dataset, seed=seed, progress=progress)
+    path = os.path.join(out, "guidance_sweep.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    return [path, plots.save_guidance_sweep(report, os.path.join(out, "guidance_sweep.png"))]

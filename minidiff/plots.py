@@ -233,3 +233,31 @@ def _style(ax, title, limits):
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
+
+
+def save_guidance_sweep(report, path):
+    """A guidance sweep (experiments.guidance_sweep), two panels against s: the requested-label accuracy and the
+    confident fraction; the FD ratio and the mean predictive entropy."""
+    s = [row["guidance"] for row in report["rows"]]
+    fig = _figure(9, 3.4)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for key, name in (("requested_label_accuracy", "requested label drawn"),
+                      ("confident_fraction", "confident (p > 0.9)")):
+        left.plot(s, [row[key] for row in report["rows"]], marker="o", label=name)
+    left.axhline(0.95, color="grey", lw=0.8, ls="--")
+    left.set_xlabel("guidance scale s")
+    left.set_ylabel("fraction of samples")
+    left.legend(fontsize=8)
+    right.plot(s, [row["frechet_ratio"] for row in report["rows"]], marker="o", color="C3", label="FD / real")
+    right.set_xlabel("guidance scale s")
+    right.set_ylabel("FD / FD of real images")
+    twin = right.twinx()
+    twin.plot(s, [row["mean_predictive_entropy_nats"] for row in report["rows"]], marker="s", color="C2",
+              label="predictive entropy")
+    twin.set_ylabel("mean predictive entropy (nats)")
+    right.legend(handles=right.get_lines() + twin.get_lines(), fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"classifier-free guidance: {report['n']} samples, {report['sampler']} {report['steps']} steps",
+                 fontsize=9)
+    return _save(fig, path)

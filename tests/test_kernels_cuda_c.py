@@ -2,7 +2,7 @@
 
 No GPU is needed (CI has nvcc but no GPU); the test skips only when nvcc is absent. It also
 reads the PTX: every entry point cupy_raw.py launches exists, and the wide variants really
-issue 128-bit loads.
+emit 128-bit loads.
 """
 import re
 import shutil

@@ -206,3 +206,30 @@ def test_an_ldm_checkpoint_round_trips_to_the_same_samples(tmp_path):
     tensors, _ = checkpoint.load_file(trainer.last_checkpoint)   # one file: both stages and s
     assert {"params.latent_scale", "params.autoencoder.decoder.net.0.weight",
             "params.ddpm.unet.conv_out.weight"} <= set(tensors)
+
+
+# ---------------------------------------------------------------- class conditioning (docs/guidance_variance.md)
+
+def test_a_class_conditional_ldm_guides_the_latent_eps_and_decodes_it():
+    """The latent chain of a class-conditional LDM is its DDPM's guided chain (eq. G4 on the scaled codes):
+    at s = 1 the conditional one, at s = 0 the unconditional one, decoded by (Z5); labels reach the loss."""
+    model = _tiny_ldm(num_classes=3)
+    model.set_latent_scale(np.array([0.0, 0.5]))            # s = 4
+    model.ddpm.unet.conv_out.weight.data[...] = 0.1           # eps_hat = 0 at initialisation: no label would show
+    assert model.num_classes == 3 and model.hparams["num_classes"] == 3 and "p_uncond" in model.hparams
+    for guidance in (0.0, 1.0, 2.5):
+        z = model.ddpm.sample(4, np.random.default_rng(1), steps=3, label=2, guidance=guidance)
+        expected = model.autoencoder.decode(Tensor(z / np.float32(4.0))).data
+        got = model.sample(4, np.random.default_rng(1), steps=3, label=2, guidance=guidance)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    by_label = [model.sample(2, np.random.default_rng(1), steps=3, label=k) for k in range(3)]
+    assert not np.allclose(by_label[0], by_label[1])                # the label changes the samples
+    z = np.random.default_rng(0).standard_normal((4,) + model.latent_shape).astype(np.float32)
+    y = np.array([0, 1, 2, 0])
+    loss, _ = model.loss((z, y), np.random.default_rng(5))
+    same, _ = model.ddpm.loss((z, y), np.random.default_rng(5))
+    assert float(loss.data) == float(same.data)
+    result = model.evaluate(_images(4, 8).astype(np.float32), y, np.random.default_rng(0))
+    assert all(math.isfinite(v) for v in result.values())
+    unconditional = _tiny_ldm()
+    assert "num_classes" not in unconditional.hparams and unconditional.num_classes == 0

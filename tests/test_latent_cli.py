@@ -103,3 +103,17 @@ def test_a_latent_mistake_is_one_error_line_exit_2_and_writes_nothing(runs, monk
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], err
     assert out == "" and _files(runs) == before
+
+
+def test_train_ldm_class_conditional_then_sample_a_label_with_guidance(runs, monkeypatch):
+    monkeypatch.chdir(runs)
+    assert main(["train", "ldm", "--class-conditional", "--autoencoder", "runs/ldm/autoencoder/model.safetensors",
+                 "--steps", "2", "--batch-size", "16", "--out", "runs/cldm", *TINY]) == 0
+    metrics = json.loads((runs / "runs" / "cldm" / "metrics.json").read_text())
+    assert metrics["hparams"]["num_classes"] == 10
+    assert main(["sample", "--checkpoint", "runs/cldm/model.safetensors", "--n", "3", "--label", "7", "--guidance",
+                 "2", "--steps", "3", "--out", "c/x.npy", "--no-progress"]) == 0
+    x = np.load(runs / "c" / "x.npy")
+    assert x.shape == (3, 1, 8, 8) and np.all(np.abs(x) <= 1)
+    assert main(["sample", "--checkpoint", "runs/ldm/model.safetensors", "--guidance", "2", "--out", "c/y.npy",
+                 "--no-progress"]) == 2                                 # guidance needs a class-conditional model

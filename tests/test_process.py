@@ -8,8 +8,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import minidiff.kernels as kernels
-from minidiff.diffusion import (Schedule, eps_from_v, eps_from_x0, p_mean_variance, q_mean_variance, q_posterior,
-                                q_sample, q_step_mean_variance, q_step_sample, v_from_x0_eps, x0_from_eps, x0_from_v)
+from minidiff.diffusion import (Schedule, eps_from_v, eps_from_x0, p_mean_variance, predict_x0, q_mean_variance,
+                                q_posterior, q_sample, q_step_mean_variance, q_step_sample, v_from_x0_eps, x0_from_eps,
+                                x0_from_v)
 from minidiff.testing import gradcheck
 from tests.strategies_diffusion import problems, schedules, seeds
 
@@ -63,6 +64,8 @@ def test_q_sample_is_the_closed_form_and_differentiable(problem):
     ab = schedule.alpha_bars[t].reshape((-1,) + (1,) * (x0.ndim - 1))
     np.testing.assert_allclose(x_t, np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps, rtol=1e-12, atol=1e-14)
     gradcheck(lambda a, e: q_sample(a, t, e, schedule), [x0, eps])
+    gradcheck(lambda a: q_sample(a, t, eps, schedule), [x0])  # one Tensor is enough for the autograd path
+    gradcheck(lambda e: q_sample(x0, t, e, schedule), [eps])
 
 
 # ---------------------------------------------------------------- the posterior is the Bayes product
@@ -201,16 +204,67 @@ def test_p_mean_variance_clips_x0_hat_and_picks_the_variance(problem):
 
 
 def test_bad_timesteps_raise_clear_errors():
+    """Each message starts with the function that refused t (none for the one-table helpers)."""
     s, x = Schedule.cosine(10), np.zeros((3, 2))
-    with pytest.raises(ValueError, match="1..T"):
+    with pytest.raises(ValueError, match=r"^q_sample: t must lie in 1..T = 1..10, got values in 0..2"):
         q_sample(x, np.array([0, 1, 2]), x, s)
-    with pytest.raises(ValueError, match="1..T"):
+    with pytest.raises(ValueError, match=r"^q_posterior: t must lie in 1..T = 1..10"):
         q_posterior(x, x, np.array([1, 2, 11]), s)
-    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+    with pytest.raises(ValueError, match=r"^p_mean_variance: t must have shape \(B,\) = \(3,\)"):
         p_mean_variance(x, x, np.array([1, 2]), s)
-    with pytest.raises(TypeError, match="integer"):
+    with pytest.raises(TypeError, match="^t must hold integer timesteps"):
         q_mean_variance(x, np.array([1.0, 2.0, 3.0]), s)
+    with pytest.raises(ValueError, match=r"^t must have shape \(B,\) = \(0,\)"):  # a 0-d x has no batch
+        q_mean_variance(np.array(0.5), np.array([1]), s)
+    with pytest.raises(ValueError, match="impl"):
+        q_sample(x, np.array([1, 2, 3]), x, s, impl="no-such-kernel")
     with pytest.raises(ValueError, match="variance"):
         p_mean_variance(x, x, np.array([1, 2, 3]), s, variance="learned")
     with pytest.raises(ValueError, match="prediction"):
         p_mean_variance(x, x, np.array([1, 2, 3]), s, prediction="score")
+
+
+@given(problems())
+def test_q_step_sample_is_the_step_mean_plus_its_scaled_noise_and_at_t1_is_q_sample(problem):
+    """eq. (F1) as a function of its noise: x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps; at t = 1,
+    where alpha_bar_1 = alpha_1, one step from x_0 and the closed form (F5) give the same x_1 for the same eps."""
+    schedule, t, x0, eps, _ = problem
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    np.testing.assert_allclose(q_step_sample(x0, t, eps, schedule),
+                               np.sqrt(schedule.alphas[t]).reshape(shape) * x0
+                               + np.sqrt(schedule.betas[t]).reshape(shape) * eps, rtol=1e-12, atol=1e-14)
+    ones = np.ones_like(t)
+    np.testing.assert_allclose(q_step_sample(x0, ones, eps, schedule), q_sample(x0, ones, eps, schedule),
+                               rtol=1e-10, atol=1e-12)
+
+
+# each function of two same-shaped arrays, called with the second one of shape (B, 1), which would broadcast
+TWO_ARRAYS = [
+    ("q_step_sample", ("x_prev", "eps"), lambda a, b, t, s: q_step_sample(a, t, b, s)),
+    ("q_sample", ("x0", "eps"), lambda a, b, t, s: q_sample(a, t, b, s)),
+    ("q_posterior", ("x_t", "x0"), lambda a, b, t, s: q_posterior(b, a, t, s)),
+    ("x0_from_eps", ("x_t", "eps"), lambda a, b, t, s: x0_from_eps(a, t, b, s)),
+    ("eps_from_x0", ("x_t", "x0"), lambda a, b, t, s: eps_from_x0(a, t, b, s)),
+    ("v_from_x0_eps", ("x0", "eps"), lambda a, b, t, s: v_from_x0_eps(a, b, t, s)),
+    ("x0_from_v", ("x_t", "v"), lambda a, b, t, s: x0_from_v(a, t, b, s)),
+    ("eps_from_v", ("x_t", "v"), lambda a, b, t, s: eps_from_v(a, t, b, s)),
+    ("p_mean_variance", ("x_t", "eps_hat"), lambda a, b, t, s: p_mean_variance(b, a, t, s)),
+]
+
+
+@pytest.mark.parametrize("where, names, call", TWO_ARRAYS, ids=[w for w, _, _ in TWO_ARRAYS])
+def test_arrays_of_different_shapes_are_refused_not_broadcast(where, names, call):
+    """The two arrays of each equation have one shape; a (B, 1) partner is named, never broadcast."""
+    s, t = Schedule.cosine(10), np.array([1, 5])
+    full, column = np.zeros((2, 3)), np.zeros((2, 1))
+    with pytest.raises(ValueError, match=rf"^{where}: {names[1]} must have shape .*\(the shape of {names[0]}\)"):
+        call(full, column, t, s)
+    with pytest.raises(ValueError, match=rf"^{where}: {names[1]} must have shape .*\(the shape of {names[0]}\)"):
+        call(column, full, t, s)
+
+
+@given(problems())
+def test_predict_x0_reads_the_model_output_as_eps_by_default(problem):
+    schedule, t, x0, eps, _ = problem
+    x_t = q_sample(x0, t, eps, schedule)
+    np.testing.assert_array_equal(predict_x0(eps, x_t, t, schedule), x0_from_eps(x_t, t, eps, schedule))

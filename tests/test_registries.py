@@ -118,7 +118,7 @@ def test_sampler_options_are_keyword_only_and_checked_early():
     with pytest.raises(ValueError, match="eta must lie in"):
         make_sampler("ddim", eta=2.0)
     with pytest.raises(ValueError, match="variance must be one of"):
-        make_sampler("ddpm", variance="learned")
+        make_sampler("ddpm", variance="fixed_medium")
 
 
 @dataclass

@@ -1,13 +1,15 @@
 """Schedule tables and timestep respacing, docs/forward_process.md, docs/ddim.md."""
+import re
+
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from minidiff.diffusion import Schedule, spaced_timesteps
+from minidiff.diffusion import Schedule, make_schedule, spaced_timesteps
 from minidiff.diffusion.process import ddim_sigma
 from minidiff.kernels.reference import VARIANCES
-from tests.strategies_diffusion import KINDS, schedules, smallest_T
+from tests.strategies_diffusion import KINDS, OPTIONS, schedules, smallest_T
 
 TABLES = ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "sqrt_alpha_bars", "sqrt_one_minus_alpha_bars",
           "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
@@ -23,6 +25,33 @@ def test_tables_are_float64_length_T_plus_1_with_clean_data_at_index_0(s):
         assert table.dtype == np.float64 and table.shape == (s.T + 1,), name
     assert s.betas[0] == 0.0 and s.alphas[0] == 1.0 and s.alpha_bars[0] == 1.0
     assert s.sqrt_one_minus_alpha_bars[0] == 0.0 and s.snr[0] == np.inf
+    # t = 0 is the data itself: alpha_bar_{-1} := 1, and q(x_{-1} | x_0, x_0) is the point mass at x_0
+    assert s.alpha_bars_prev[0] == 1.0 and s.posterior_variance[0] == 0.0 and s.elbo_weights[0] == 0.0
+    assert s.posterior_mean_coef1[0] == 1.0 and s.posterior_mean_coef2[0] == 0.0
+    assert s.timesteps.dtype == np.int64 and np.array_equal(s.timesteps, np.arange(s.T + 1))
+
+
+@given(schedules())
+def test_the_default_variance_is_fixed_small(s):
+    for default, small in ((s.model_variance(), s.model_variance("fixed_small")),
+                           ((s.elbo_weight_table(),), (s.elbo_weight_table("fixed_small"),))):
+        for a, b in zip(default, small):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(s.elbo_weight_table(), s.elbo_weights)
+
+
+@given(st.sampled_from(sorted(OPTIONS)), st.integers(1, 60), st.data())
+def test_make_schedule_passes_its_options_to_the_named_constructor(kind, T, data):
+    options = OPTIONS[kind](data.draw)
+    T = max(T, smallest_T(kind))
+    np.testing.assert_array_equal(make_schedule(kind, T, **options).betas, getattr(Schedule, kind)(T, **options).betas)
+
+
+@given(schedules(max_T=40), st.data())
+def test_a_given_timestep_map_is_kept_as_integers_after_index_0(s, data):
+    steps = data.draw(st.lists(st.integers(1, 10_000), min_size=s.T, max_size=s.T, unique=True))
+    r = Schedule(s.betas[1:], timesteps=np.array(steps, dtype=np.float64))
+    assert r.timesteps.dtype == np.int64 and list(r.timesteps) == [0] + steps
 
 
 @given(schedules())
@@ -126,10 +155,26 @@ def test_sigmoid_betas_are_a_sigmoid_of_even_steps_from_minus_6_to_6(T, beta_sta
 
 @pytest.mark.parametrize("betas, message", [
     ([0.1, 0.0, 0.2], "beta_2"), ([0.1, 1.0], "beta_2"), ([-0.1], "beta_1"), ([0.1, np.nan], "NaN"),
-    ([np.inf], "NaN or inf"), ([], "T >= 1"), ([[0.1, 0.2]], "1-D"), ([0.1, 1e-18], "float64")])
+    ([np.inf], r"NaN or inf at t = \[1\]"), ([0.1, 0.2, np.nan], r"NaN or inf at t = \[3\]"), ([], "T >= 1"),
+    ([[0.1, 0.2]], "1-D"), ([[0.1], [0.2, 0.3]], "ragged list"), ([0.1, 1e-18], "float64"),
+    (np.full(21, 1 - 2.0 ** -52), r"alpha_bar_T underflows to 0 in float64 \(T=21\)")])
 def test_bad_betas_raise_value_error_naming_the_problem(betas, message):
+    """(The last: alpha_t = 2^-52, so alpha_bar_20 = 2^-1040 is still a (subnormal) positive number and
+    alpha_bar_21 = 2^-1092 rounds to 0.)"""
     with pytest.raises(ValueError, match=message):
         Schedule(betas)
+
+
+def test_betas_that_are_not_real_numbers_raise_type_error():
+    for betas in (["0.1", "0.2"], [0.1 + 0.1j]):
+        with pytest.raises(TypeError, match=r"betas must be real numbers beta_1..beta_T, got dtype"):
+            Schedule(betas)
+
+
+def test_the_smallest_beta_that_still_changes_alpha_is_accepted():
+    """1 - 1e-16 != 1 in float64 (the spacing below 1 is 2^-53), though 1 + 1e-16 == 1."""
+    s = Schedule([0.1, 1e-16])
+    assert s.alphas[2] < 1.0 and s.betas[2] == 1e-16
 
 
 @pytest.mark.parametrize("T", [0, -3, 2.5, True, "10"])
@@ -185,8 +230,11 @@ def test_ddim_sigma_at_eta_1_is_the_respaced_posterior_std(s, data):
 
 def test_respace_rejects_duplicate_or_out_of_range_steps():
     s = Schedule.cosine(10)
-    for bad in ([3, 3], [0, 5], [11], [2.5]):
-        with pytest.raises(ValueError, match="respace"):
+    for bad in ([3, 3], [0, 5], [11]):
+        with pytest.raises(ValueError, match="respaced steps must be unique and in 1..T=10"):
+            s.respace(bad)
+    for bad in ([2.5], [[1, 2]], np.array([], dtype=np.int64)):
+        with pytest.raises(ValueError, match="respace needs an int K or a 1-D integer array"):
             s.respace(bad)
 
 
@@ -197,10 +245,40 @@ def test_from_alpha_bars_rebuilds_the_schedule(s):
     np.testing.assert_allclose(r.betas, s.betas, rtol=1e-8, atol=1e-300)
 
 
-@pytest.mark.parametrize("alpha_bars", [[0.9, 0.95], [1.0, 0.5], [0.5, 0.0], [[0.9]], [], [0.9, np.nan]])
-def test_from_alpha_bars_refuses_non_decreasing_or_out_of_range(alpha_bars):
-    with pytest.raises(ValueError):
+@given(schedules(max_T=40))
+def test_from_alpha_bars_keeps_the_tables_float64_whatever_the_input_dtype(s):
+    alpha_bars = s.alpha_bars[1:].astype(np.float32)
+    assume(np.all(np.diff(alpha_bars) < 0) and alpha_bars[-1] > 0)
+    r = Schedule.from_alpha_bars(alpha_bars)
+    for name in TABLES:
+        assert getattr(r, name).dtype == np.float64, name
+
+
+@pytest.mark.parametrize("alpha_bars, message", [
+    ([0.9, 0.95], "decrease strictly"), ([1.0, 0.5], "decrease strictly"), ([0.5, 0.0], "decrease strictly"),
+    ([[0.9]], "1-D"), ([], "1-D"), ([0.9, np.nan], "decrease strictly")])
+def test_from_alpha_bars_refuses_non_decreasing_or_out_of_range(alpha_bars, message):
+    with pytest.raises(ValueError, match=message):
         Schedule.from_alpha_bars(alpha_bars)
+
+
+@given(st.one_of(schedules(max_T=2), schedules()), st.data())
+def test_from_alpha_bars_names_the_first_entry_that_does_not_decrease(s, data):
+    """alpha_bar_k = alpha_bar_{k-1} (alpha_bar_0 = 1) is refused, naming k and both values."""
+    alpha_bars = s.alpha_bars[1:].copy()
+    k = data.draw(st.integers(1, s.T))
+    before = alpha_bars[k - 2] if k >= 2 else 1.0
+    alpha_bars[k - 1] = before
+    with pytest.raises(ValueError, match=re.escape(f"alpha_bar_{k} = {alpha_bars[k - 1]!r} after {before!r}")):
+        Schedule.from_alpha_bars(alpha_bars)
+
+
+@given(st.one_of(schedules(max_T=2), schedules()))
+def test_repr_reports_T_beta_1_beta_T_and_alpha_bar_T(s):
+    m = re.fullmatch(r"Schedule\(T=(\d+), beta_1=(\S+), beta_T=(\S+), alpha_bar_T=(\S+)\)", repr(s))
+    assert m and int(m[1]) == s.T
+    np.testing.assert_allclose([float(m[2]), float(m[3]), float(m[4])],
+                               [s.betas[1], s.betas[s.T], s.alpha_bars[s.T]], rtol=5e-3)
 
 
 @given(st.sampled_from(["linear", "cosine"]), st.integers(50, 2000))

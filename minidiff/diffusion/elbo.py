@@ -102,7 +102,7 @@ def elbo_weighted_loss(eps_hat, eps, t, schedule, variance="fixed_small"):
 # ---------------------------------------------------------------- VLB terms
 
 def vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance="fixed_small", clip_x0=False, prediction="eps",
-                 decoder="discretized", cdf="exact", levels=LEVELS):
+                 decoder="discretized", cdf="exact", levels=LEVELS, v=None):
     """Per-sample VLB term at t in bits/dim, (B,): L_{t-1} (KL, eq. L2) for t >= 2, L_0 (eq. L3) for t = 1.
 
         L_{t-1} = KL(N(mu_tilde_t, beta_tilde_t) || N(mu_theta, sigma_t^2)) / (D log 2)
@@ -112,14 +112,14 @@ def vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance="fixed_small", clip_x0=
     log-variance, docs/posterior.md eq. P6); decoder="discretized" (`levels` bins, x0 on the grid
     -1 + 2k/(levels - 1) of [-1, 1]: 256 for 8-bit images, the dataset's `levels` otherwise) or
     "gaussian" (a density, for continuous data). eps_hat: the network output (see p_mean_variance's
-    prediction).
+    prediction); v: the network's variance output, with variance="learned" (p_mean_variance, eq. G6).
     """
     if decoder not in DECODERS:
         raise ValueError(f"vb_terms_bpd: decoder must be one of {DECODERS}, got {decoder!r}")
     checks.same_shape("vb_terms_bpd", x_t=x_t, x0=x0, eps_hat=eps_hat)
     t = check_t(t, x_t, schedule, "vb_terms_bpd")
     true_mean, _, true_log_variance = q_posterior(x0, x_t, t, schedule)
-    mean, _, log_variance, _ = p_mean_variance(eps_hat, x_t, t, schedule, variance, clip_x0, prediction)
+    mean, _, log_variance, _ = p_mean_variance(eps_hat, x_t, t, schedule, variance, clip_x0, prediction, v=v)
     kl = _mean_over_dims(normal_kl(true_mean, true_log_variance, mean, log_variance))
     if decoder == "discretized":
         log_lik = discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_variance, cdf=cdf, levels=levels)
@@ -146,11 +146,15 @@ def _model_t(schedule, t):
 
 
 def _model_output(model, x_t, t, where):
-    """model(x_t, t) checked to be eps_hat of x_t's shape: a (B, 1, ..., 1) output must not broadcast."""
-    eps_hat = model(x_t, t)
-    checks.array_like("model(x_t, t)", eps_hat, where)
-    checks.shape("model(x_t, t)", eps_hat, tuple(x_t.shape), where, because=" (that of x_t)")
-    return eps_hat
+    """(eps_hat, v) from model(x_t, t) -> eps_hat, or (eps_hat, v) for a learned variance (v None otherwise),
+    each checked to have x_t's shape: a (B, 1, ..., 1) output must not broadcast."""
+    output = model(x_t, t)
+    eps_hat, v = output if isinstance(output, tuple) else (output, None)
+    for name, array in (("model(x_t, t)", eps_hat), ("model(x_t, t)'s v", v)):
+        if array is not None:
+            checks.array_like(name, array, where)
+            checks.shape(name, array, tuple(x_t.shape), where, because=" (that of x_t)")
+    return eps_hat, v
 
 
 def _draw(rng, like):
@@ -161,8 +165,8 @@ def nll_bpd(model, x0, schedule, rng, variance="fixed_small", clip_x0=False, dec
             cdf="exact", progress=False, levels=LEVELS):
     """The VLB of eq. (L1) by the full loop over t = 1..T, bits/dim per sample, eq. (L8).
 
-    model(x_t, t) -> eps_hat on arrays (t the original timesteps); a fresh eps ~ N(0, I) per t.
-    levels: the data's grid for the discretised decoder (`vb_terms_bpd`).
+    model(x_t, t) -> eps_hat on arrays (t the original timesteps), or (eps_hat, v) with variance="learned";
+    a fresh eps ~ N(0, I) per t. levels: the data's grid for the discretised decoder (`vb_terms_bpd`).
     Returns {"total_bpd": (B,), "prior_bpd": (B,), "vb_bpd": (B, T) with column t-1 = term t}.
     """
     checks.batch("nll_bpd", x0=x0)
@@ -171,9 +175,9 @@ def nll_bpd(model, x0, schedule, rng, variance="fixed_small", clip_x0=False, dec
     for step in tqdm(range(1, schedule.T + 1), disable=not progress, desc="vlb", leave=False):
         t = xp.full(batch, step)
         x_t = q_sample(x0, t, _draw(rng, x0), schedule)
-        eps_hat = _model_output(model, x_t, _model_t(schedule, t), "nll_bpd")
+        eps_hat, v = _model_output(model, x_t, _model_t(schedule, t), "nll_bpd")
         terms.append(vb_terms_bpd(x0, x_t, t, eps_hat, schedule, variance, clip_x0, decoder=decoder, cdf=cdf,
-                                  levels=levels))
+                                  levels=levels, v=v))
     vb, prior = xp.stack(terms, axis=1), prior_bpd(x0, schedule)
     return {"total_bpd": vb.sum(axis=1) + prior, "prior_bpd": prior, "vb_bpd": vb}
 
@@ -196,8 +200,9 @@ def nll_bpd_importance(model, x0, schedule, rng, n_t=1, proposal=None, variance=
     x_rep = xp.concatenate([x0] * n_t, axis=0)
     t = xp.asarray(t_np.reshape(-1))
     x_t = q_sample(x_rep, t, _draw(rng, x_rep), schedule)
-    eps_hat = _model_output(model, x_t, _model_t(schedule, t), "nll_bpd_importance")
-    terms = vb_terms_bpd(x_rep, x_t, t, eps_hat, schedule, variance, clip_x0, decoder=decoder, cdf=cdf, levels=levels)
+    eps_hat, v = _model_output(model, x_t, _model_t(schedule, t), "nll_bpd_importance")
+    terms = vb_terms_bpd(x_rep, x_t, t, eps_hat, schedule, variance, clip_x0, decoder=decoder, cdf=cdf, levels=levels,
+                         v=v)
     weighted = terms.reshape(n_t, batch) / xp.asarray(p[t_np - 1])
     return prior_bpd(x0, schedule) + weighted.mean(axis=0)
 

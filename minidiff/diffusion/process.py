@@ -14,9 +14,10 @@ from minidiff import checks, ops
 from minidiff.autograd import Tensor
 from minidiff.backend import xp_of
 from minidiff.kernels import reference as kernel_reference
-from minidiff.kernels.reference import per_sample
+from minidiff.kernels.reference import VARIANCES, per_sample
 
 PREDICTIONS = ("eps", "x0", "v")
+REVERSE_VARIANCES = VARIANCES + ("learned",)  # sigma_t^2 of p_theta: beta_tilde_t, beta_t, or Sigma_theta (G6)
 
 
 def check_t(t, x, schedule, where=""):
@@ -142,26 +143,52 @@ def predict_x0(model_output, x_t, t, schedule, prediction="eps"):
 
 # ---------------------------------------------------------------- reverse model, docs/posterior.md
 
-def p_mean_variance(eps_hat, x_t, t, schedule, variance="fixed_small", clip_x0=False, prediction="eps"):
+def p_mean_variance(eps_hat, x_t, t, schedule, variance="fixed_small", clip_x0=False, prediction="eps", v=None):
     """Get p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I), eq. (P5)-(P6).
 
         x0_hat   = predict_x0(network output)                  (clipped to [-1, 1] if clip_x0)
         mu_theta = mu_tilde_t(x_t, x0_hat)                      (the posterior mean at x0_hat)
         sigma_t^2 = beta_tilde_t (fixed_small) or beta_t (fixed_large); t = 1: Schedule.model_variance
+        log sigma_t^2 = v log beta_t + (1 - v) log beta_tilde_t (learned, v given; `learned_log_variance`)
 
     eps_hat: the network output, eps_hat (default), x0_hat (prediction="x0") or v_hat ("v").
-    Returns (mean (B, ...), variance (B, 1..), log_variance (B, 1..), x0_hat (B, ...)).
+    v: the network's variance output in x_t's shape, for variance="learned" only (docs/guidance_variance.md G6).
+    Returns (mean (B, ...), variance, log_variance, x0_hat (B, ...)); the variances are (B, 1..) per sample
+    for the fixed choices and (B, ...) per element for the learned one.
     Without clipping, mu_theta equals 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1 - alpha_bar_t) eps_hat),
     the form kernels.reverse_step uses (eq. E7; tests/test_process.py::test_mean_gap_is_proportional_to_the_noise_error,
     test_p_mean_variance_agrees_with_the_kernels_reverse_step).
     """
     t = _checked("p_mean_variance", t, schedule, x_t=x_t, eps_hat=eps_hat)
-    var_table, log_var_table = schedule.model_variance(variance)
+    checks.one_of("variance", variance, REVERSE_VARIANCES, "p_mean_variance")
+    if (variance == "learned") != (v is not None):
+        raise ValueError(f"p_mean_variance: the network's v is needed exactly for variance='learned'; got "
+                         f"variance={variance!r} and v={'None' if v is None else 'an array'}")
     x0_hat = predict_x0(eps_hat, x_t, t, schedule, prediction)
     if clip_x0:
         x0_hat = ops.clip(x0_hat, -1.0, 1.0)
     mean, _, _ = q_posterior(x0_hat, x_t, t, schedule)
+    if variance == "learned":
+        checks.same_shape("p_mean_variance", x_t=x_t, v=v)
+        log_variance = learned_log_variance(v, t, schedule)
+        return mean, ops.exp(log_variance), log_variance, x0_hat
+    var_table, log_var_table = schedule.model_variance(variance)
     return mean, per_sample(var_table, t, x_t), per_sample(log_var_table, t, x_t), x0_hat
+
+
+def learned_log_variance(v, t, schedule):
+    """log Sigma_theta = v log beta_t + (1 - v) log beta_tilde_t, docs/guidance_variance.md eq. (G6).
+
+    The two logs are those of Schedule.model_variance("fixed_large") and ("fixed_small"), so t = 1 keeps
+    their convention (both log beta_tilde_2, eq. P4: the decoder's scale does not depend on v) and v = 1
+    (v = 0) gives the fixed_large (fixed_small) variance exactly. v: (B, ...) array or Tensor, the
+    interpolation weight (the network's raw output r mapped by v = (r + 1)/2, models/ddpm.py); t: (B,).
+    Returns log Sigma_theta of v's shape.
+    """
+    t = check_t(t, v, schedule, "learned_log_variance")
+    _, log_beta = schedule.model_variance("fixed_large")
+    _, log_beta_tilde = schedule.model_variance("fixed_small")
+    return v * per_sample(log_beta, t, v) + (1.0 - v) * per_sample(log_beta_tilde, t, v)
 
 
 def ddim_sigma(alpha_bar, alpha_bar_prev, eta):

@@ -1,6 +1,8 @@
 """Sampling from a noise-prediction model: DDPM ancestral, DDIM, and the sampler interface, docs/ddim.md.
 
-model(x_t, t) -> eps_hat is any callable on arrays (B, ...) and integer timesteps (B,); t is
+model(x_t, t) -> eps_hat is any callable on arrays (B, ...) and integer timesteps (B,) (a learned-variance
+model returns (eps_hat, v), docs/guidance_variance.md §2; a class-conditional one is wrapped by
+`guidance.guided_model` into such a callable, §1, so every sampler takes it unchanged); t is
 always the step of the schedule the model was trained on (a respaced chain maps its steps back
 with `Schedule.timesteps`). Noise is injectable for reproducibility and tests: `x_T` and
 `noise` (one z per step, in sampling order) override draws from `rng`.
@@ -58,9 +60,8 @@ from tqdm.auto import tqdm
 import minidiff.kernels as kernels
 from minidiff import checks, ops
 from minidiff.backend import default_rng, xp_of
-from minidiff.diffusion.process import ddim_sigma, eps_from_x0, x0_from_eps
+from minidiff.diffusion.process import REVERSE_VARIANCES, ddim_sigma, eps_from_x0, p_mean_variance, x0_from_eps
 from minidiff.diffusion.schedule import Schedule
-from minidiff.kernels.reference import VARIANCES
 
 SAMPLERS = {}  # name -> Sampler subclass, filled by @register_sampler
 
@@ -69,6 +70,7 @@ SAMPLERS = {}  # name -> Sampler subclass, filled by @register_sampler
 class SamplerState:
     """What one sampling run carries from step to step; subclass it to add history."""
     chain: Schedule  # the chain being sampled, steps k = K..1 (`chain.timesteps[k]` = the model's step)
+    v: object = None  # a learned-variance model's v at the latest model call (None for an eps-only model)
 
 
 class Sampler:
@@ -142,19 +144,27 @@ class DDPMSampler(Sampler):
         x_{k-1} = 1/sqrt(alpha_k) (x_k - beta_k / sqrt(1 - alpha_bar_k) eps_hat) + sigma_k z,   sigma_1 = 0
 
     variance: "fixed_small" (sigma_k^2 = beta_tilde_k) or "fixed_large" (beta_k); impl: the kernel's.
+    variance="learned": the model returns (eps_hat, v) and x_{k-1} = mu_theta + Sigma_theta^(1/2) z with
+    log Sigma_theta = v log beta_k + (1 - v) log beta_tilde_k of the chain sampled (eq. G6; on a respaced
+    chain its own beta_k and beta_tilde_k, as improved DDPM), through `p_mean_variance`; z = 0 at k = 1.
     """
     name = "ddpm"
 
     def __init__(self, *, variance="fixed_small", clip_x0=False, impl="auto"):
         super().__init__(clip_x0=clip_x0)
-        if variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        if variance not in REVERSE_VARIANCES:
+            raise ValueError(f"variance must be one of {REVERSE_VARIANCES}, got {variance!r}")
         self.variance, self.impl = variance, impl
 
     def step(self, state, x, k, eps_hat, z):
         t = xp_of(x).full(x.shape[0], k)
-        return kernels.reverse_step(x, t, eps_hat, z, state.chain, variance=self.variance, clip_x0=self.clip_x0,
-                                    impl=self.impl)
+        if self.variance != "learned":
+            return kernels.reverse_step(x, t, eps_hat, z, state.chain, variance=self.variance,
+                                        clip_x0=self.clip_x0, impl=self.impl)
+        if state.v is None:
+            raise ValueError("ddpm sampler: variance='learned' needs a model that returns (eps_hat, v)")
+        mean, _, log_variance, _ = p_mean_variance(eps_hat, x, t, state.chain, "learned", self.clip_x0, v=state.v)
+        return mean + ops.exp(0.5 * log_variance) * z
 
 
 def ddim_step(x_t, k, eps_hat, z, chain, eta=0.0, clip_x0=False):
@@ -230,7 +240,8 @@ class Draws:
 def run_chain(sampler, model, chain, draws, return_trajectory=False, progress=False):
     """x_K = draws.x_T, then x_{k-1} = sampler.advance(state, x_k, k, eps_at, draw) for k = K..1.
 
-    eps_at(x, j) = model(x, s_j) in x's dtype; draw() = z_k (`Draws.z`). For DDPM and DDIM this is
+    eps_at(x, j) = model(x, s_j) in x's dtype; draw() = z_k (`Draws.z`). A model that returns (eps_hat, v)
+    (a learned variance) leaves v in `state.v` for the step; eps_at returns eps_hat alone. For DDPM and DDIM this is
     x_{k-1} = sampler.step(state, x_k, k, model(x_k, s_k), z_k). state = sampler.start(x_T, chain), made
     once for this run. Returns x_0, and with return_trajectory the list [x_K, ..., x_0] (copies) as well.
     """
@@ -239,8 +250,13 @@ def run_chain(sampler, model, chain, draws, return_trajectory=False, progress=Fa
     model_steps = xp.asarray(chain.timesteps)
 
     def eps_at(x_j, j):
-        eps_hat = xp.asarray(model(x_j, xp.full(x_j.shape[0], model_steps[j])), dtype=x_j.dtype)
+        output = model(x_j, xp.full(x_j.shape[0], model_steps[j]))
+        eps_hat, v = output if isinstance(output, tuple) else (output, None)
+        eps_hat = xp.asarray(eps_hat, dtype=x_j.dtype)
         checks.shape("model(x_t, t)", eps_hat, x_j.shape, sampler.name, because=" (that of x_t)")
+        if v is not None:                   # a learned variance: kept in the run's state for the step
+            state.v = checks.shape("model(x_t, t)'s v", xp.asarray(v, dtype=x_j.dtype), x_j.shape, sampler.name,
+                                   because=" (that of x_t)")
         return eps_hat
 
     state = sampler.start(x, chain)

@@ -14,6 +14,7 @@ checkpoint file restores it. Its `loss` takes batches of the scaled latents (wha
 DDPM's VLB on the scaled codes of the test images in bits per latent dimension (a density of continuous
 codes, not comparable with pixel bits/dim: docs/latent.md §3).
 """
+import functools
 import math
 import os
 
@@ -45,19 +46,22 @@ class LDM(nn.Module):
     def __init__(self, image_shape=(1, 8, 8), latent_channels=4, channels=32, kl_weight=1e-4, downsamples=None,
                  T=200, schedule="linear", base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
                  attention_resolutions=(4,), dropout=0.1, eval_images=64, schedule_options=None, prediction="eps",
-                 dtype=None):
+                 num_classes=0, p_uncond=0.1, dtype=None):
         super().__init__()
         self.autoencoder = KLAutoencoder(image_shape, latent_channels, channels, kl_weight, downsamples, dtype=dtype)
         self.ddpm = DDPM(self.autoencoder.latent_shape, T, schedule, base_channels, channel_mults, num_res_blocks,
                          attention_resolutions, dropout, eval_images, schedule_options=schedule_options,
-                         prediction=prediction, clip_x0=False, dtype=dtype)
+                         prediction=prediction, clip_x0=False, num_classes=num_classes, p_uncond=p_uncond,
+                         dtype=dtype)
         self.hparams = {"image_shape": list(image_shape),
                         **{key: self.autoencoder.hparams[key] for key in AUTOENCODER_KEYS},
                         **{key: self.ddpm.hparams[key] for key in ("T", "schedule", "base_channels", "channel_mults",
                                                                    "num_res_blocks", "attention_resolutions",
                                                                    "dropout", "eval_images", "schedule_options",
-                                                                   "prediction")}}
+                                                                   "prediction", "num_classes", "p_uncond")
+                           if key in self.ddpm.hparams}}   # the label keys only for a class-conditional model
         self.image_shape, self.latent_shape = tuple(image_shape), self.autoencoder.latent_shape
+        self.num_classes = self.ddpm.num_classes   # > 0: labels, classifier-free guidance (docs/guidance_variance.md)
         self.register_buffer("latent_scale", xp().ones((), dtype=np.float64))
         self.stages = {}   # how the last training split its steps (set by minidiff.latent.first_stage)
 
@@ -109,7 +113,10 @@ class LDM(nn.Module):
         mse = self.autoencoder.evaluate(x, y, rng)["test_mse"]
         z = xp_of(x).asarray(self.encode(to_numpy(x)))
         z_eval = z[:self.hparams["eval_images"]]
-        vlb = diffusion.nll_bpd(self.ddpm.eps_array, z_eval, self.schedule, rng, decoder="gaussian", progress=progress)
+        eps_model = self.ddpm.eps_array   # class-conditional: scored with the null label, a bound on -log p(z)
+        if self.num_classes:
+            eps_model = functools.partial(eps_model, y=xp_of(z).full(z_eval.shape[0], self.num_classes))
+        vlb = diffusion.nll_bpd(eps_model, z_eval, self.schedule, rng, decoder="gaussian", progress=progress)
         loss, _ = self.ddpm.loss((z, y), rng)
         return {"test_bits_per_dim": float(to_numpy(vlb["total_bpd"]).mean()),
                 "test_prior_bits_per_dim": float(to_numpy(vlb["prior_bpd"]).mean()),
@@ -120,15 +127,18 @@ class LDM(nn.Module):
         return {"latent_shape": list(self.latent_shape), "latent_scale": float(self.latent_scale), **self.stages}
 
     # ------------------------------------------------------------ sampling
-    def sample(self, n, rng, sampler="ddpm", steps=None, progress=False, **options):
+    def sample(self, n, rng, sampler="ddpm", steps=None, progress=False, label=None, guidance=1.0, **options):
         """n images (n, C, H, W): scaled codes z_0 from the latent chain (any sampler of diffusion.SAMPLERS,
-        on K respaced steps if given), then x = D(z_0 / s), eq. (Z5). Not clipped."""
-        z = self.ddpm.sample(n, rng, sampler, steps, progress=progress, **options)
+        on K respaced steps if given), then x = D(z_0 / s), eq. (Z5). Not clipped. A class-conditional model
+        draws class `label` (an int or (n,) labels; default 0..K-1 in turn) at guidance scale s = `guidance`
+        (eq. G4 on the latent eps)."""
+        z = self.ddpm.sample(n, rng, sampler, steps, progress=progress, label=label, guidance=guidance, **options)
         return self.decode(z)
 
-    def sample_images(self, n, rng, sampler="ddpm", steps=None, label=None, progress=False, **options):
-        """n samples as a NumPy array (n, C, H, W) in [-1, 1]."""
-        return as_images(self.sample(n, rng, sampler, steps, progress=progress, **options))
+    def sample_images(self, n, rng, sampler="ddpm", steps=None, label=None, progress=False, guidance=1.0, **options):
+        """n samples as a NumPy array (n, C, H, W) in [-1, 1]; label and guidance as in `sample`."""
+        return as_images(self.sample(n, rng, sampler, steps, progress=progress, label=label, guidance=guidance,
+                                     **options))
 
     def figures(self, out, dataset, trainer, rng, progress=False):
         """The loss curve, 64 samples, and test images beside their reconstructions."""

@@ -1,6 +1,6 @@
 """The DDPM noise-prediction U-Net eps_theta(x_t, t) (docs/training.md §5).
 
-    e     = MLP(sinusoidal(t))                                   time embedding, (B, 4C), in x's dtype
+    e     = MLP(sinusoidal(t)) [+ Embedding(y)]                   time (+ label) embedding, (B, 4C), in x's dtype
     h     = Conv3x3(x_t)                                         (B, C, H, W)
     down: per level l (channels C m_l): num_res_blocks ResBlocks (+ attention at the listed
           resolutions), keep h as a skip, then a stride-2 Conv3x3 (all but the last level)
@@ -9,14 +9,18 @@
           ConvTranspose2d(4x4, stride 2) up (all but the first level)
     out   = Conv3x3(SiLU(GroupNorm(h)))                          zero-initialised, so eps_hat = 0 at start
 
+Class conditioning (num_classes = K > 0): a learned embedding of the label y in 0..K is added to the
+time embedding; index K is the null label (no class), on which the classifier-free guided model is
+also trained (docs/guidance_variance.md §1). out_channels (default in_channels): 2 C_img for a
+learned reverse variance (the extra channels carry v, docs/guidance_variance.md §2).
+
 ResBlock(x, e) = skip(x) + Conv3x3(Dropout(SiLU(GN(Conv3x3(SiLU(GN(x))) + Linear(SiLU(e))))))
 with skip a 1x1 conv when the channel count changes (the DDPM / improved-diffusion block).
 GroupNorm uses gcd(groups, channels) groups, so any channel count works.
 """
 import math
 
-
-from minidiff import nn, ops
+from minidiff import checks, nn, ops
 from minidiff.autograd import Tensor, unwrap
 from minidiff.nn import init
 
@@ -61,15 +65,27 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t): (B, C_img, H, W), (B,) -> (B, C_img, H, W). H, W divisible by 2^(levels-1)."""
+    """eps_theta(x_t, t[, y]): (B, C_img, H, W), (B,)[, (B,)] -> (B, out_channels, H, W).
+
+    H, W divisible by 2^(levels-1); y (labels 0..num_classes, num_classes = the null label) is required
+    exactly when num_classes > 0.
+    """
 
     def __init__(self, in_channels=1, image_size=8, base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(4,), dropout=0.1, groups=8, heads=1, dtype=None):
+                 attention_resolutions=(4,), dropout=0.1, groups=8, heads=1, num_classes=0, out_channels=None,
+                 dtype=None):
         super().__init__()
         self.config = dict(in_channels=in_channels, image_size=image_size, base_channels=base_channels,
                            channel_mults=tuple(channel_mults), num_res_blocks=num_res_blocks,
                            attention_resolutions=tuple(attention_resolutions), dropout=dropout, groups=groups,
                            heads=heads)                  # the constructor arguments, for mirrors and exports
+        # the two extensions enter the config only when used: the PyTorch mirror (interop/torch_unet.py)
+        # has neither and refuses such a config by its unexpected argument
+        self.num_classes = checks.integer("num_classes", num_classes, minimum=0, where="UNet")
+        self.out_channels = in_channels if out_channels is None else checks.integer(
+            "out_channels", out_channels, minimum=1, where="UNet")
+        self.config.update({"num_classes": self.num_classes} if self.num_classes else {},
+                           **({"out_channels": self.out_channels} if self.out_channels != in_channels else {}))
         self.in_channels, self.image_size = in_channels, image_size
         if image_size % 2 ** (len(channel_mults) - 1):
             raise ValueError(f"UNet: image size {image_size} must be divisible by 2^{len(channel_mults) - 1} "
@@ -77,6 +93,8 @@ class UNet(nn.Module):
         C, emb = base_channels, 4 * base_channels
         self.base_channels = C
         self.time_embedding = nn.Sequential(nn.Linear(C, emb, dtype=dtype), nn.SiLU(), nn.Linear(emb, emb, dtype=dtype))
+        if self.num_classes:                             # rows 0..K-1: the classes, row K: the null label
+            self.label_embedding = nn.Embedding(self.num_classes + 1, emb, dtype=dtype)
         self.conv_in = nn.Conv2d(in_channels, C, 3, padding=1, dtype=dtype)
         chans = [C * m for m in channel_mults]
         sizes = [image_size // 2 ** i for i in range(len(chans))]
@@ -96,11 +114,11 @@ class UNet(nn.Module):
         self.upsample = nn.ModuleList([nn.ConvTranspose2d(c, c, 4, stride=2, padding=1, dtype=dtype)
                                        for c in reversed(chans[1:])])
         self.norm_out = nn.GroupNorm(math.gcd(groups, C), C, dtype=dtype)
-        self.conv_out = nn.Conv2d(C, in_channels, 3, padding=1, dtype=dtype)
+        self.conv_out = nn.Conv2d(C, self.out_channels, 3, padding=1, dtype=dtype)
         init.zeros_(self.conv_out.weight)
         init.zeros_(self.conv_out.bias)
 
-    def forward(self, x, t):
+    def forward(self, x, t, y=None):
         if len(x.shape) != 4 or x.shape[1] != self.in_channels or x.shape[2] % 2 ** (len(self.down) - 1):
             raise ValueError(f"UNet: input shape {tuple(x.shape)} must be (B, {self.in_channels}, H, W) with H, W "
                              f"divisible by {2 ** (len(self.down) - 1)}")
@@ -109,6 +127,10 @@ class UNet(nn.Module):
         x = x if isinstance(x, Tensor) else Tensor(x)
         t = unwrap(t)
         e = self.time_embedding(Tensor(nn.sinusoidal_embedding(t, self.base_channels, dtype=x.dtype)))  # (B, 4C)
+        if self.num_classes:
+            e = ops.add(e, self.label_embedding(self._labels(y, x.shape[0])))
+        elif y is not None:
+            raise ValueError("UNet: labels y given to an unconditional U-Net (num_classes = 0)")
         h, skips = self.conv_in(x), []
         for i, level in enumerate(self.down):
             h = level(h, e)
@@ -121,3 +143,15 @@ class UNet(nn.Module):
             if k < len(self.upsample):
                 h = self.upsample[k](h)
         return self.conv_out(ops.silu(self.norm_out(h)))
+
+    def _labels(self, y, B):
+        """y as a (B,) integer array in 0..num_classes (num_classes: the null label), or a clear error."""
+        if y is None:
+            raise ValueError(f"UNet: a class-conditional U-Net needs labels y (0..{self.num_classes - 1}, "
+                             f"or {self.num_classes} for none)")
+        y = unwrap(y)
+        checks.shape("y", y, (B,), "UNet", because=" (one label per image)")
+        if y.dtype.kind not in "iu" or (B and not 0 <= int(y.min()) <= int(y.max()) <= self.num_classes):
+            raise ValueError(f"UNet: labels y must be integers in 0..{self.num_classes} ({self.num_classes}: "
+                             f"the null label), got {y.tolist() if B <= 8 else f'dtype {y.dtype}'}")
+        return y
