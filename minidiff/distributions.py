@@ -43,21 +43,23 @@ def gaussian_kl_full(mean1, cov1, mean2, cov2):
 
         KL = 1/2 (tr(S2^-1 S1) + (mu2 - mu1)^T S2^-1 (mu2 - mu1) - d + log det S2 - log det S1)
 
-    mean1, mean2: (..., d); cov1, cov2: (..., d, d) symmetric positive definite; batch axes broadcast.
+    Shapes (no broadcasting between axes of different meaning):
+        mean1 (..., d) with cov1 (..., d, d), one batch shape `...` for both;  mean2 (..., d) with cov2 (..., d, d)
+    The two Gaussians' batch shapes are equal (pairwise KLs), or one side has no batch axes at all (mean (d,),
+    cov (d, d)): a single Gaussian, such as the prior N(0, I), compared with every member of the other side's
+    batch. Anything else -- a batch of means with one shared covariance, batch shapes that merely broadcast
+    ((3, 1) against (4,)) -- is a ValueError naming the argument. S1, S2 symmetric positive definite.
     Computed from the Cholesky factors S = L L^T: with D = L2^-1 (L1 - L2), L2^-1 L1 = I + D and
         tr(S2^-1 S1) - d = ||I + D||_F^2 - d = 2 tr(D) + ||D||_F^2,
     the Mahalanobis term is ||L2^-1 (mu2 - mu1)||^2 and log det S = 2 sum log diag L. Equal Gaussians give
     D = 0 and so exactly 0, and nearly equal ones keep their digits (no d - d cancellation).
-    NumPy arrays (float64), not Tensors: no gradient. Returns (...,) nats.
+    NumPy arrays (float64), not Tensors: no gradient. Returns (...,) nats, the batched side's batch shape.
     """
     from scipy.linalg import solve_triangular
-    mean1, mean2 = np.asarray(mean1, dtype=np.float64), np.asarray(mean2, dtype=np.float64)
-    cov1, cov2 = _check_covariance(cov1, "cov1"), _check_covariance(cov2, "cov2")
+    mean1, cov1 = _check_gaussian(mean1, cov1, "1")
+    mean2, cov2 = _check_gaussian(mean2, cov2, "2")
     d = cov1.shape[-1]
-    if cov2.shape[-1] != d or mean1.shape[-1:] != (d,) or mean2.shape[-1:] != (d,):
-        raise ValueError(f"means must be (..., d) and covariances (..., d, d) with one d; got mean1 {mean1.shape}, "
-                         f"cov1 {cov1.shape}, mean2 {mean2.shape}, cov2 {cov2.shape}")
-    batch = np.broadcast_shapes(mean1.shape[:-1], cov1.shape[:-2], mean2.shape[:-1], cov2.shape[:-2])
+    batch = _paired_batch(mean1, mean2, d)
     L1 = np.broadcast_to(_cholesky(cov1, "cov1"), batch + (d, d))
     L2 = np.broadcast_to(_cholesky(cov2, "cov2"), batch + (d, d))
     gap = np.broadcast_to(mean2 - mean1, batch + (d,))[..., None]                 # (..., d, 1)
@@ -69,12 +71,32 @@ def gaussian_kl_full(mean1, cov1, mean2, cov2):
     return 0.5 * (trace_minus_d + mahalanobis + log_det_ratio)
 
 
+def _check_gaussian(mean, cov, which):
+    """(mean, cov) as float64 arrays if mean is (..., d) and cov (..., d, d) with the same `...` (eq. K6's shapes)."""
+    mean, cov = np.asarray(mean, dtype=np.float64), _check_covariance(cov, f"cov{which}")
+    checks.shape(f"mean{which}", mean, cov.shape[:-1], "gaussian_kl_full",
+                 because=f" (cov{which} is {cov.shape}: a mean (..., d) for a covariance (..., d, d), one batch shape)")
+    return mean, cov
+
+
+def _paired_batch(mean1, mean2, d):
+    """The batch shape of the KLs: the two Gaussians' batch shapes are equal, or one side has none (a single one)."""
+    if mean2.shape[-1] != d:
+        raise ValueError(f"gaussian_kl_full: mean2 and cov2 must be of dimension d = {d} (that of mean1 and cov1), "
+                         f"got mean2 of shape {mean2.shape}")
+    b1, b2 = mean1.shape[:-1], mean2.shape[:-1]
+    if b1 != b2 and b1 and b2:
+        raise ValueError(f"gaussian_kl_full: mean2/cov2 must have batch shape {b1} (that of mean1/cov1) or none "
+                         f"(a single Gaussian for the whole batch), got batch shape {b2}")
+    return b1 or b2
+
+
 def _check_covariance(cov, name):
     cov = np.asarray(cov, dtype=np.float64)
     if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]:
-        raise ValueError(f"{name} must be (..., d, d) square matrices, got shape {cov.shape}")
+        raise ValueError(f"gaussian_kl_full: {name} must be (..., d, d) square matrices, got shape {cov.shape}")
     if not np.allclose(cov, np.swapaxes(cov, -1, -2), rtol=1e-10, atol=1e-12):
-        raise ValueError(f"{name} must be symmetric")
+        raise ValueError(f"gaussian_kl_full: {name} must be symmetric")
     return cov
 
 
@@ -82,7 +104,8 @@ def _cholesky(cov, name):
     try:
         return np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:
-        raise ValueError(f"{name} must be positive definite (its Cholesky factorisation failed)") from None
+        raise ValueError(f"gaussian_kl_full: {name} must be positive definite "
+                         "(its Cholesky factorisation failed)") from None
 
 
 def kl_standard_normal(mean, logvar):

@@ -12,6 +12,8 @@ import order (models never import the trainer).
     guidance_sweep    a class-conditional DDPM sampled at several guidance scales s: the classifier's
                       accuracy on the requested label, the label entropies and the FD ratio per s
                       (docs/guidance_variance.md §1)
+    ode_vs_vlb_bits   a trained image DDPM's bits/dim by the probability-flow ODE (dequantised) and by the
+                      VLB, on the same test images and the data's grid (docs/sde.md §4)
 """
 import json
 import os
@@ -274,3 +276,41 @@ def guidance_sweep_report(out, model, classifier, dataset, seed=0, progress=Fals
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     return [path, plots.save_guidance_sweep(report, os.path.join(out, "guidance_sweep.png"))]
+def ode_vs_vlb_bits(model, x, steps=50, trace="hutchinson", seed=0, progress=False):
+    """Bits/dim of the images x (B, C, H, W) on the model's grid (hparam `levels`) by two bounds on -log2 P(x)/D:
+    the probability-flow ODE's dequantised likelihood (docs/sde.md (W13); `steps` Heun nodes, `trace` for the
+    divergence, autograd through the model) and the VLB's full loop over t (docs/vlb_bits_per_dim.md (L8), the
+    rng of `eval`). Returns per-image lists and their means, and the paired difference ODE - VLB with its
+    standard error over the images."""
+    from minidiff import diffusion
+    from tqdm.auto import tqdm
+    model.eval()
+    levels = model.hparams["levels"]
+    bar = tqdm(total=2, disable=not progress, desc="ode vs vlb", unit="bound", dynamic_ncols=True)
+    with no_grad():
+        vlb = diffusion.nll_bpd(model.eps_array, x, model.schedule, default_rng(seed=(seed, 2 ** 31)), levels=levels)
+    bar.update(1)
+    ode = diffusion.ode_nll_bpd(model, x, model.schedule, steps=steps, trace=trace, rng=default_rng(seed=seed),
+                                levels=levels)
+    bar.update(1)
+    bar.close()
+    ode, vlb = np.asarray(ode, dtype=np.float64), np.asarray(vlb["total_bpd"], dtype=np.float64)
+    gap = ode - vlb
+    return {"n_images": len(x), "levels": levels, "ode_steps": steps, "ode_network_evaluations": 2 * steps - 1,
+            "trace": trace, "ode_bits_per_dim": float(ode.mean()), "vlb_bits_per_dim": float(vlb.mean()),
+            "ode_minus_vlb": float(gap.mean()), "ode_minus_vlb_standard_error": float(gap.std(ddof=1)
+                                                                                      / np.sqrt(len(x))),
+            "ode_per_image": ode.tolist(), "vlb_per_image": vlb.tolist()}
+
+
+def ode_vs_vlb_report(checkpoint_path, out, n_images=64, steps=50, trace="hutchinson", seed=0, progress=False):
+    """ode_vs_vlb_bits on the first n_images digits test images (those `eval` scores the VLB on), as JSON at out."""
+    from minidiff import models
+    model, state = models.load(checkpoint_path)
+    dataset = data.load_dataset(state.get("dataset", "digits"), None, seed=0)
+    report = {"checkpoint": checkpoint_path, **ode_vs_vlb_bits(model, xp().asarray(dataset.x_test[:n_images]),
+                                                                steps=steps, trace=trace, seed=seed,
+                                                                progress=progress)}
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    return report

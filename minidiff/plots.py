@@ -113,6 +113,25 @@ def save_curves(curves, path, xlabel="step", ylabel="loss", title=None, logy=Fal
     return _save(fig, path)
 
 
+def save_budget_trend(curves, reference, path, ylabel, title=None, linthresh=1e-4):
+    """{name: (network calls, values)} on a log x-axis, the yardstick `reference` as a dashed line. The y-axis is
+    symmetric-log (linear within +-linthresh): unbiased estimates such as MMD^2 can come out slightly negative."""
+    fig = _figure(5, 3.4)
+    ax = fig.add_subplot()
+    for name, (calls, values) in curves.items():
+        ax.plot(calls, values, label=name, marker="o", markersize=3)
+    ax.axhline(reference, color="0.3", linestyle="--", linewidth=1, label="yardstick (data vs data)")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.set_xlabel("network calls")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
 def project_2d(z):
     """z (N, d) to (N, 2): itself if d = 2, else the top-2 principal components (SVD of centred z)."""
     z = to_numpy(z).astype(np.float64)

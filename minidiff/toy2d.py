@@ -74,10 +74,19 @@ def sampler_quality(model, dataset, budgets=(20, 50, 100, 200), n=2000, seed=0):
     return result
 
 
+def quality_trend(quality):
+    """{label: ([calls spent], [MMD^2])} over the budgets of a `sampler_quality` result, smallest budget first."""
+    budgets = sorted(quality["budgets"], key=int)
+    labels = quality["budgets"][budgets[0]]
+    return {label: ([quality["budgets"][b][label]["calls"] for b in budgets],
+                    [quality["budgets"][b][label]["mmd2"] for b in budgets]) for label in labels}
+
+
 def score_field_figure(model, dataset, out, calls=100, n=2000, t=None, seed=0, budgets=None):
     """score_field.png (data; arrows (1 - alpha_bar_t) s_theta = sqrt(alpha_bar_t) x0_hat - x on a grid at step t,
     default T/20, the pull towards the denoised point; samples of every sampler at `calls` network calls) and
-    score_field.json (`sampler_quality` at each of `budgets`, default [calls])."""
+    score_field.json (`sampler_quality` at each of `budgets`, default [calls]); with two budgets or more,
+    score_field_trend.png (each sampler's MMD^2 against the network calls it spent, and the yardstick)."""
     if not getattr(model, "is_points", False) or model.image_shape != (2,):
         raise ValueError("plot score-field needs a DDPM trained on a 2-D point set (train ddpm --dataset two-moons)")
     model.eval()
@@ -97,4 +106,9 @@ def score_field_figure(model, dataset, out, calls=100, n=2000, t=None, seed=0, b
     quality = sampler_quality(model, dataset, budgets or (calls,), n, seed)
     path = os.path.join(out, "score_field.json")
     checkpoint.atomic_write_bytes(path, (json.dumps(quality, indent=2) + "\n").encode("utf-8"))
-    return figure, path
+    if len(quality["budgets"]) < 2:
+        return figure, path
+    trend = plots.save_budget_trend(quality_trend(quality), quality["reference_mmd2"],
+                                    os.path.join(out, "score_field_trend.png"), ylabel="MMD^2 to the test points",
+                                    title=f"{n} samples per sampler against {quality['n_test']} test points")
+    return figure, path, trend

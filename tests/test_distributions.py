@@ -304,5 +304,44 @@ def test_full_kl_batches_matches_torch_and_refuses_bad_covariances():
         gaussian_kl_full(m1[0], c1[0], m2[0], -c2[0])
     with pytest.raises(ValueError, match="cov1 must be symmetric"):
         gaussian_kl_full(m1[0], c1[0] + np.triu(np.ones((3, 3)), 1), m2[0], c2[0])
-    with pytest.raises(ValueError, match="means must be"):
+    with pytest.raises(ValueError, match=r"mean1 must have shape \(3,\)"):
         gaussian_kl_full(m1[0, :2], c1[0], m2[0], c2[0])
+
+
+def _batched(rng, batch, d):
+    """len(batch)-axis stacks of _gaussian: means batch + (d,), covariances batch + (d, d)."""
+    pairs = [_gaussian(rng, d) for _ in range(int(np.prod(batch)))]
+    return (np.stack([m for m, _ in pairs]).reshape(batch + (d,)),
+            np.stack([c for _, c in pairs]).reshape(batch + (d, d)))
+
+
+@given(shapes(min_dims=1, max_dims=2, max_side=4), st.integers(1, 4), st.booleans(), seeds())
+def test_full_kl_single_gaussian_against_a_batch(batch, d, single_first, seed):
+    """One side without batch axes (a prior such as N(0, I)) is compared with every member of the other batch:
+    the same numbers as stacking it B times, in either argument order."""
+    rng = np.random.default_rng(seed)
+    (m, c), (mb, cb) = _gaussian(rng, d), _batched(rng, batch, d)
+    stacked_m, stacked_c = np.broadcast_to(m, mb.shape), np.broadcast_to(c, cb.shape)
+    args, stacked = ((m, c, mb, cb), (stacked_m, stacked_c, mb, cb)) if single_first else \
+        ((mb, cb, m, c), (mb, cb, stacked_m, stacked_c))
+    kl = gaussian_kl_full(*args)
+    assert kl.shape == batch
+    np.testing.assert_allclose(kl, gaussian_kl_full(*stacked), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("shapes1, shapes2, named", [
+    (((4, 3), (3, 3)), ((3,), (3, 3)), r"mean1 must have shape \(3,\)"),          # a batch of means, one covariance
+    (((3,), (4, 3, 3)), ((3,), (3, 3)), r"mean1 must have shape \(4, 3\)"),       # one mean, a batch of covariances
+    (((3,), (3, 3)), ((2, 3), (5, 2, 3, 3)), r"mean2 must have shape \(5, 2, 3\)"),  # leading axis missing
+    (((3, 1, 2), (3, 1, 2, 2)), ((4, 2), (4, 2, 2)), r"mean2/cov2 must have batch shape \(3, 1\)"),  # (3,1) vs (4,)
+    (((4, 2), (4, 2, 2)), ((5, 2), (5, 2, 2)), r"mean2/cov2 must have batch shape \(4,\)"),
+    (((2,), (2, 2)), ((3,), (3, 3)), r"mean2 and cov2 must be of dimension d = 2"),
+    (((2,), (2, 3)), ((2,), (2, 2)), r"cov1 must be \(\.\.\., d, d\) square"),
+])
+def test_full_kl_refuses_shapes_the_math_does_not_define(shapes1, shapes2, named):
+    """mean (..., d) goes with cov (..., d, d) of the same batch shape, and the two Gaussians' batch shapes are
+    equal or one is empty: batch axes that would merely broadcast are refused, naming the argument."""
+    def gaussian(mean_shape, cov_shape):
+        return np.zeros(mean_shape), np.broadcast_to(np.eye(*cov_shape[-2:]), cov_shape)
+    with pytest.raises(ValueError, match="gaussian_kl_full: " + named):
+        gaussian_kl_full(*gaussian(*shapes1), *gaussian(*shapes2))

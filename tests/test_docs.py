@@ -8,7 +8,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 # an equation is numbered where its label opens an indented line: "  (P2)  mu_tilde_t = ..."
 DEFINITION = re.compile(r"^\s{2,}\(([A-Z]+)([0-9]+[a-z']*)\)\s", re.M)
-ROW = re.compile(r"^\| \(([A-Z]+[0-9]+[a-z']*)\) \|(.*)$", re.M)
+# a row's first cell names labels: "(P2)", a list "(W4), (W7)" or a range of one page's "(S4)–(S6)"
+LABEL = r"\(([A-Z]+)([0-9]+)([a-z']*)\)"
+ROW = re.compile(r"^\| ((?:\([A-Z]+[0-9]+[a-z']*\)(?:–|, )?)+) \|(.*)$", re.M)
 SECTION = re.compile(r"^## \[(\w+\.md)\]", re.M)
 
 
@@ -24,9 +26,31 @@ def properties_sections():
     starts = [(m.start(), m.group(1)) for m in SECTION.finditer(text)] + [(len(text), None)]
     sections = {}
     for (start, page), (end, _) in zip(starts, starts[1:]):
-        sections[page] = {label: re.findall(r"`(test_\w+\.py)::(\w+)`", rest)
-                          for label, rest in ROW.findall(text[start:end])}
+        sections[page] = {}
+        for cell, rest in ROW.findall(text[start:end]):
+            tests = re.findall(r"`(test_\w+\.py)::(\w+)`", rest)
+            sections[page].update({label: tests for label in row_labels(cell)})
     return sections
+
+
+def row_labels(cell):
+    """The labels a row's first cell names: "(W4), (W7)" -> W4, W7; "(S4)–(S6)" -> S4, S5, S6."""
+    labels = []
+    for part in cell.split(", "):
+        ends = re.findall(LABEL, part)
+        if len(ends) == 2:
+            (prefix, first, _), (_, last, _) = ends
+            labels += [f"{prefix}{n}" for n in range(int(first), int(last) + 1)]
+        else:
+            labels += ["".join(end) for end in ends]
+    return labels
+
+
+def test_row_labels_expand_lists_and_ranges():
+    assert row_labels("(P2)") == ["P2"]
+    assert row_labels("(M7')") == ["M7'"]
+    assert row_labels("(W4), (W7)") == ["W4", "W7"]
+    assert row_labels("(S4)–(S6)") == ["S4", "S5", "S6"]
 
 
 def test_definition_pattern_finds_the_labels_and_not_references():

@@ -171,6 +171,17 @@ def test_langevin_samples_reach_the_data_moments_with_more_inner_steps():
     assert errors[2] < 0.03  # Monte Carlo error of the std at n = 20000 is 0.003
 
 
+def test_langevin_samples_reach_the_data_moments_as_the_levels_grow():
+    """The trend in the number of noise levels K (3 inner steps each): the moment error falls as K grows
+    (12 -> 50 -> 200), to the Monte Carlo scale at K = 200."""
+    schedule, mean, std = Schedule.cosine(200), 0.3, 0.6
+    oracle = GaussianDataOracle(mean, std, schedule)
+    errors = [_moment_errors(langevin_sample(oracle, (20000, 1), schedule, rng=np.random.default_rng(1), steps=k,
+                                             n_inner=3, dtype=np.float64), mean, std) for k in (12, 50, 200)]
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 0.03, errors  # Monte Carlo error of the std at n = 20000 is 0.003
+
+
 def test_langevin_options_are_checked_and_it_runs_float32():
     with pytest.raises(ValueError, match="n_inner must be >= 1, got 0"):
         make_sampler("langevin", n_inner=0)

@@ -204,6 +204,23 @@ def test_sampler_quality_with_the_exact_model_is_at_the_yardstick_and_a_wrong_mo
         assert bad["budgets"]["60"][label]["mmd2"] > 5 * noise, label
 
 
+def test_quality_trend_follows_each_sampler_across_the_budgets_in_order():
+    """quality_trend reads sampler_quality's result per sampler, smallest budget first (whatever order the
+    budgets were given in): each point is (the calls that sampler spent, its MMD^2 at that budget)."""
+    mean, std = np.array([0.4, -0.2]), np.array([0.3, 0.6])
+    rng = np.random.default_rng(2)
+    points = (mean + std * rng.standard_normal((300, 2))).astype(np.float32)
+    ds = data.ImageDataset("gauss", points[:150], np.zeros(150, np.int64), points[150:], np.zeros(150, np.int64),
+                           num_classes=1)
+    quality = toy2d.sampler_quality(_OracleDDPM(mean, std), ds, budgets=(40, 9, 20), n=150)
+    trend = toy2d.quality_trend(quality)
+    assert set(trend) == set(quality["budgets"]["9"])
+    for label, (calls, values) in trend.items():
+        assert calls == [quality["budgets"][b][label]["calls"] for b in ("9", "20", "40")]
+        assert values == [quality["budgets"][b][label]["mmd2"] for b in ("9", "20", "40")]
+        assert calls == sorted(calls) and calls[0] < calls[-1] <= 40
+
+
 # ---------------------------------------------------------------- the command line, end to end
 
 TINY = ["--set", "T=20", "--set", "hidden=16", "--set", "depth=1", "--set", "eval_images=16"]
@@ -230,6 +247,7 @@ def test_plot_score_field_and_sample_from_the_point_model(moons, tmp_path):
     assert os.path.getsize(tmp_path / "score_field.png") > 0
     quality = json.loads((tmp_path / "score_field.json").read_text())
     assert set(quality["budgets"]) == {"7", "10"} and len(quality["budgets"]["10"]) == 5
+    assert os.path.getsize(tmp_path / "score_field_trend.png") > 0          # two budgets: the trend figure
     assert cli.main(["sample", "--checkpoint", ckpt, "--n", "9", "--out", str(tmp_path / "s.npy"),
                      "--sampler", "ode", "--steps", "4", "--no-progress"]) == 0
     assert np.load(tmp_path / "s.npy").shape == (9, 2) and os.path.exists(tmp_path / "s.png")

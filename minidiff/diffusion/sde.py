@@ -23,6 +23,7 @@ from minidiff.backend import default_rng, xp_of
 from minidiff.diffusion.process import eps_from_x0, x0_from_eps
 from minidiff.diffusion.samplers import Sampler, register_sampler, sample
 from minidiff.diffusion.score import score_from_eps
+from minidiff.distributions import LEVELS, discretized_bin_edges
 
 ODE_SOLVERS = ("euler", "heun")
 TRACES = ("exact", "hutchinson")
@@ -303,18 +304,23 @@ def ode_log_likelihood(model, x0, schedule, steps=None, trace="exact", rng=None,
 
 
 def ode_nll_bpd(model, x0, schedule, steps=None, trace="hutchinson", rng=None, divergence="auto", solver="heun",
-                n_dequant=1, bin_width=2.0 / 255.0):
+                n_dequant=1, levels=LEVELS):
     """-log P(x_0) in bits/dim on the data's grid, (B,), by uniform dequantisation, eq. (W13).
 
-        bpd = -( E_u[log p_theta(x_0 + u)] + D log(bin_width) ) / (D log 2),   u ~ U(-bin_width/2, bin_width/2)^D
-    an upper bound on -log2 P(bin of x_0) per dimension (Jensen). bin_width 2/255: the 256 levels of [-1, 1]
-    used by the discretised decoder of the VLB, so the two numbers compare. n_dequant draws of u from rng.
+        bpd = -( E_u[log p_theta(x_0 + u)] + D log w ) / (D log 2),   u ~ U(-w/2, w/2)^D,  w = 2 / (K - 1)
+    an upper bound on -log2 P(bin of x_0) per dimension (Jensen). x0 must lie on the K-level grid
+    -1 + 2k/(K - 1) of [-1, 1], K = levels (ValueError otherwise): the data's own levels, as the VLB's
+    discretised decoder uses them (17 for the digits, 256 for 8-bit images), so the two numbers compare.
+    n_dequant draws of u from rng; the other arguments as `ode_log_likelihood`.
     """
+    discretized_bin_edges(x0, levels)                                   # x0 on the grid, or a ValueError
+    n_dequant = checks.integer("n_dequant", n_dequant, minimum=1, where="ode_nll_bpd")
     rng = default_rng() if rng is None else rng
     xp, D = xp_of(x0), int(np.prod(x0.shape[1:]))
+    bin_width = 2.0 / (levels - 1)
     log_p = 0.0
-    for _ in range(int(n_dequant)):
+    for _ in range(n_dequant):
         u = xp.asarray((np.asarray(rng.random(x0.shape)) - 0.5) * bin_width, dtype=x0.dtype)
         log_p = log_p + ode_log_likelihood(model, x0 + u, schedule, steps, trace, rng, divergence, solver)
-    log_p = log_p / int(n_dequant)
+    log_p = log_p / n_dequant
     return -(log_p + D * math.log(bin_width)) / (D * math.log(2.0))
