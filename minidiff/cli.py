@@ -85,8 +85,11 @@ def _parser():
                    help="also checkpoint when this many minutes passed since the last one (default 5; 0: off)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model hyperparameter, e.g. --set latent_dim=2 --set kind=conv (JSON values)")
+    t.add_argument("--autoencoder", metavar="PATH", help="ldm only: a trained first stage (a klae checkpoint, or an "
+                                                         "ldm checkpoint's autoencoder); all --steps then train the "
+                                                         "latent DDPM (default: train one on a quarter of --steps)")
     t.add_argument("--class-conditional", action="store_true",
-                   help="condition on the dataset's labels (num_classes = the dataset's); ddpm: classifier-free "
+                   help="condition on the dataset's labels (num_classes = the dataset's); ddpm, ldm: classifier-free "
                         "guidance, labels dropped with probability p_uncond (--set p_uncond=0.1)")
     _common(t)
 
@@ -96,8 +99,8 @@ def _parser():
     s.add_argument("--out", required=True, help="FILE.npy (FILE.png is written beside it)")
     _sampling(s)
     s.add_argument("--eta", type=float, help="ddim sampler only (same as --sampler-option eta=E)")
-    s.add_argument("--label", type=int, help="class-conditional models only (cvae, ddpm --class-conditional): the "
-                                             "class to draw (default: 0..K-1 in turn)")
+    s.add_argument("--label", type=int, help="class-conditional models only (cvae, ddpm or ldm --class-conditional): "
+                                             "the class to draw (default: 0..K-1 in turn)")
     s.add_argument("--seed", type=int, default=0)
     _common(s)
 
@@ -157,8 +160,8 @@ def _sampling(p):
     p.add_argument("--steps", type=int, help="ddpm only: sample on K respaced steps, 1 <= K <= T (default: all T)")
     p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
                    help="ddpm only: a sampler option, e.g. --sampler-option eta=0.5 for ddim (JSON values)")
-    p.add_argument("--guidance", type=float, help="class-conditional ddpm only: the classifier-free guidance scale "
-                                                  "s (diffusers' guidance_scale; the paper's w = s - 1); "
+    p.add_argument("--guidance", type=float, help="class-conditional ddpm or ldm only: the classifier-free guidance "
+                                                  "scale s (diffusers' guidance_scale; the paper's w = s - 1); "
                                                   "0: unconditional, 1: conditional (default)")
 
 
@@ -300,6 +303,7 @@ def _can_sample(model):
 # Flags of `train` that only some models take (dest: (test on the built model, who takes it)).
 TRAIN_FLAGS = {
     "eval_every": (lambda m: hasattr(m, "evaluate"), "models with held-out metrics"),
+    "autoencoder": (lambda m: hasattr(m, "set_latent_scale"), "latent diffusion (ldm)"),
 }
 
 # Flags of `sample` and `eval` that only some models take.
@@ -308,8 +312,8 @@ SAMPLING_FLAGS = {
     "steps": (_samples_by_chain, "diffusion models (ddpm)"),
     "sampler_option": (_samples_by_chain, "diffusion models (ddpm)"),
     "eta": (_samples_by_chain, "diffusion models (ddpm) with --sampler ddim"),
-    "label": (_class_conditional, "class-conditional models (cvae, ddpm trained with --class-conditional)"),
-    "guidance": (_guided, "class-conditional diffusion models (train ddpm --class-conditional)"),
+    "label": (_class_conditional, "class-conditional models (cvae, ddpm or ldm trained with --class-conditional)"),
+    "guidance": (_guided, "class-conditional diffusion models (train ddpm or ldm --class-conditional)"),
 }
 
 # Flags of `plot` and the figures they apply to.
@@ -383,8 +387,9 @@ def sampler_options(args):
 
 # ---------------------------------------------------------------- train
 
-def new_model(args, dataset):
-    """The model `args.model` with its defaults for the dataset and the --set overrides, seeded by --seed."""
+def new_model(args, dataset, defaults=None):
+    """The model `args.model` with its defaults for the dataset (updated by `defaults`) and the --set overrides,
+    seeded by --seed."""
     cls = models.REGISTRY[args.model]
     sets = parse_pairs("--set", args.set)
     accepted = [name for name in inspect.signature(cls).parameters if name != "dtype"]
@@ -396,7 +401,7 @@ def new_model(args, dataset):
             raise UsageError("--class-conditional: " + (f"{args.model} takes no labels" if "num_classes" not in
                                                           accepted else "give it or --set num_classes, not both"))
         sets["num_classes"] = dataset.num_classes
-    hparams = {**cls.default_hparams(dataset), **sets}
+    hparams = {**cls.default_hparams(dataset), **(defaults or {}), **sets}
     if hasattr(cls, "inapplicable_hparams"):   # hyperparameters of another network than the one this data gets
         wrong = [key for key in cls.inapplicable_hparams(hparams) if key in sets]
         if wrong:
@@ -434,16 +439,50 @@ def validate_train(args):
     writable_folder("--out", args.out)
     if args.resume and not os.path.isfile(os.path.join(args.out, Trainer.CHECKPOINT)):
         raise UsageError(f"--resume: {os.path.join(args.out, Trainer.CHECKPOINT)!r} does not exist")
+    check_applies(TRAIN_FLAGS, args, models.REGISTRY[args.model], "train")
+    if args.model == "ldm" and args.autoencoder is None:
+        if args.resume:
+            raise UsageError(f"--resume: train ldm resumes the diffusion stage only; pass the first stage with "
+                             f"--autoencoder {os.path.join(args.out, 'autoencoder', Trainer.CHECKPOINT)} and "
+                             "--steps counting diffusion steps alone")
+        at_least("--steps", args.steps, 2)   # one autoencoder step and one diffusion step at least
+
+
+def load_autoencoder(args, dataset):
+    """The KL autoencoder of --autoencoder (a klae checkpoint, or an ldm's first stage), or None."""
+    if args.autoencoder is None:
+        return None
+    model, _ = load_checkpoint("--autoencoder", args.autoencoder)
+    autoencoder = model.autoencoder if model.name == "ldm" else model
+    if autoencoder.name != "klae":
+        raise UsageError(f"--autoencoder: {args.autoencoder!r} holds a {model.name} model, expected a klae (train "
+                         "klae) or an ldm checkpoint")
+    if autoencoder.image_shape != dataset.image_shape:
+        raise UsageError(f"--autoencoder: it encodes images of shape {autoencoder.image_shape}, --dataset "
+                         f"{args.dataset} has {dataset.image_shape}")
+    return autoencoder
+
+
+def latent_first_stage(args, model, dataset, config, autoencoder):
+    """ldm: (the diffusion stage's config, the scaled codes of the training set), minidiff.latent.first_stage."""
+    from minidiff import latent
+    try:
+        return latent.first_stage(model, dataset, config, autoencoder, args.out, log=_write)
+    except ValueError as e:   # a --set that contradicts the given autoencoder
+        raise UsageError(f"--autoencoder: {e}; drop the --set or train a new first stage") from None
 
 
 def cmd_train(args):
     args.out = args.out or os.path.join("runs", args.model)
     validate_train(args)
     dataset = data.load_dataset(args.dataset, args.data_root, seed=0)
-    model = new_model(args, dataset)
-    check_applies(TRAIN_FLAGS, args, model, "train")
+    autoencoder = load_autoencoder(args, dataset)   # ldm: a trained first stage, whose hparams the model takes
+    model = new_model(args, dataset, autoencoder and models.REGISTRY[args.model].hparams_of(autoencoder))
     config = train_config(type(model), args)
-    trainer = Trainer(model, config, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
+    x_train = dataset.x_train
+    if hasattr(model, "set_latent_scale"):   # latent diffusion: the autoencoder first, then its codes
+        config, x_train = latent_first_stage(args, model, dataset, config, autoencoder)
+    trainer = Trainer(model, config, x_train, dataset.y_train, dataset.x_test, dataset.y_test,
                       out_dir=args.out, meta={"dataset": args.dataset})
     if args.resume:
         try:

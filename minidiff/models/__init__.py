@@ -7,6 +7,8 @@
     vae.py         convolutional VAE (Gaussian or Bernoulli decoder, beta) and the conditional VAE
     unet.py        the DDPM noise-prediction U-Net
     ddpm.py        the DDPM: fused eps-loss training, VLB evaluation, DDPM / DDIM sampling
+    klae.py        the KL-regularised conv autoencoder: latent diffusion's first stage (a latent grid)
+    ldm.py         latent diffusion: the DDPM on the autoencoder's scaled codes (training: minidiff/latent.py)
     classifier.py  a digits classifier whose features score sample quality
     base.py        the registry (name -> class) and what every model shares (figures, sampling to images)
 Derivations and architecture: docs/training.md.
@@ -33,6 +35,6 @@ def load(path, use_ema=True):
 
 # Importing a model module registers its models: every module with a @register class is listed here
 # (tests/test_registries.py checks that nothing registers only when imported by hand).
-from minidiff.models import ae, classifier, dae, ddpm, mae, vae  # noqa: E402,F401
+from minidiff.models import ae, classifier, dae, ddpm, klae, ldm, mae, vae  # noqa: E402,F401
 
 __all__ = ["REGISTRY", "build", "register", "load"]
