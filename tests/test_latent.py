@@ -213,7 +213,8 @@ def test_an_ldm_checkpoint_round_trips_to_the_same_samples(tmp_path):
 def test_a_class_conditional_ldm_guides_the_latent_eps_and_decodes_it():
     """The latent chain of a class-conditional LDM is its DDPM's guided chain (eq. G4 on the scaled codes):
     at s = 1 the conditional one, at s = 0 the unconditional one, decoded by (Z5); labels reach the loss."""
-    model = _tiny_ldm(num_classes=3)
+    # base_channels 16: two or more channels per group, else GroupNorm removes the per-channel embedding
+    model = _tiny_ldm(num_classes=3, base_channels=16)
     model.set_latent_scale(np.array([0.0, 0.5]))            # s = 4
     model.ddpm.unet.conv_out.weight.data[...] = 0.1           # eps_hat = 0 at initialisation: no label would show
     assert model.num_classes == 3 and model.hparams["num_classes"] == 3 and "p_uncond" in model.hparams
