@@ -23,7 +23,7 @@ def _same(ours, theirs, what):
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=0, equal_nan=True, err_msg=what)
 
 
-def _both(fn_ours, fn_theirs, *arrays, grad_seed=0):
+def assert_same_as_torch(fn_ours, fn_theirs, *arrays, grad_seed=0):
     """Run y = f(x...) in both, backpropagate one cotangent; compare y and every input gradient."""
     xs = [md.Tensor(a.copy(), requires_grad=True) for a in arrays]
     txs = [torch.tensor(a.copy(), requires_grad=True) for a in arrays]
@@ -49,15 +49,15 @@ def test_relu_of_minus_infinity_is_zero():
 def test_pow_gradients_at_a_zero_base(exponent):
     a = np.array([0.0, 0.0, 1.5, 2.0])
     b = np.array([exponent, 0.0, exponent, 0.0])
-    _both(lambda x, y: x ** y, lambda x, y: x ** y, a, b)
-    _both(lambda x: ops.pow(x, exponent), lambda x: x ** exponent, a)
+    assert_same_as_torch(lambda x, y: x ** y, lambda x, y: x ** y, a, b)
+    assert_same_as_torch(lambda x: ops.pow(x, exponent), lambda x: x ** exponent, a)
 
 
 def test_clip_with_array_bounds_that_broadcast_x():
     rng = np.random.default_rng(0)
     x, lo, hi = rng.standard_normal(3), rng.standard_normal((2, 3)) - 0.5, rng.standard_normal((2, 3)) + 0.5
-    _both(lambda v: ops.clip(v, lo, hi), lambda v: torch.clamp(v, torch.tensor(lo), torch.tensor(hi)), x)
-    _both(lambda v: ops.clip(v, lo=lo), lambda v: torch.clamp(v, min=torch.tensor(lo)), x)
+    assert_same_as_torch(lambda v: ops.clip(v, lo, hi), lambda v: torch.clamp(v, torch.tensor(lo), torch.tensor(hi)), x)
+    assert_same_as_torch(lambda v: ops.clip(v, lo=lo), lambda v: torch.clamp(v, min=torch.tensor(lo)), x)
 
 
 def test_clip_bounds_that_do_not_broadcast_are_named():
@@ -72,12 +72,12 @@ def test_reductions_of_a_0d_input_over_dim(name, dim):
     torch_dim = dim if isinstance(dim, int) else dim[0]
     theirs = {"sum": lambda v: torch.sum(v, dim), "mean": lambda v: torch.mean(v, dim),
               "max": lambda v: torch.amax(v, dim), "logsumexp": lambda v: torch.logsumexp(v, torch_dim)}[name]
-    _both(lambda v: getattr(ops, name)(v, dim), theirs, x)
+    assert_same_as_torch(lambda v: getattr(ops, name)(v, dim), theirs, x)
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_softmax_family_of_a_0d_input(name):
-    _both(lambda v: getattr(ops, name)(v, 0), lambda v: getattr(torch, name)(v, 0), np.array(0.3))
+    assert_same_as_torch(lambda v: getattr(ops, name)(v, 0), lambda v: getattr(torch, name)(v, 0), np.array(0.3))
 
 
 def test_0d_reduction_refuses_dim_1():
@@ -88,9 +88,9 @@ def test_0d_reduction_refuses_dim_1():
 @pytest.mark.parametrize("shape, axis", [((2, 0), -1), ((0, 3), 0), ((2, 0, 3), 1)])
 def test_softmax_family_over_an_empty_axis(shape, axis):
     x = np.zeros(shape)
-    _both(lambda v: ops.softmax(v, axis), lambda v: torch.softmax(v, axis), x)
-    _both(lambda v: ops.log_softmax(v, axis), lambda v: torch.log_softmax(v, axis), x)
-    y = _both(lambda v: ops.logsumexp(v, axis), lambda v: torch.logsumexp(v, axis), x)
+    assert_same_as_torch(lambda v: ops.softmax(v, axis), lambda v: torch.softmax(v, axis), x)
+    assert_same_as_torch(lambda v: ops.log_softmax(v, axis), lambda v: torch.log_softmax(v, axis), x)
+    y = assert_same_as_torch(lambda v: ops.logsumexp(v, axis), lambda v: torch.logsumexp(v, axis), x)
     assert np.all(y.numpy() == -np.inf)
 
 
@@ -102,8 +102,9 @@ def test_max_over_an_empty_axis_is_refused_by_name():
 def test_group_norm_of_an_empty_batch():
     rng = np.random.default_rng(1)
     w, b = rng.standard_normal(4), rng.standard_normal(4)
-    y = _both(lambda v, ww, bb: F.group_norm(v, 2, ww, bb), lambda v, ww, bb: torch.nn.functional.group_norm(
-        v, 2, ww, bb), np.zeros((0, 4, 3, 3)), w, b)
+    y = assert_same_as_torch(lambda v, ww, bb: F.group_norm(v, 2, ww, bb),
+                             lambda v, ww, bb: torch.nn.functional.group_norm(v, 2, ww, bb),
+                             np.zeros((0, 4, 3, 3)), w, b)
     assert y.shape == (0, 4, 3, 3)
 
 
