@@ -105,13 +105,7 @@ def save_curves(curves, path, xlabel="step", ylabel="loss", title=None, logy=Fal
             ax.plot(steps, values, label=name, marker="o" if len(steps) < 30 else None, markersize=3)
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return _finish_axes(fig, ax, xlabel, ylabel, title, path, legend_size=8)
 
 
 def save_budget_trend(curves, reference, path, ylabel, title=None, linthresh=1e-4):
@@ -127,10 +121,15 @@ def save_budget_trend(curves, reference, path, ylabel, title=None, linthresh=1e-
     ax.set_xticks(ticks, [str(c) for c in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yscale("symlog", linthresh=linthresh)
-    ax.set_xlabel("network calls")
+    return _finish_axes(fig, ax, "network calls", ylabel, title, path, legend_size=7)
+
+
+def _finish_axes(fig, ax, xlabel, ylabel, title, path, legend_size):
+    """Label, grid and legend of a one-axis line plot, then save it; the path."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=legend_size)
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)
