@@ -260,3 +260,48 @@ def test_importance_sampling_refuses_a_bad_proposal():
     for bad in ([0.5, 0.5], [0.5, 0.5, 0.0, 0.0], [0.3, 0.3, 0.3, 0.3]):
         with pytest.raises(ValueError, match="proposal"):
             nll_bpd_importance(oracle, np.zeros((2, 2)), s, np.random.default_rng(0), proposal=bad)
+
+
+@given(problems(), seeds())
+def test_fused_eps_loss_takes_weights_as_a_tensor_or_an_array_and_passes_impl_on(problem, seed):
+    """eq. (E13): a Tensor of weights is the same constant w_b as its array; impl reaches the kernel."""
+    _, _, _, eps, _ = problem
+    rng = np.random.default_rng(seed)
+    eps_hat, weights = rng.standard_normal(eps.shape), rng.uniform(0.1, 3.0, len(eps))
+    np.testing.assert_allclose(fused_eps_loss(eps_hat, eps, Tensor(weights)), eps_loss(eps_hat, eps, weights),
+                               rtol=1e-10)
+    with pytest.raises(ValueError, match="impl"):
+        fused_eps_loss(eps_hat, eps, weights, impl="no-such-kernel")
+
+
+@given(problems(), seeds())
+def test_elbo_weighted_loss_uses_the_fixed_small_weights_by_default(problem, seed):
+    schedule, t, _, eps, _ = problem
+    eps_hat = eps + np.random.default_rng(seed).standard_normal(eps.shape)
+    np.testing.assert_array_equal(elbo_weighted_loss(eps_hat, eps, t, schedule),
+                                  elbo_weighted_loss(eps_hat, eps, t, schedule, "fixed_small"))
+
+
+def test_the_losses_refuse_arrays_that_would_broadcast_naming_the_function():
+    s, t = Schedule.cosine(10), np.array([1, 5])
+    full, column = np.zeros((2, 3)), np.zeros((2, 1))
+    for where, call, first, second in (
+            ("l_simple", lambda a, b: l_simple(a, b), "eps_hat", "eps"),
+            ("eps_loss", lambda a, b: eps_loss(a, b), "eps_hat", "eps"),
+            ("elbo_weighted_loss", lambda a, b: elbo_weighted_loss(b, a, t, s), "eps", "eps_hat")):
+        for a, b in ((full, column), (column, full)):
+            with pytest.raises(ValueError, match=rf"^{where}: {second} must have shape .*\(the shape of {first}\)"):
+                call(a, b)
+    with pytest.raises(ValueError, match=r"^eps_loss: weights must have shape \(2,\) \(one per sample\)"):
+        eps_loss(full, full, np.ones(3))
+    with pytest.raises(ValueError, match=r"^elbo_weighted_loss: t must lie in 1..T"):
+        elbo_weighted_loss(full, full, np.array([0, 1]), s)
+
+
+def test_a_model_output_of_another_shape_is_refused_not_broadcast():
+    s, x0 = Schedule.cosine(4), np.zeros((2, 3))
+    for bad in (lambda x_t, t: np.zeros((len(x_t), 1)), lambda x_t, t: list(np.zeros(x_t.shape))):
+        with pytest.raises((ValueError, TypeError), match=r"^nll_bpd: model\(x_t, t\) must"):
+            nll_bpd(bad, x0, s, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^nll_bpd: model\(x_t, t\) must have shape \(2, 3\) \(that of x_t\)"):
+        nll_bpd(lambda x_t, t: np.zeros((len(x_t), 1)), x0, s, np.random.default_rng(0))

@@ -183,7 +183,7 @@ def survivors(names):
     for name in names or targets:
         work = WORK / name
         for key, status in sorted(_results(name, targets[name]).items()):
-            if status != "killed" and key not in given:
+            if status not in ("killed", "not checked") and key not in given:
                 print(f"## {status}: {key}", flush=True)
                 subprocess.run([sys.executable, "-m", "mutmut", "show", key], cwd=work, env=_env(), check=False)
 
