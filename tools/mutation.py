@@ -178,14 +178,22 @@ def counts(names):
 
 
 def survivors(names):
+    """Each mutant that neither died nor has a verdict, with the lines it changes."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
     _, targets = _read_config()
     given = verdicts()
     for name in names or targets:
-        work = WORK / name
-        for key, status in sorted(_results(name, targets[name]).items()):
-            if status not in ("killed", "not checked") and key not in given:
-                print(f"## {status}: {key}", flush=True)
-                subprocess.run([sys.executable, "-m", "mutmut", "show", key], cwd=work, env=_env(), check=False)
+        path = _installed_path(targets[name]["mutate"])
+        cwd = os.getcwd()
+        os.chdir(WORK / name)
+        try:
+            for key, status in sorted(_results(name, targets[name]).items()):
+                if status not in ("killed", "not checked") and key not in given:
+                    diff = get_diff_for_mutant(key, path=path).splitlines()
+                    changed = [line for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+                    print(f"## {status}: {key}", *changed, sep="\n", flush=True)
+        finally:
+            os.chdir(cwd)
 
 
 def main(argv):
