@@ -15,8 +15,8 @@ module the tests import (minidiff.kernels.reference), which it must to tell whic
 Rerunning keeps each mutant's result while its function's source is unchanged.
 
 tools/mutation_verdicts.txt gives a verdict on surviving mutants, one per line: the mutant's name, then
-"equivalent: why" (no input can tell it from the original) or "killed by hand: the test" (import-time
-code, which mutmut's forked workers cannot see).
+"equivalent: why" (no input can tell it from the original), "killed by hand: the test" (import-time
+code, which mutmut's forked workers cannot see) or "other: why it lives on" (counted as surviving).
 """
 import configparser
 import filecmp
@@ -153,7 +153,7 @@ def verdicts():
         if line.strip() and not line.startswith("#"):
             key, _, rest = line.partition(" ")
             verdict, _, why = rest.partition(":")
-            if verdict not in ("equivalent", "killed by hand"):
+            if verdict not in ("equivalent", "killed by hand", "other"):
                 raise ValueError(f"{VERDICTS.name}: unknown verdict {verdict!r} for {key}")
             out[key] = (verdict, why.strip())
     return out
@@ -168,7 +168,7 @@ def counts(names):
         results = _results(name, targets[name])
         c = Counter()
         for key, status in results.items():
-            if status == "survived" and key in given:
+            if status == "survived" and key in given and given[key][0] != "other":
                 status = given[key][0]
             c[status] += 1
         shown = ("killed", "killed by hand", "equivalent", "survived", "timeout")
