@@ -308,3 +308,18 @@ def test_full_kl_batches_matches_torch_and_refuses_bad_covariances():
         gaussian_kl_full(m1[0], c1[0] + np.triu(np.ones((3, 3)), 1), m2[0], c2[0])
     with pytest.raises(ValueError, match="means must be"):
         gaussian_kl_full(m1[0, :2], c1[0], m2[0], c2[0])
+
+
+@given(st.integers(0, 3), st.integers(1, 4), seeds())
+def test_full_kl_broadcasts_the_batch_axes_of_any_one_argument(which, d, seed):
+    """eq. (K6) over batch axes (2, 3) carried by one argument alone: the (2, 3) KLs of each entry."""
+    rng = np.random.default_rng(seed)
+    args = [*_gaussian(rng, d), *_gaussian(rng, d)]
+    batched = [_gaussian(rng, d)[which % 2] for _ in range(6)]
+    args[which] = np.stack(batched).reshape((2, 3) + batched[0].shape)
+    got = gaussian_kl_full(*args)
+    assert got.shape == (2, 3)
+    for k in range(6):
+        one = list(args)
+        one[which] = batched[k]
+        np.testing.assert_allclose(got.flat[k], gaussian_kl_full(*one), rtol=1e-12, atol=1e-14)
