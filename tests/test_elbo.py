@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 import minidiff.kernels as kernels
 from minidiff import Tensor
 from minidiff.diffusion import (GaussianDataOracle, Schedule, elbo_weighted_loss, eps_loss, l_simple, nll_bpd,
-                                nll_bpd_importance, p_mean_variance, prior_bpd, q_sample, q_step_sample,
-                                vb_terms_bpd)
-from minidiff.distributions import discretized_gaussian_log_likelihood
+                                nll_bpd_importance, p_mean_variance, prior_bpd, q_posterior, q_sample,
+                                q_step_sample, vb_terms_bpd)
+from minidiff.distributions import discretized_gaussian_log_likelihood, normal_kl
 from minidiff.diffusion.elbo import fused_eps_loss
 from minidiff.testing import gradcheck
 from tests.strategies_diffusion import problems, schedules, seeds
@@ -92,6 +92,8 @@ def test_vb_term_at_t1_is_the_discretised_decoder_nll(problem, seed, variance, c
 @given(problems())
 def test_prior_bpd_is_the_kl_of_q_xT_to_the_standard_normal(problem):
     schedule, _, x0, _, _ = problem
+    x0 = x0.copy()
+    x0.flat[0] = 0.0  # a pixel at 0 (the middle grey level of odd-K grids) gives mean 0
     ab = schedule.alpha_bars[-1]
     kl = 0.5 * (ab * x0 ** 2 + (1 - ab) - 1 - np.log1p(-ab))
     np.testing.assert_allclose(prior_bpd(x0, schedule), kl.reshape(len(x0), -1).mean(axis=1) / math.log(2.0),
@@ -260,3 +262,119 @@ def test_importance_sampling_refuses_a_bad_proposal():
     for bad in ([0.5, 0.5], [0.5, 0.5, 0.0, 0.0], [0.3, 0.3, 0.3, 0.3]):
         with pytest.raises(ValueError, match="proposal"):
             nll_bpd_importance(oracle, np.zeros((2, 2)), s, np.random.default_rng(0), proposal=bad)
+
+
+@given(problems(), seeds())
+def test_fused_eps_loss_takes_weights_as_a_tensor_or_an_array_and_passes_impl_on(problem, seed):
+    """eq. (E13): a Tensor of weights is the same constant w_b as its array; impl reaches the kernel."""
+    _, _, _, eps, _ = problem
+    rng = np.random.default_rng(seed)
+    eps_hat, weights = rng.standard_normal(eps.shape), rng.uniform(0.1, 3.0, len(eps))
+    np.testing.assert_allclose(fused_eps_loss(eps_hat, eps, Tensor(weights)), eps_loss(eps_hat, eps, weights),
+                               rtol=1e-10)
+    with pytest.raises(ValueError, match="impl"):
+        fused_eps_loss(eps_hat, eps, weights, impl="no-such-kernel")
+
+
+@given(problems(), seeds())
+def test_elbo_weighted_loss_uses_the_fixed_small_weights_by_default(problem, seed):
+    schedule, t, _, eps, _ = problem
+    eps_hat = eps + np.random.default_rng(seed).standard_normal(eps.shape)
+    np.testing.assert_array_equal(elbo_weighted_loss(eps_hat, eps, t, schedule),
+                                  elbo_weighted_loss(eps_hat, eps, t, schedule, "fixed_small"))
+
+
+def test_the_losses_refuse_arrays_that_would_broadcast_naming_the_function():
+    s, t = Schedule.cosine(10), np.array([1, 5])
+    full, column = np.zeros((2, 3)), np.zeros((2, 1))
+    for where, call, first, second in (
+            ("l_simple", lambda a, b: l_simple(a, b), "eps_hat", "eps"),
+            ("eps_loss", lambda a, b: eps_loss(a, b), "eps_hat", "eps"),
+            ("elbo_weighted_loss", lambda a, b: elbo_weighted_loss(b, a, t, s), "eps", "eps_hat")):
+        for a, b in ((full, column), (column, full)):
+            with pytest.raises(ValueError, match=rf"^{where}: {second} must have shape .*\(the shape of {first}\)"):
+                call(a, b)
+    with pytest.raises(ValueError, match=r"^eps_loss: weights must have shape \(2,\) \(one per sample\)"):
+        eps_loss(full, full, np.ones(3))
+    with pytest.raises(ValueError, match=r"^elbo_weighted_loss: t must lie in 1..T"):
+        elbo_weighted_loss(full, full, np.array([0, 1]), s)
+
+
+def test_a_model_output_of_another_shape_is_refused_not_broadcast():
+    s, x0 = Schedule.cosine(4), np.zeros((2, 3))
+    for bad in (lambda x_t, t: np.zeros((len(x_t), 1)), lambda x_t, t: list(np.zeros(x_t.shape))):
+        with pytest.raises((ValueError, TypeError), match=r"^nll_bpd: model\(x_t, t\) must"):
+            nll_bpd(bad, x0, s, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^nll_bpd: model\(x_t, t\) must have shape \(2, 3\) \(that of x_t\)"):
+        nll_bpd(lambda x_t, t: np.zeros((len(x_t), 1)), x0, s, np.random.default_rng(0))
+
+
+@given(problems(), seeds(), st.sampled_from([256, 17, 2]))
+def test_vb_term_at_t1_takes_the_datas_number_of_levels(problem, seed, levels):
+    """eq. (L5) with h = 1/(K - 1): the decoder term at t = 1 bins on the data's own K-level grid."""
+    schedule, t, x0, eps, _ = problem
+    half = (levels - 1) / 2
+    x0, t = np.round((np.clip(x0, -1, 1) + 1) * half) / half - 1, np.ones(len(t), dtype=int)
+    eps_hat = eps + 0.1 * np.random.default_rng(seed).standard_normal(eps.shape)
+    x_t = q_sample(x0, t, eps, schedule)
+    mean, _, log_var, _ = p_mean_variance(eps_hat, x_t, t, schedule)
+    log_lik = discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var, levels=levels)
+    np.testing.assert_allclose(vb_terms_bpd(x0, x_t, t, eps_hat, schedule, levels=levels),
+                               -log_lik.reshape(len(t), -1).mean(axis=1) / math.log(2.0), rtol=1e-12)
+
+
+@given(problems(), seeds(), st.sampled_from(["eps", "x0", "v"]), st.booleans())
+def test_kl_terms_use_the_models_prediction_and_clipping(problem, seed, prediction, clip_x0):
+    """eq. (L2) for t >= 2 is KL(q_posterior || p_mean_variance) with the same prediction and clip_x0;
+    the default variance is fixed_small."""
+    schedule, t, x0, eps, _ = problem
+    assume(schedule.T >= 2)
+    t, x0 = np.maximum(t, 2), _on_grid(x0)  # the decoder (unused for t >= 2) takes data on its grid
+    output = eps + 3.0 * np.random.default_rng(seed).standard_normal(eps.shape)  # far enough out to clip
+    x_t = q_sample(x0, t, eps, schedule)
+    true_mean, _, true_log_var = q_posterior(x0, x_t, t, schedule)
+    mean, _, log_var, _ = p_mean_variance(output, x_t, t, schedule, "fixed_small", clip_x0, prediction)
+    kl = normal_kl(true_mean, true_log_var, mean, log_var).reshape(len(t), -1).mean(axis=1) / math.log(2.0)
+    np.testing.assert_allclose(vb_terms_bpd(x0, x_t, t, output, schedule, clip_x0=clip_x0, prediction=prediction),
+                               kl, rtol=1e-10, atol=1e-14)
+
+
+def test_the_bound_passes_its_options_to_every_term(monkeypatch):
+    """nll_bpd and nll_bpd_importance hand variance, clip_x0, decoder, cdf and levels to vb_terms_bpd."""
+    import minidiff.diffusion.elbo as elbo_module
+    seen, real = [], elbo_module.vb_terms_bpd
+
+    def spy(x0, x_t, t, eps_hat, schedule, variance="fixed_small", clip_x0=False, prediction="eps", **kw):
+        seen.append((variance, clip_x0, kw["decoder"], kw["cdf"], kw["levels"]))
+        return real(x0, x_t, t, eps_hat, schedule, variance, clip_x0, prediction, **kw)
+
+    monkeypatch.setattr(elbo_module, "vb_terms_bpd", spy)
+    s, x0 = Schedule.cosine(3), np.zeros((2, 3))
+    oracle = GaussianDataOracle(0.0, 0.5, s)
+    options = dict(variance="fixed_large", clip_x0=True, decoder="discretized", cdf="tanh", levels=17)
+    nll_bpd(oracle, x0, s, np.random.default_rng(0), **options)
+    nll_bpd_importance(oracle, x0, s, np.random.default_rng(0), **options)
+    assert seen and set(seen) == {("fixed_large", True, "discretized", "tanh", 17)}
+
+
+@given(schedules(min_T=2, max_T=20), seeds())
+def test_importance_sampling_defaults_to_one_uniform_draw_and_renormalises_the_proposal(schedule, seed):
+    """No proposal is p(t) = 1/T and the default n_t is 1; a proposal that sums to 1 within the
+    tolerance is renormalised, so the estimate is that of the exact one."""
+    oracle = GaussianDataOracle(np.array([0.2, -0.1]), np.array([0.5, 0.4]), schedule)
+    x0 = _on_grid(np.clip(oracle.sample(np.random.default_rng(seed), 4, (2,)), -1, 1))
+    base = nll_bpd_importance(oracle, x0, schedule, np.random.default_rng(seed))
+    uniform = np.full(schedule.T, 1.0 / schedule.T)
+    for proposal in (uniform, uniform * (1 + 5e-6)):
+        np.testing.assert_allclose(nll_bpd_importance(oracle, x0, schedule, np.random.default_rng(seed), n_t=1,
+                                                      proposal=proposal), base, rtol=1e-12)
+    with pytest.raises(ValueError, match="n_t"):
+        nll_bpd_importance(oracle, x0, schedule, np.random.default_rng(seed), n_t=0)
+
+
+def test_vb_terms_refuse_arrays_that_would_broadcast():
+    s, t, full, column = Schedule.cosine(10), np.array([1, 5]), np.zeros((2, 3)), np.zeros((2, 1))
+    for args, name in (((full, column, full), "x0"), ((column, full, full), "x0"), ((full, full, column), "eps_hat")):
+        x0, x_t, eps_hat = args
+        with pytest.raises(ValueError, match=rf"^vb_terms_bpd: {name} must have shape .*\(the shape of x_t\)"):
+            vb_terms_bpd(x0, x_t, t, eps_hat, s)

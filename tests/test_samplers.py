@@ -284,3 +284,26 @@ def test_samplers_and_bound_run_on_cupy_and_match_numpy():
     np.testing.assert_allclose(cp.asnumpy(prior_bpd(cp.asarray(x0), s)), prior_bpd(x0, s), rtol=1e-12)
     estimate = nll_bpd_importance(oracle, cp.asarray(x0), s, default_rng(2, backend="cupy"))
     assert isinstance(estimate, cp.ndarray) and estimate.shape == (8,)
+
+
+@given(schedules(max_T=6), batch_shapes(max_batch=3, max_dims=2), seeds())
+def test_the_samplers_pass_on_rng_dtype_trajectory_and_ddims_deterministic_default(schedule, shape, seed):
+    """The same seed gives the same sample, in the dtype asked for; return_trajectory gives the T + 1
+    states x_T..x_0; DDIM's defaults are eta = 0 and no clipping (docs/ddim.md (D3): no noise is drawn)."""
+    oracle = GaussianDataOracle(0.1, 0.5, schedule)
+    for sampler in (ddpm_sample, ddim_sample):
+        a = sampler(oracle, shape, schedule, rng=np.random.default_rng(seed), dtype=np.float64)
+        b = sampler(oracle, shape, schedule, rng=np.random.default_rng(seed), dtype=np.float64)
+        assert a.dtype == np.float64 and a.shape == tuple(shape)
+        np.testing.assert_array_equal(a, b)
+        x, trajectory = sampler(oracle, shape, schedule, rng=np.random.default_rng(seed), dtype=np.float64,
+                                return_trajectory=True)
+        assert len(trajectory) == schedule.T + 1
+        np.testing.assert_array_equal(trajectory[-1], x)
+        np.testing.assert_array_equal(x, a)
+    x_T = np.random.default_rng(seed).standard_normal(shape)
+    other = ddim_sample(oracle, shape, schedule, rng=np.random.default_rng(seed + 1), x_T=x_T, dtype=np.float64)
+    np.testing.assert_array_equal(ddim_sample(oracle, shape, schedule, rng=np.random.default_rng(seed), x_T=x_T,
+                                              dtype=np.float64), other)
+    np.testing.assert_array_equal(other, ddim_sample(oracle, shape, schedule, rng=np.random.default_rng(seed),
+                                                     x_T=x_T, dtype=np.float64, eta=0.0, clip_x0=False))

@@ -153,3 +153,24 @@ def test_vae_objective_refuses_bad_arguments():
         elbo(np.zeros((2, 3)), q, np.zeros((2, 3)), beta=-1.0)
     with pytest.raises(ValueError, match="K must be"):
         importance_weighted_bound(np.zeros((2, 3)), q, lambda z: z, 0, np.random.default_rng(0))
+
+
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 3), seeds())
+def test_the_defaults_are_the_plain_elbo_with_a_unit_variance_gaussian_decoder(batch, dim, latent, seed):
+    """eq. (V1), (V2): beta = 1 and decoder log-variance 0 unless given, in the ELBO, the loss, the
+    reconstruction term and the importance-weighted bound alike."""
+    rng = np.random.default_rng(seed)
+    x, out = rng.standard_normal((batch, dim)), rng.standard_normal((batch, dim))
+    q = DiagonalGaussian(rng.standard_normal((batch, latent)), rng.standard_normal((batch, latent)))
+    np.testing.assert_array_equal(reconstruction_log_likelihood(x, out),
+                                  reconstruction_log_likelihood(x, out, "gaussian", 0.0))
+    for key, value in elbo(x, q, out).items():
+        np.testing.assert_array_equal(value, elbo(x, q, out, "gaussian", 1.0, 0.0)[key])
+    np.testing.assert_array_equal(vae_loss(x, q, out)[0], vae_loss(x, q, out, "gaussian", 1.0, 0.0)[0])
+    w = rng.standard_normal((latent, dim))
+
+    def decode(z):
+        return z @ w
+    np.testing.assert_array_equal(importance_weighted_bound(x, q, decode, 3, np.random.default_rng(seed)),
+                                  importance_weighted_bound(x, q, decode, 3, np.random.default_rng(seed),
+                                                            "gaussian", 0.0))

@@ -15,8 +15,8 @@ module the tests import (minidiff.kernels.reference), which it must to tell whic
 Rerunning keeps each mutant's result while its function's source is unchanged.
 
 tools/mutation_verdicts.txt gives a verdict on surviving mutants, one per line: the mutant's name, then
-"equivalent: why" (no input can tell it from the original) or "killed by hand: the test" (import-time
-code, which mutmut's forked workers cannot see).
+"equivalent: why" (no input can tell it from the original), "killed by hand: the test" (import-time
+code, which mutmut's forked workers cannot see) or "other: why it lives on" (counted as surviving).
 """
 import configparser
 import filecmp
@@ -153,7 +153,7 @@ def verdicts():
         if line.strip() and not line.startswith("#"):
             key, _, rest = line.partition(" ")
             verdict, _, why = rest.partition(":")
-            if verdict not in ("equivalent", "killed by hand"):
+            if verdict not in ("equivalent", "killed by hand", "other"):
                 raise ValueError(f"{VERDICTS.name}: unknown verdict {verdict!r} for {key}")
             out[key] = (verdict, why.strip())
     return out
@@ -168,7 +168,7 @@ def counts(names):
         results = _results(name, targets[name])
         c = Counter()
         for key, status in results.items():
-            if status == "survived" and key in given:
+            if status == "survived" and key in given and given[key][0] != "other":
                 status = given[key][0]
             c[status] += 1
         shown = ("killed", "killed by hand", "equivalent", "survived", "timeout")
@@ -178,14 +178,22 @@ def counts(names):
 
 
 def survivors(names):
+    """Each mutant that neither died nor has a verdict, with the lines it changes."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
     _, targets = _read_config()
     given = verdicts()
     for name in names or targets:
-        work = WORK / name
-        for key, status in sorted(_results(name, targets[name]).items()):
-            if status != "killed" and key not in given:
-                print(f"## {status}: {key}", flush=True)
-                subprocess.run([sys.executable, "-m", "mutmut", "show", key], cwd=work, env=_env(), check=False)
+        path = _installed_path(targets[name]["mutate"])
+        cwd = os.getcwd()
+        os.chdir(WORK / name)
+        try:
+            for key, status in sorted(_results(name, targets[name]).items()):
+                if status not in ("killed", "not checked") and key not in given:
+                    diff = get_diff_for_mutant(key, path=path).splitlines()
+                    changed = [line for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+                    print(f"## {status}: {key}", *changed, sep="\n", flush=True)
+        finally:
+            os.chdir(cwd)
 
 
 def main(argv):
