@@ -11,9 +11,9 @@ from scipy.special import logsumexp
 
 from minidiff import kernels
 from minidiff.backend import default_rng
-from minidiff.diffusion import (EmpiricalDenoiser, GaussianDataOracle, Schedule, ddim_sample, ddpm_sample,
-                                nll_bpd_importance, p_mean_variance, prior_bpd, sde_sample, spaced_timesteps,
-                                vb_terms_bpd)
+from minidiff.diffusion import (EmpiricalDenoiser, GaussianDataOracle, Schedule, ddim_sample, ddim_step, ddpm_sample,
+                                make_sampler, nll_bpd_importance, p_mean_variance, prior_bpd, sample, sde_sample,
+                                spaced_timesteps, vb_terms_bpd)
 from tests.strategies_diffusion import batch_shapes, schedules, seeds
 
 
@@ -307,3 +307,21 @@ def test_the_samplers_pass_on_rng_dtype_trajectory_and_ddims_deterministic_defau
                                               dtype=np.float64), other)
     np.testing.assert_array_equal(other, ddim_sample(oracle, shape, schedule, rng=np.random.default_rng(seed),
                                                      x_T=x_T, dtype=np.float64, eta=0.0, clip_x0=False))
+
+
+@given(schedules(min_T=2, max_T=12), seeds())
+def test_registered_samplers_and_ddim_step_default_to_the_documented_options(schedule, seed):
+    """The registry's DDPM sampler defaults to variance fixed_small, no clipping; DDIM's sampler and
+    ddim_step to eta = 0 and no clipping (docs/ddim.md (D1)-(D3)); data at 1.5, so a clip would show."""
+    oracle = GaussianDataOracle(1.5, 0.5, schedule)
+    for name, explicit in (("ddpm", dict(variance="fixed_small", clip_x0=False)),
+                           ("ddim", dict(eta=0.0, clip_x0=False))):
+        default, given_ = (sample(sampler, oracle, (16, 2), schedule, rng=np.random.default_rng(seed), dtype=np.float64)
+                           for sampler in (make_sampler(name), make_sampler(name, **explicit)))
+        assert np.abs(given_).max() > 1.0
+        np.testing.assert_array_equal(default, given_)
+    x_t, z = np.random.default_rng(seed).standard_normal((2, 4, 3))
+    chain, k = schedule.respace(schedule.T), schedule.T
+    eps_hat = oracle(x_t, np.full(4, k))
+    np.testing.assert_array_equal(ddim_step(x_t, k, eps_hat, z, chain), ddim_step(x_t, k, eps_hat, z, chain, eta=0.0,
+                                                                                    clip_x0=False))
