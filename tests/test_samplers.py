@@ -11,9 +11,9 @@ from scipy.special import logsumexp
 
 from minidiff import kernels
 from minidiff.backend import default_rng
-from minidiff.diffusion import (EmpiricalDenoiser, GaussianDataOracle, Schedule, ddim_sample, ddpm_sample,
-                                nll_bpd_importance, p_mean_variance, prior_bpd, sde_sample, spaced_timesteps,
-                                vb_terms_bpd)
+from minidiff.diffusion import (EmpiricalDenoiser, GaussianDataOracle, Sampler, SamplerState, Schedule, ddim_sample,
+                                ddim_step, ddpm_sample, make_sampler, nll_bpd_importance, p_mean_variance, prior_bpd,
+                                sample, sde_sample, spaced_timesteps, vb_terms_bpd)
 from tests.strategies_diffusion import batch_shapes, schedules, seeds
 
 
@@ -307,3 +307,68 @@ def test_the_samplers_pass_on_rng_dtype_trajectory_and_ddims_deterministic_defau
                                               dtype=np.float64), other)
     np.testing.assert_array_equal(other, ddim_sample(oracle, shape, schedule, rng=np.random.default_rng(seed),
                                                      x_T=x_T, dtype=np.float64, eta=0.0, clip_x0=False))
+
+
+@given(schedules(min_T=2, max_T=12), seeds())
+def test_registered_samplers_and_ddim_step_default_to_the_documented_options(schedule, seed):
+    """The registry's DDPM sampler defaults to variance fixed_small, no clipping; DDIM's sampler and
+    ddim_step to eta = 0 and no clipping (docs/ddim.md (D1)-(D3)); data at 1.5, so a clip would show."""
+    oracle = GaussianDataOracle(1.5, 0.5, schedule)
+    for name, explicit in (("ddpm", dict(variance="fixed_small", clip_x0=False)),
+                           ("ddim", dict(eta=0.0, clip_x0=False))):
+        default, given_ = (sample(sampler, oracle, (16, 2), schedule, rng=np.random.default_rng(seed), dtype=np.float64)
+                           for sampler in (make_sampler(name), make_sampler(name, **explicit)))
+        assert np.abs(given_).max() > 1.0
+        np.testing.assert_array_equal(default, given_)
+    x_t, z = np.random.default_rng(seed).standard_normal((2, 4, 3))
+    chain, k = schedule.respace(schedule.T), schedule.T
+    eps_hat = oracle(x_t, np.full(4, k))
+    np.testing.assert_array_equal(ddim_step(x_t, k, eps_hat, z, chain), ddim_step(x_t, k, eps_hat, z, chain, eta=0.0,
+                                                                                    clip_x0=False))
+
+
+@given(schedules(min_T=2, max_T=8), st.sampled_from(["ddpm", "ddim"]), seeds())
+def test_what_is_not_given_is_drawn_from_the_default_rng_and_a_given_noise_takes_the_samples_dtype(schedule, name,
+                                                                                                   seed):
+    """Draws: with rng=None whatever of x_T and noise is not given comes from minidiff.default_rng(); a given
+    z is cast to x's dtype (float32 x_T and float64 noise give a float32 sample)."""
+    rng, oracle, shape = np.random.default_rng(seed), GaussianDataOracle(0.1, 0.5, schedule), (3, 2)
+    x_T = rng.standard_normal(shape).astype(np.float32)
+    noise = [rng.standard_normal(shape) for _ in range(schedule.T)]
+    for given_ in (dict(), dict(x_T=x_T), dict(noise=noise), dict(x_T=x_T, noise=noise)):
+        x = sample(make_sampler(name, **({"eta": 1.0} if name == "ddim" else {})), oracle, shape, schedule,
+                   **given_)
+        assert x.shape == shape and x.dtype == np.float32 and np.all(np.isfinite(x))
+
+
+@given(schedules(min_T=2, max_T=8), seeds())
+def test_a_nan_in_the_noise_at_k_1_does_not_reach_the_sample(schedule, seed):
+    """DDPM and DDIM draw no z at k = 1 (noise_shape None there): a given noise[K-1] is shape-checked but
+    ignored, so a NaN in it cannot reach the sample."""
+    rng, oracle, shape = np.random.default_rng(seed), GaussianDataOracle(0.1, 0.5, schedule), (3, 2)
+    x_T, noise = rng.standard_normal(shape), rng.standard_normal((schedule.T,) + shape)
+    noise[-1] = np.nan
+    for sampler in (make_sampler("ddpm"), make_sampler("ddim", eta=1.0)):
+        assert sampler.noise_shape(shape, 1) is None and sampler.noise_shape(shape, 2) == shape
+        x = sample(sampler, oracle, shape, schedule, x_T=x_T, noise=noise, dtype=np.float64)
+        assert np.all(np.isfinite(x))
+
+
+def test_a_sampler_defines_step_or_advance_and_starts_from_the_runs_x_T():
+    """Sampler.__init_subclass__ accepts a subclass that overrides only advance and refuses one with neither;
+    run_chain calls start(x_T, chain) with the run's x_T."""
+    seen = []
+
+    class OnlyAdvance(Sampler):
+        def start(self, x_T, chain):
+            seen.append(x_T)
+            return SamplerState(chain)
+
+        def advance(self, state, x, k, eps_at, draw):
+            return x
+
+    with pytest.raises(TypeError, match="must define step"):
+        type("Neither", (Sampler,), {})
+    schedule, x_T = Schedule.cosine(5), np.random.default_rng(0).standard_normal((2, 3))
+    np.testing.assert_array_equal(sample(OnlyAdvance(), lambda x, t: 0 * x, (2, 3), schedule, x_T=x_T), x_T)
+    assert len(seen) == 1 and seen[0] is x_T

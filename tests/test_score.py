@@ -70,6 +70,27 @@ def test_score_from_eps_checks_t():
         score_from_eps(np.zeros((2, 3)), np.array([1.0, 2.0]), schedule)
 
 
+@given(st.integers(1, 4), st.integers(2, 4), st.sampled_from(["x_t", "x0"]), seeds())
+def test_conditional_score_refuses_an_x0_that_would_broadcast(batch, d, odd, seed):
+    """(S3) is defined for x_t and x0 of one shape: a (B, 1) array on either side is refused, not broadcast."""
+    schedule, rng = Schedule.cosine(10), np.random.default_rng(seed)
+    arrays = {name: rng.standard_normal((batch, 1) if name == odd else (batch, d)) for name in ("x_t", "x0")}
+    with pytest.raises(ValueError, match="conditional_score: x0 must have shape"):  # against x_t's shape
+        conditional_score(arrays["x_t"], arrays["x0"], np.full(batch, 3), schedule)
+
+
+@given(st.integers(1, 4), st.integers(2, 4), st.sampled_from(["score_hat", "x_t", "x0"]), seeds())
+def test_dsm_loss_refuses_arrays_that_would_broadcast(batch, d, odd, seed):
+    """(S4) sums over elements of score_hat, x_t and x0 of one shape (B, ...): one of them (B, 1) is refused
+    by dsm_loss itself, naming the argument against x_t's shape."""
+    schedule, rng = Schedule.cosine(10), np.random.default_rng(seed)
+    arrays = {name: rng.standard_normal((batch, 1) if name == odd else (batch, d))
+              for name in ("score_hat", "x_t", "x0")}
+    named = "x0" if odd == "x0" else "score_hat"
+    with pytest.raises(ValueError, match=f"dsm_loss: {named} must have shape"):
+        dsm_loss(arrays["score_hat"], arrays["x_t"], arrays["x0"], np.full(batch, 3), schedule)
+
+
 # ---------------------------------------------------------------- denoising score matching, eq. (S3)-(S5)
 
 @given(problems(max_T=200), seeds())
@@ -195,3 +216,43 @@ def test_langevin_options_are_checked_and_it_runs_float32():
     x = sample(make_sampler("langevin", denoise=False), GaussianDataOracle(0.0, 0.5, schedule), (4, 2), schedule,
                rng=np.random.default_rng(0), steps=5)
     assert x.dtype == np.float32 and np.all(np.isfinite(x))
+
+
+@given(schedules(min_T=2, max_T=60), st.integers(2, 4), seeds())
+def test_langevin_defaults_are_the_documented_ones(schedule, K, seed):
+    """Defaults of eq. (S6)-(S8): n_inner = 3, step_ratio r = 1, denoise, x0_hat not clipped, for
+    `langevin_sample` and for the registered sampler alike (data at 1.5, so a clip would show)."""
+    rng, K = np.random.default_rng(seed), min(K, schedule.T)
+    oracle = GaussianDataOracle(1.5, 0.5, schedule)
+    x_T, noise = rng.normal(size=(8, 2)), rng.normal(size=(K, 3, 8, 2))
+    want = _langevin_by_hand(oracle, schedule.respace(K), x_T, noise, 1.0)
+    assert np.abs(want).max() > 1.0
+    for got in (langevin_sample(oracle, (8, 2), schedule, steps=K, x_T=x_T, noise=noise),
+                sample(make_sampler("langevin"), oracle, (8, 2), schedule, steps=K, x_T=x_T, noise=noise)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@given(schedules(min_T=2, max_T=60), st.integers(2, 4), st.integers(1, 3), st.floats(0.1, 1.9), st.booleans(),
+       st.sampled_from([np.float32, np.float64]), seeds())
+def test_langevin_clip_x0_clips_tweedies_x0_hat_to_the_data_range(schedule, K, n_inner, ratio, denoise, dtype, seed):
+    """clip_x0 = True returns clip(x0_hat, -1, 1) of the same run, and only with denoise (after eq. (S8));
+    langevin_sample passes each option, its rng, dtype and trajectory on to `sample`."""
+    K = min(K, schedule.T)
+    oracle = GaussianDataOracle(0.0, 3.0, schedule)  # x0_hat spread over [-6, 6]
+    runs = {}
+    for clip in (False, True):
+        options = dict(n_inner=n_inner, step_ratio=ratio, denoise=denoise, clip_x0=clip)
+        got, trajectory = langevin_sample(oracle, (64, 2), schedule, rng=np.random.default_rng(seed), steps=K,
+                                          dtype=dtype, return_trajectory=True, **options)
+        want, want_trajectory = sample(LangevinSampler(**options), oracle, (64, 2), schedule,
+                                       rng=np.random.default_rng(seed), steps=K, dtype=dtype, return_trajectory=True)
+        assert got.dtype == dtype and len(trajectory) == K + 1
+        np.testing.assert_array_equal(got, want)
+        for a, b in zip(trajectory, want_trajectory):
+            np.testing.assert_array_equal(a, b)
+        runs[clip] = got
+    if denoise:
+        assert np.any(runs[False] < -1.0) and np.any(runs[False] > 1.0)
+        np.testing.assert_array_equal(runs[True], np.clip(runs[False], -1.0, 1.0))
+    else:
+        np.testing.assert_array_equal(runs[True], runs[False])
