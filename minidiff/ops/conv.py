@@ -33,10 +33,18 @@ is one copy of a strided view whose innermost runs are kw·C contiguous numbers 
 W_t = w as (O, kh·kw·C) and G = g as (B·Ho·Wo, O): plain BLAS products, no transposed operand
 copied. tests/test_layers_conv.py holds the two paths together (float64 and float32, forward and
 both gradients). Everything here is array-module code (`xp`), so it runs on NumPy and CuPy.
+
+On NumPy, 3×3 stride-1 padding-1 convolutions with enough input channels (`uses_winograd`) run Winograd
+F(2×2, 3×3) instead (eq. M23, `ops/conv_winograd.py`): the forward and the stride-1 input gradient (eq. M20),
+which is such a convolution of g. `conv2d_forward` is the one place that chooses; the channels-last
+product stays the reference, and tests/test_conv_winograd.py holds the two together.
 """
+import numpy as np
+
 from minidiff import checks
 from minidiff.autograd import Function
 from minidiff.backend import xp_of
+from minidiff.ops import conv_winograd
 from minidiff.ops.attention import one_blas_thread
 
 
@@ -164,7 +172,35 @@ def conv2d_input_grad_as_conv(g, w, x_shape, padding, dilation):
     """
     w_flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)                       # (C, O, kh, kw)
     full = tuple(d * (k - 1) - p for k, p, d in zip(w.shape[2:], padding, dilation))
-    return conv2d_channels_last(g, w_flipped, (1, 1), full, dilation, tuple(x_shape[2:]))
+    return conv2d_forward(g, w_flipped, (1, 1), full, dilation, tuple(x_shape[2:]))
+
+
+# ---------------------------------------------------------------- which path runs a convolution
+
+WINOGRAD_MIN_CHANNELS = 16
+"""Winograd F(2×2, 3×3) (eq. M23) runs for 3×3 stride-1 padding-1 convolutions with at least this many input
+channels and at least WINOGRAD_MIN_OUT_CHANNELS output channels. Measured (benchmarks/bench_winograd.py, one
+thread, docs/benchmarks.md round 3): 0.53-0.82x the channels-last product's time at every such convolution of
+the two benchmarked U-Nets with C_in >= 16, forward and input gradient; 0.93-0.97x at C_in = 8, 1.1-4.5x at
+C_in <= 4 (its 16 products then have an inner dimension too short for BLAS); 1.04x at C_out = 1."""
+WINOGRAD_MIN_OUT_CHANNELS = 2
+
+
+def uses_winograd(x, w, stride, padding, dilation):
+    """Eq. M23 applies and was measured faster: NumPy float32/float64, 3×3, stride 1, padding 1, dilation 1,
+    C_in >= WINOGRAD_MIN_CHANNELS, C_out >= WINOGRAD_MIN_OUT_CHANNELS."""
+    return (xp_of(x) is np and x.dtype in (np.float32, np.float64) and tuple(w.shape[2:]) == (3, 3)
+            and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
+            and x.shape[1] >= WINOGRAD_MIN_CHANNELS and w.shape[0] >= WINOGRAD_MIN_OUT_CHANNELS)
+
+
+def conv2d_forward(x, w, stride, padding, dilation, out_hw):
+    """y = conv2d(x, w) without bias, (B, O, Ho, Wo): by Winograd (eq. M23) where `uses_winograd`, else by the
+    channels-last product (eq. M21), which is the reference the Winograd path is tested against."""
+    if uses_winograd(x, w, stride, padding, dilation):
+        with one_blas_thread(np):
+            return conv_winograd.winograd_conv3x3(x, w)
+    return conv2d_channels_last(x, w, stride, padding, dilation, out_hw)
 
 
 # ---------------------------------------------------------------- the channels-last fast path (eq. M21)
@@ -317,9 +353,10 @@ class Conv2d(Function):
     """y[b, o] = Σ_{c,i,j} w[o, c, i, j] x_pad[b, c, s·u + d·i, s·v + d·j] + bias[o]  (eq. M1-M2).
 
     Inputs x (B, C, H, W), w (O, C, kh, kw), optional bias (O,). Computed channels last (eq. M21):
-    y = R W_tᵀ. Saved: x and w, not R: R is kh·kw times larger and is gathered again, a slice of the
-    batch at a time, in backward (a fraction of one product's time). VJP (eq. M3-M4, M20): ∂w = Gᵀ R,
-    ∂x = conv2d_input_grad(g, w), ∂bias = Σ_{b,u,v} g.
+    y = R W_tᵀ, or by Winograd F(2×2, 3×3) (eq. M23) where `uses_winograd`. Saved: x and w, not R: R is
+    kh·kw times larger and is gathered again, a slice of the batch at a time, in backward (a fraction of
+    one product's time). VJP (eq. M3-M4, M20): ∂w = Gᵀ R,
+    ∂x = conv2d_input_grad(g, w) (itself by eq. M23 where it applies), ∂bias = Σ_{b,u,v} g.
     """
 
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
@@ -332,7 +369,7 @@ class Conv2d(Function):
             raise ValueError(f"conv2d: kernel {tuple(kernel)} (dilation {dilation}) does not fit the padded "
                              f"input {tuple(x.shape)} with padding {padding}")
         self.geometry, self.x, self.w, self.out_hw = (stride, padding, dilation), x, w, out_hw
-        y = conv2d_channels_last(x, w, stride, padding, dilation, out_hw)
+        y = conv2d_forward(x, w, stride, padding, dilation, out_hw)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)                               # y is a fresh array
         return y
