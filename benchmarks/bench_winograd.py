@@ -8,9 +8,12 @@ of the two train_step.py configurations (digits: B = 64 at 8×8 and 4×4; 32x32:
   forward     y = conv2d(x, w): (B, C_in, H, W) -> (B, C_out, H, W)
   input grad  ∂L/∂x = conv2d(g, w̃) with w̃ the flipped, transposed kernel (docs/layers.md eq. M20):
               (B, C_out, H, W) -> (B, C_in, H, W); the first convolution's is never needed (its input is data)
-each timed as `conv2d_channels_last` (the current path, eq. M21) and `winograd_conv3x3` (eq. M23), the two
+  weight grad ∂L/∂w from x (B, C_in, H, W) and g (B, C_out, H, W)
+each timed as `conv2d_channels_last` (the current path, eq. M21; for the weight gradient
+`weight_grad_channels_last` of g's rows, as `Conv2d.backward` calls it) and `winograd_conv3x3` (eq. M23;
+`winograd_weight_grad3x3`, eq. M24), the two
 alternating inside every repeat; reported: the minimum over repeats of each (process CPU time and wall
-time), the ratio winograd/current, and Winograd's parts (filter transform, padded copy + input transform,
+time), the ratio winograd/current, and Winograd's parts (filter transform, input transform,
 the 16 products, output transform). `count` is how many convolutions of that shape and role one training
 step runs, so Σ count·time is the step's time on these convolutions by each path. Rows with role `probe`
 (count 0) time C_in = 4, 8, 16 and C_out = 2, 4, 8 at each configuration's largest resolution: where the dispatch
@@ -52,6 +55,7 @@ def cases():
         first = next(iter(convs))                              # conv_in: its input gradient is not computed
         for (B, C, O, H, W), n in convs.items():
             roles[("forward", (B, C, O, H, W))] += n
+            roles[("weight grad", (B, C, O, H, W))] += n
             m = n - 1 if (B, C, O, H, W) == first else n
             if m:
                 roles[("input grad", (B, O, C, H, W))] += m
@@ -111,14 +115,22 @@ def main():
     for config, role, (B, C, O, H, W), count in cases():
         x = rng.standard_normal((B, C, H, W)).astype(args.dtype)
         w = rng.standard_normal((O, C, 3, 3)).astype(args.dtype)
-        current = lambda: conv_ops.conv2d_channels_last(x, w, (1, 1), (1, 1), (1, 1), (H, W))  # noqa: E731
-        winograd = lambda: cw.winograd_conv3x3(x, w)                                           # noqa: E731
+        g = rng.standard_normal((B, O, H, W)).astype(args.dtype)
+        if role == "weight grad":
+            current = lambda: conv_ops.weight_grad_channels_last(                              # noqa: E731
+                conv_ops.as_rows(g), x, w.shape, (1, 1), (1, 1), (1, 1), (H, W))
+            winograd = lambda: cw.winograd_weight_grad3x3(g, x)                                # noqa: E731
+        else:
+            current = lambda: conv_ops.conv2d_channels_last(x, w, (1, 1), (1, 1), (1, 1), (H, W))  # noqa: E731
+            winograd = lambda: cw.winograd_conv3x3(x, w)                                           # noqa: E731
         err = float(np.abs(winograd() - current()).max() / np.abs(current()).max())
         (cur_cpu, cur_wall), (win_cpu, win_wall) = min_times([current, winograd], args.repeats)
         row = {"config": config, "role": role, "B": B, "C_in": C, "C_out": O, "H": H, "W": W, "count": count,
                "current_cpu_s": cur_cpu, "winograd_cpu_s": win_cpu, "ratio_cpu": win_cpu / cur_cpu,
                "current_wall_s": cur_wall, "winograd_wall_s": win_wall, "ratio_wall": win_wall / cur_wall,
-               "max_rel_diff": err, "winograd_parts_cpu": winograd_parts(x, w, max(5, args.repeats // 4))}
+               "max_rel_diff": err}
+        if role != "weight grad":
+            row["winograd_parts_cpu"] = winograd_parts(x, w, max(5, args.repeats // 4))
         totals[(config, role, "current")] += count * cur_cpu
         totals[(config, role, "winograd")] += count * win_cpu
         rows.append(row)

@@ -40,6 +40,26 @@ def winograd_bound(x, w):
     return y.transpose(0, 1, 2, 4, 3, 5).reshape(B, -1, 2 * nh, 2 * nw)[:, :, :H, :W]
 
 
+def weight_grad_bound(g, x):
+    """Ŷ_w[o, c] = Σ_t |G|ᵀ [(|A| |∂Y_t| |A|ᵀ) ⊙ (|Bᵀ| |d_t| |B|)] |G| (eq. M24 in absolute values), in float64:
+    the computed ∂w is within γ_{T+16} Ŷ_w (2 additions in each of the two tile transforms, T tiles summed,
+    8 in the final (G ⊗ G)ᵀ product)."""
+    x, g = np.abs(x.astype(np.float64)), np.abs(g.astype(np.float64))
+    B, C, H, W = x.shape
+    nh, nw = (H + 1) // 2, (W + 1) // 2
+    x_pad = np.zeros((B, C, 2 * nh + 2, 2 * nw + 2))
+    x_pad[:, :, 1:1 + H, 1:1 + W] = x
+    d = np.lib.stride_tricks.sliding_window_view(x_pad, (4, 4), axis=(2, 3))[:, :, ::2, ::2]   # (B, C, nh, nw, 4, 4)
+    g_pad = np.zeros((B, g.shape[1], 2 * nh, 2 * nw))
+    g_pad[:, :, :H, :W] = g
+    q = g_pad.reshape(B, -1, nh, 2, nw, 2).transpose(0, 1, 2, 4, 3, 5)                          # (B, O, nh, nw, 2, 2)
+    v = np.abs(B_T) @ d @ np.abs(B_T).T
+    z = np.abs(A_T).T @ q @ np.abs(A_T)
+    p = np.einsum("boijkl,bcijkl->ockl", z, v)
+    G = np.abs(conv_winograd.G_MATRIX)
+    return G.T @ p @ G
+
+
 def gamma(n, dtype):
     u = np.finfo(dtype).eps / 2
     return n * u / (1 - n * u)
@@ -77,9 +97,30 @@ def test_winograd_equals_the_direct_product_within_its_error_bound(shape, dtype,
     assert_within_bound(y, x, w)
 
 
+@given(shapes, st.sampled_from([np.float64, np.float32]), st.integers(0, 2**16))
+def test_winograd_weight_grad_equals_the_direct_product_within_its_error_bound(shape, dtype, seed):
+    """Eq. M24 (the adjoint of eq. M23 in w) = ∂L/∂w = Gᵀ R (eq. M21) on every shape, odd sizes included:
+    within γ_{T+16} Ŷ_w plus the float64 reference's own γ_{B·H·W} |g|ᵀ|R|, dtype kept."""
+    B, C, O, H, W = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, C, H, W)).astype(dtype)
+    g = rng.standard_normal((B, O, H, W)).astype(dtype)
+    dw = conv_winograd.winograd_weight_grad3x3(g, x)
+    assert dw.dtype == dtype and dw.shape == (O, C, 3, 3)
+    as64 = [a.astype(np.float64) for a in (g, x)]
+    geometry = ((1, 1), (1, 1), (1, 1))
+    reference = conv_ops.conv2d_weight_grad_reference(*as64, (O, C, 3, 3), *geometry)
+    reference_error = gamma(B * H * W, np.float64) * conv_ops.conv2d_weight_grad_reference(
+        *[np.abs(a) for a in as64], (O, C, 3, 3), *geometry)
+    T = B * ((H + 1) // 2) * ((W + 1) // 2)
+    excess = np.abs(dw - reference) - gamma(T + 16, dtype) * weight_grad_bound(g, x) - reference_error
+    assert excess.max() <= 0, f"exceeds the bound by {excess.max():.3g}"
+
+
 @given(st.integers(1, 9), st.integers(1, 9), st.sampled_from([np.float64, np.float32]))
 def test_winograd_batch_slices_cover_the_batch(H, W, dtype):
-    """A batch larger than one workspace slice: every sample's output is its own convolution (within the bound)."""
+    """A batch larger than one workspace slice: every sample's output is its own convolution, and ∂w sums
+    all slices (within their bounds; the factor 2 covers the float64 reference's own rounding)."""
     C, O = 24, 20
     per_sample = 16 * (C + O) * ((H + 1) // 2) * ((W + 1) // 2) * np.dtype(dtype).itemsize
     B = conv_winograd.WORKSPACE_BYTES // per_sample + 2
@@ -87,6 +128,12 @@ def test_winograd_batch_slices_cover_the_batch(H, W, dtype):
     rng = np.random.default_rng(H * 10 + W)
     x, w = rng.standard_normal((B, C, H, W)).astype(dtype), rng.standard_normal((O, C, 3, 3)).astype(dtype)
     assert_within_bound(conv_winograd.winograd_conv3x3(x, w), x, w)
+    g = rng.standard_normal((B, O, H, W)).astype(dtype)
+    geometry = ((1, 1), (1, 1), (1, 1))
+    reference = conv_ops.conv2d_weight_grad_reference(g.astype(np.float64), x.astype(np.float64), w.shape, *geometry)
+    T = B * ((H + 1) // 2) * ((W + 1) // 2)
+    error = np.abs(conv_winograd.winograd_weight_grad3x3(g, x) - reference)
+    assert np.all(error <= 2 * gamma(T + 16, dtype) * weight_grad_bound(g, x))      # ∂w sums every slice
 
 
 def test_the_transform_matrices_are_lavin_and_gray_s():
@@ -126,23 +173,30 @@ def test_uses_winograd_only_where_it_applies_and_was_measured_faster():
 
 
 def _counting(monkeypatch):
+    """Record each call of the two Winograd entry points as ("conv", x.shape, w.shape) or ("dw", g.shape, x.shape)."""
     calls = []
-    real = conv_winograd.winograd_conv3x3
+    conv, weight_grad = conv_winograd.winograd_conv3x3, conv_winograd.winograd_weight_grad3x3
 
-    def spy(x, w):
-        calls.append((x.shape, w.shape))
-        return real(x, w)
+    def conv_spy(x, w):
+        calls.append(("conv", x.shape, w.shape))
+        return conv(x, w)
 
-    monkeypatch.setattr(conv_winograd, "winograd_conv3x3", spy)
+    def weight_grad_spy(g, x):
+        calls.append(("dw", g.shape, x.shape))
+        return weight_grad(g, x)
+
+    monkeypatch.setattr(conv_winograd, "winograd_conv3x3", conv_spy)
+    monkeypatch.setattr(conv_winograd, "winograd_weight_grad3x3", weight_grad_spy)
     return calls
 
 
 @given(st.integers(1, 2), st.integers(1, 20), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6),
        st.sampled_from([np.float64, np.float32]), st.integers(0, 99))
-def test_conv2d_runs_winograd_forward_and_input_grad(B, C, O, H, W, dtype, seed):
-    """conv2d's forward (eq. M23) and its stride-1 input gradient (eq. M20 by eq. M23, a convolution of g with
-    the flipped, transposed kernel: O input channels) take Winograd where `uses_winograd` says, and equal the
-    channel-major reference (eq. M1-M4) for y, ∂x and ∂w: float64 to 1e-12 of the scale, float32 to 1e-5."""
+def test_conv2d_runs_winograd_forward_and_both_gradients(B, C, O, H, W, dtype, seed):
+    """conv2d's forward (eq. M23), its stride-1 input gradient (eq. M20 by eq. M23, a convolution of g with
+    the flipped, transposed kernel: O input channels) and its weight gradient (eq. M24) take Winograd where
+    `uses_winograd` says, and equal the channel-major reference (eq. M1-M4) for y, ∂x and ∂w: float64 to
+    1e-12 of the scale, float32 to 1e-5."""
     with pytest.MonkeyPatch.context() as mp:
         calls = _counting(mp)
         mp.setattr(conv_ops, "WINOGRAD_MIN_CHANNELS", 1)
@@ -153,7 +207,8 @@ def test_conv2d_runs_winograd_forward_and_input_grad(B, C, O, H, W, dtype, seed)
         xt, wt = md.Tensor(x, requires_grad=True), md.Tensor(w, requires_grad=True)
         y = F.conv2d(xt, wt, padding=1)
         y.backward(g)
-    assert calls == [((B, C, H, W), (O, C, 3, 3)), ((B, O, H, W), (C, O, 3, 3))]
+    assert sorted(calls) == sorted([("conv", (B, C, H, W), (O, C, 3, 3)), ("conv", (B, O, H, W), (C, O, 3, 3)),
+                                    ("dw", (B, O, H, W), (B, C, H, W))])
     geometry = ((1, 1), (1, 1), (1, 1))
     pairs = [(y.numpy(), conv_ops.conv2d_reference(x, w, *geometry)),
              (xt.grad, conv_ops.conv2d_input_grad_reference(g, w, x.shape, *geometry)),
@@ -166,20 +221,24 @@ def test_conv2d_runs_winograd_forward_and_input_grad(B, C, O, H, W, dtype, seed)
 
 
 def test_the_threshold_routes_few_channels_to_the_direct_product(monkeypatch):
-    """Below WINOGRAD_MIN_CHANNELS input channels the forward stays on eq. M21; so does an input gradient
+    """Below WINOGRAD_MIN_CHANNELS input channels the forward and ∂w stay on eq. M21; so does an input gradient
     whose g has too few channels (the U-Net's last convolution: C_out = 1), and a forward with C_out = 1."""
     calls = _counting(monkeypatch)
     n = conv_ops.WINOGRAD_MIN_CHANNELS
-    x, w = md.Tensor(np.ones((1, n - 1, 4, 4)), requires_grad=True), np.ones((n, n - 1, 3, 3))
+
+    def param(*shape):
+        return md.Tensor(np.ones(shape), requires_grad=True)
+
+    x, w = param(1, n - 1, 4, 4), param(n, n - 1, 3, 3)
     F.conv2d(x, w, padding=1).backward(np.ones((1, n, 4, 4)))
-    assert calls == [((1, n, 4, 4), (n - 1, n, 3, 3))]                   # the input gradient only: g has n channels
+    assert calls == [("conv", (1, n, 4, 4), (n - 1, n, 3, 3))]          # the input gradient only: g has n channels
     calls.clear()
-    x, w = md.Tensor(np.ones((1, n, 4, 4)), requires_grad=True), np.ones((1, n, 3, 3))
+    x, w = param(1, n, 4, 4), param(1, n, 3, 3)
     F.conv2d(x, w, padding=1).backward(np.ones((1, 1, 4, 4)))
-    assert calls == []                                                     # C_out = 1: neither
-    w = np.ones((conv_ops.WINOGRAD_MIN_OUT_CHANNELS, n, 3, 3))
+    assert calls == []                                                     # C_out = 1: none
+    w = param(conv_ops.WINOGRAD_MIN_OUT_CHANNELS, n, 3, 3)
     F.conv2d(x, w, padding=1).backward(np.ones((1, w.shape[0], 4, 4)))
-    assert calls == [((1, n, 4, 4), w.shape)]                             # the forward only
+    assert sorted(calls) == sorted([("conv", (1, n, 4, 4), w.shape), ("dw", (1, w.shape[0], 4, 4), (1, n, 4, 4))])
 
 
 @given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), st.booleans())

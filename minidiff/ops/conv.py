@@ -178,11 +178,13 @@ def conv2d_input_grad_as_conv(g, w, x_shape, padding, dilation):
 # ---------------------------------------------------------------- which path runs a convolution
 
 WINOGRAD_MIN_CHANNELS = 16
-"""Winograd F(2×2, 3×3) (eq. M23) runs for 3×3 stride-1 padding-1 convolutions with at least this many input
-channels and at least WINOGRAD_MIN_OUT_CHANNELS output channels. Measured (benchmarks/bench_winograd.py, one
-thread, docs/benchmarks.md round 3): 0.53-0.82x the channels-last product's time at every such convolution of
-the two benchmarked U-Nets with C_in >= 16, forward and input gradient; 0.93-0.97x at C_in = 8, 1.1-4.5x at
-C_in <= 4 (its 16 products then have an inner dimension too short for BLAS); 1.04x at C_out = 1."""
+"""Winograd F(2×2, 3×3) (eq. M23, M24) runs for 3×3 stride-1 padding-1 convolutions with at least this many input
+channels and at least WINOGRAD_MIN_OUT_CHANNELS output channels: forward, input gradient (a convolution of g, so
+its C_in is the layer's C_out) and weight gradient. Measured (benchmarks/bench_winograd.py, float32, one thread,
+docs/benchmarks.md round 3), Winograd's time over the channels-last product's: 0.52-0.84 at every such
+convolution of the two benchmarked U-Nets and the C_in = 16 and C_out = 2 probes; 0.88-0.97 at C_in = 8;
+1.07-4.5 at C_in <= 4 for the forward (its 16 products then have an inner dimension too short for BLAS);
+1.10-1.17 at C_out = 1."""
 WINOGRAD_MIN_OUT_CHANNELS = 2
 
 
@@ -201,6 +203,15 @@ def conv2d_forward(x, w, stride, padding, dilation, out_hw):
         with one_blas_thread(np):
             return conv_winograd.winograd_conv3x3(x, w)
     return conv2d_channels_last(x, w, stride, padding, dilation, out_hw)
+
+
+def conv2d_weight_grad(g, x, w, stride, padding, dilation, out_hw):
+    """∂L/∂w of y = conv2d(x, w) for upstream g (B, O, Ho, Wo): by eq. M24 (Winograd's adjoint) where
+    `uses_winograd`, else ∂W_t = Gᵀ R (eq. M21), the reference."""
+    if uses_winograd(x, w, stride, padding, dilation):
+        with one_blas_thread(np):
+            return conv_winograd.winograd_weight_grad3x3(g, x)
+    return weight_grad_channels_last(as_rows(g), x, w.shape, stride, padding, dilation, out_hw)
 
 
 # ---------------------------------------------------------------- the channels-last fast path (eq. M21)
@@ -356,7 +367,8 @@ class Conv2d(Function):
     y = R W_tᵀ, or by Winograd F(2×2, 3×3) (eq. M23) where `uses_winograd`. Saved: x and w, not R: R is
     kh·kw times larger and is gathered again, a slice of the batch at a time, in backward (a fraction of
     one product's time). VJP (eq. M3-M4, M20): ∂w = Gᵀ R,
-    ∂x = conv2d_input_grad(g, w) (itself by eq. M23 where it applies), ∂bias = Σ_{b,u,v} g.
+    ∂x = conv2d_input_grad(g, w) (itself by eq. M23 where it applies), ∂w by eq. M24 where eq. M23 applies,
+    ∂bias = Σ_{b,u,v} g.
     """
 
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
@@ -376,8 +388,7 @@ class Conv2d(Function):
 
     def backward(self, g):
         dx = conv2d_input_grad(g, self.w, self.x.shape, *self.geometry) if self.needs_grad[0] else None
-        dw = weight_grad_channels_last(as_rows(g), self.x, self.w.shape, *self.geometry,
-                                       out_hw=self.out_hw) if self.needs_grad[1] else None
+        dw = conv2d_weight_grad(g, self.x, self.w, *self.geometry, self.out_hw) if self.needs_grad[1] else None
         db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return dx, dw, db
 

@@ -20,11 +20,19 @@ The transforms are additions only (G's halves are exact in binary floating point
 the filter transform is a small NumPy product per call (weights change every step). Odd H or W: x is
 padded to even with one more zero row/column at the bottom/right, and the extra outputs are not written.
 
-Layouts: x is copied once into a zero-bordered channels-last (B, 2⌈H/2⌉ + 2, 2⌈W/2⌉ + 2, C) array so
-that each kernel's innermost loop runs over contiguous channels; V is (16, T, C), U (16, C, O), M
-(16, T, O), and the output kernel writes y (B, O, H, W) directly. Arithmetic is in x's dtype throughout
-(float32 stays float32). `ops/conv.py` dispatches to this path (`use_winograd`) and keeps the
-channels-last product as the reference; tests/test_conv_winograd.py holds them together.
+The weight gradient is the adjoint of eq. M23 in g, for upstream ∂Y (B, O, H, W) cut into the same tiles:
+
+    ∂w[o, c] = Gᵀ [ Σ_t Z[o, t] ⊙ V[c, t] ] G,   Z = A ∂Y_t Aᵀ                           (eq. M24)
+
+(⟨∂Y_t, Aᵀ[(G g Gᵀ) ⊙ V]A⟩ = ⟨Gᵀ[(A ∂Y_t Aᵀ) ⊙ V]G, g⟩), i.e. 16 products P_ξ = Z_ξᵀ V_ξ of (O × T)(T × C),
+again 16 multiply-adds per tile and channel pair against the direct ∂W = Gᵀ R's 36; V is made again from x.
+
+Layouts: the kernels read and write NCHW arrays and work channels last inside, in buffers of one tile row
+(`_input_transform`: the 4 input rows of a tile row, (4, 2⌈W/2⌉ + 2, C); `_output_transform`: (2, 2⌈W/2⌉, O)),
+so that their innermost loops run over contiguous channels; V is (16, T, C), U (16, C, O), M and Z
+(16, T, O). Everything is made a slice of the batch at a time (`batch_slices`). Arithmetic is in x's dtype
+throughout (float32 stays float32). `ops/conv.py: conv2d_forward` chooses this path (`uses_winograd`) and
+keeps the channels-last product as the reference; tests/test_conv_winograd.py holds them together.
 Runs unchanged (slowly) under NUMBA_DISABLE_JIT=1.
 """
 import numpy as np
@@ -148,3 +156,65 @@ def winograd_conv3x3(x, w):
         _input_transform(x[sl], v)
         _output_transform(np.matmul(v, u), y[sl])                      # M_ξ = V_ξ U_ξ: (16, n, O)
     return y
+
+
+@njit(cache=True)
+def _grad_transform(g, z):
+    """z[ξ, t, o] = (A ∂Y_t Aᵀ)[ξ] for the 2×2 tile ∂Y_t = g[b, o, 2ĩ : 2ĩ + 2, 2j̃ : 2j̃ + 2] (zeros beyond H, W).
+
+    g (B, O, H, W); z (16, B·⌈H/2⌉·⌈W/2⌉, O). A = (Aᵀ)ᵀ maps (q₀, q₁) to (q₀, q₀ + q₁, q₀ − q₁, −q₁). The two
+    rows of a tile row are first copied channels last into a (2, 2⌈W/2⌉, O) buffer.
+    """
+    B, O, H, W = g.shape
+    nh, nw = (H + 1) // 2, (W + 1) // 2
+    q = np.zeros((2, 2 * nw, O), dtype=g.dtype)
+    h = np.empty((4, 2, O), dtype=g.dtype)
+    for b in range(B):
+        for ti in range(nh):
+            for p in range(2):
+                row = 2 * ti + p
+                if row < H:
+                    for o in range(O):
+                        gr = g[b, o, row]
+                        for col in range(W):
+                            q[p, col, o] = gr[col]
+                else:
+                    q[p] = 0
+            for tj in range(nw):
+                t = (b * nh + ti) * nw + tj
+                for l in range(2):                                      # h[:, l] = A ∂Y[:, l]
+                    q0, q1 = q[0, 2 * tj + l], q[1, 2 * tj + l]
+                    for o in range(O):
+                        h[0, l, o] = q0[o]
+                        h[1, l, o] = q0[o] + q1[o]
+                        h[2, l, o] = q0[o] - q1[o]
+                        h[3, l, o] = -q1[o]
+                for i in range(4):                                      # z[i, :] = h[i, :] Aᵀ
+                    h0, h1 = h[i, 0], h[i, 1]
+                    z0, z1, z2, z3 = z[4 * i, t], z[4 * i + 1, t], z[4 * i + 2, t], z[4 * i + 3, t]
+                    for o in range(O):
+                        z0[o] = h0[o]
+                        z1[o] = h0[o] + h1[o]
+                        z2[o] = h0[o] - h1[o]
+                        z3[o] = -h1[o]
+
+
+def winograd_weight_grad3x3(g, x):
+    """∂L/∂w (O, C, 3, 3) of y = conv2d(x, w, stride 1, padding 1) for upstream g (B, O, H, W), by eq. M24.
+
+    Per slice of the batch: V from x (the forward's input kernel), Z from g, P_ξ += Z_ξᵀ V_ξ as one stacked
+    `np.matmul`; then ∂w[o, c] = Gᵀ P[o, c] G for all (o, c) as one product with (G ⊗ G)ᵀ. x's dtype.
+    """
+    x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
+    B, C, H, W = x.shape
+    O = g.shape[1]
+    tiles = ((H + 1) // 2) * ((W + 1) // 2)
+    p = np.zeros((16, O, C), dtype=x.dtype)
+    for sl in batch_slices(B, C, O, H, W, x.itemsize):
+        n = (sl.stop - sl.start) * tiles
+        v, z = np.empty((16, n, C), dtype=x.dtype), np.empty((16, n, O), dtype=x.dtype)
+        _input_transform(x[sl], v)
+        _grad_transform(g[sl], z)
+        p += np.matmul(z.transpose(0, 2, 1), v)                        # P_ξ = Z_ξᵀ V_ξ: (16, O, C)
+    dw = G_KRON.T.astype(x.dtype) @ p.reshape(16, O * C)                # vec(Gᵀ P G) = (G ⊗ G)ᵀ vec(P): (9, O·C)
+    return np.ascontiguousarray(dw.T).reshape(O, C, 3, 3)
