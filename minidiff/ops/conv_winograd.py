@@ -20,6 +20,10 @@ The transforms are additions only (G's halves are exact in binary floating point
 the filter transform is a small NumPy product per call (weights change every step). Odd H or W: x is
 padded to even with one more zero row/column at the bottom/right, and the extra outputs are not written.
 
+Bytes, per call, in units of x's and y's sizes: x is read twice (tile rows overlap by two input rows),
+V written and read once at 4x x (16 numbers per 4 outputs), M written and read once at 4x y, y written
+once; the direct path's row matrix R is 9x x. The products stay the larger cost (docs/benchmarks.md).
+
 The weight gradient is the adjoint of eq. M23 in g, for upstream ∂Y (B, O, H, W) cut into the same tiles:
 
     ∂w[o, c] = Gᵀ [ Σ_t Z[o, t] ⊙ V[c, t] ] G,   Z = A ∂Y_t Aᵀ                           (eq. M24)
@@ -29,10 +33,11 @@ again 16 multiply-adds per tile and channel pair against the direct ∂W = Gᵀ 
 
 Layouts: the kernels read and write NCHW arrays and work channels last inside, in buffers of one tile row
 (`_input_transform`: the 4 input rows of a tile row, (4, 2⌈W/2⌉ + 2, C); `_output_transform`: (2, 2⌈W/2⌉, O)),
-so that their innermost loops run over contiguous channels; V is (16, T, C), U (16, C, O), M and Z
-(16, T, O). Everything is made a slice of the batch at a time (`batch_slices`). Arithmetic is in x's dtype
-throughout (float32 stays float32). `ops/conv.py: conv2d_forward` chooses this path (`uses_winograd`) and
-keeps the channels-last product as the reference; tests/test_conv_winograd.py holds them together.
+so that their innermost loops run over contiguous channels (`_grad_transform` likewise for the tiles of ∂Y);
+V is (16, T, C), U (16, C, O), M and Z (16, T, O). Everything is made a slice of the batch at a time
+(`batch_slices`). Arithmetic is in x's dtype throughout (float32 stays float32). `ops/conv.py:
+conv2d_forward` and `conv2d_weight_grad` choose this path (`uses_winograd`) and keep the channels-last
+product as the reference; tests/test_conv_winograd.py holds them together.
 Runs unchanged (slowly) under NUMBA_DISABLE_JIT=1.
 """
 import numpy as np
