@@ -1,6 +1,6 @@
-"""Winograd F(2×2, 3×3) (docs/layers.md eq. M23) against the channels-last product it replaces, within the
-forward error bound of its own arithmetic; the dispatch that routes conv2d's forward and stride-1 input
-gradient to it; and conv2d through it against finite differences and PyTorch."""
+"""Winograd F(2×2, 3×3) (docs/layers.md eq. M23, M24) against the channels-last products it replaces, within
+the forward error bound of its own arithmetic; the dispatch that routes conv2d's forward, stride-1 input
+gradient and weight gradient to it; and conv2d through it against finite differences and PyTorch."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -16,6 +16,15 @@ B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtyp
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=float)
 
 
+def abs_patches(x):
+    """|d| of every tile: the 4×4 patches of |x| padded by one zero before, up to two after; (B, C, nh, nw, 4, 4)."""
+    B, C, H, W = x.shape
+    nh, nw = (H + 1) // 2, (W + 1) // 2
+    x_pad = np.zeros((B, C, 2 * nh + 2, 2 * nw + 2))
+    x_pad[:, :, 1:1 + H, 1:1 + W] = np.abs(x)
+    return np.lib.stride_tricks.sliding_window_view(x_pad, (4, 4), axis=(2, 3))[:, :, ::2, ::2]
+
+
 def winograd_bound(x, w):
     """Ŷ = |Aᵀ| [Σ_c (|G| |g| |Gᵀ|) ⊙ (|Bᵀ| |d| |B|)] |A|, tile by tile (B, O, H, W), in float64.
 
@@ -26,13 +35,10 @@ def winograd_bound(x, w):
     8 in the filter transform (9 terms), C in the sum over channels and its products, 4 in the output
     transform. Written independently of the kernels: NumPy products on 4×4 patches.
     """
-    x, w = np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64))
     B, C, H, W = x.shape
     nh, nw = (H + 1) // 2, (W + 1) // 2
-    x_pad = np.zeros((B, C, 2 * nh + 2, 2 * nw + 2))
-    x_pad[:, :, 1:1 + H, 1:1 + W] = x
-    d = np.lib.stride_tricks.sliding_window_view(x_pad, (4, 4), axis=(2, 3))[:, :, ::2, ::2]   # (B, C, nh, nw, 4, 4)
-    v = np.abs(B_T) @ d @ np.abs(B_T).T
+    v = np.abs(B_T) @ abs_patches(x) @ np.abs(B_T).T
+    w = np.abs(w.astype(np.float64))
     G = np.abs(conv_winograd.G_MATRIX)
     u = G @ w @ G.T                                                                             # (O, C, 4, 4)
     m = np.einsum("bcijkl,ockl->boijkl", v, u)
@@ -44,16 +50,12 @@ def weight_grad_bound(g, x):
     """Ŷ_w[o, c] = Σ_t |G|ᵀ [(|A| |∂Y_t| |A|ᵀ) ⊙ (|Bᵀ| |d_t| |B|)] |G| (eq. M24 in absolute values), in float64:
     the computed ∂w is within γ_{T+16} Ŷ_w (2 additions in each of the two tile transforms, T tiles summed,
     8 in the final (G ⊗ G)ᵀ product)."""
-    x, g = np.abs(x.astype(np.float64)), np.abs(g.astype(np.float64))
     B, C, H, W = x.shape
     nh, nw = (H + 1) // 2, (W + 1) // 2
-    x_pad = np.zeros((B, C, 2 * nh + 2, 2 * nw + 2))
-    x_pad[:, :, 1:1 + H, 1:1 + W] = x
-    d = np.lib.stride_tricks.sliding_window_view(x_pad, (4, 4), axis=(2, 3))[:, :, ::2, ::2]   # (B, C, nh, nw, 4, 4)
     g_pad = np.zeros((B, g.shape[1], 2 * nh, 2 * nw))
-    g_pad[:, :, :H, :W] = g
+    g_pad[:, :, :H, :W] = np.abs(g)
     q = g_pad.reshape(B, -1, nh, 2, nw, 2).transpose(0, 1, 2, 4, 3, 5)                          # (B, O, nh, nw, 2, 2)
-    v = np.abs(B_T) @ d @ np.abs(B_T).T
+    v = np.abs(B_T) @ abs_patches(x) @ np.abs(B_T).T
     z = np.abs(A_T).T @ q @ np.abs(A_T)
     p = np.einsum("boijkl,bcijkl->ockl", z, v)
     G = np.abs(conv_winograd.G_MATRIX)
