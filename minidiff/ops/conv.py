@@ -34,10 +34,11 @@ W_t = w as (O, kh·kw·C) and G = g as (B·Ho·Wo, O): plain BLAS products, no t
 copied. tests/test_layers_conv.py holds the two paths together (float64 and float32, forward and
 both gradients). Everything here is array-module code (`xp`), so it runs on NumPy and CuPy.
 
-On NumPy, 3×3 stride-1 padding-1 convolutions with enough input channels (`uses_winograd`) run Winograd
-F(2×2, 3×3) instead (eq. M23, `ops/conv_winograd.py`): the forward and the stride-1 input gradient (eq. M20),
-which is such a convolution of g. `conv2d_forward` is the one place that chooses; the channels-last
-product stays the reference, and tests/test_conv_winograd.py holds the two together.
+On NumPy, 3×3 stride-1 padding-1 convolutions with enough channels (`uses_winograd`) run Winograd
+F(2×2, 3×3) instead (eq. M23-M24, `ops/conv_winograd.py`): the forward, the stride-1 input gradient (eq. M20),
+which is such a convolution of g, and the weight gradient. `conv2d_forward` and `conv2d_weight_grad` choose,
+by that one rule; the channels-last products stay the reference, and tests/test_conv_winograd.py holds the
+two together.
 """
 import numpy as np
 
@@ -181,7 +182,7 @@ WINOGRAD_MIN_CHANNELS = 16
 """Winograd F(2×2, 3×3) (eq. M23, M24) runs for 3×3 stride-1 padding-1 convolutions with at least this many input
 channels and at least WINOGRAD_MIN_OUT_CHANNELS output channels: forward, input gradient (a convolution of g, so
 its C_in is the layer's C_out) and weight gradient. Measured (benchmarks/bench_winograd.py, float32, one thread,
-docs/benchmarks.md round 3), Winograd's time over the channels-last product's: 0.52-0.84 at every such
+docs/benchmarks.md round 3), Winograd's time over the channels-last product's: 0.50-0.91 at every such
 convolution of the two benchmarked U-Nets and the C_in = 16 and C_out = 2 probes; 0.88-0.97 at C_in = 8;
 1.07-4.5 at C_in <= 4 for the forward (its 16 products then have an inner dimension too short for BLAS);
 1.10-1.17 at C_out = 1."""
@@ -366,9 +367,8 @@ class Conv2d(Function):
     Inputs x (B, C, H, W), w (O, C, kh, kw), optional bias (O,). Computed channels last (eq. M21):
     y = R W_tᵀ, or by Winograd F(2×2, 3×3) (eq. M23) where `uses_winograd`. Saved: x and w, not R: R is
     kh·kw times larger and is gathered again, a slice of the batch at a time, in backward (a fraction of
-    one product's time). VJP (eq. M3-M4, M20): ∂w = Gᵀ R,
-    ∂x = conv2d_input_grad(g, w) (itself by eq. M23 where it applies), ∂w by eq. M24 where eq. M23 applies,
-    ∂bias = Σ_{b,u,v} g.
+    one product's time). VJP (eq. M3-M4, M20): ∂w = Gᵀ R (by eq. M24 where eq. M23 applies),
+    ∂x = conv2d_input_grad(g, w) (itself by eq. M23 where it applies), ∂bias = Σ_{b,u,v} g.
     """
 
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
