@@ -106,7 +106,8 @@ def _parser():
 
     e = sub.add_parser("eval", help="held-out metrics and sample quality of a checkpoint")
     e.add_argument("--checkpoint", required=True, help="a model.safetensors written by train")
-    e.add_argument("--classifier", help="classifier checkpoint for sample quality (train classifier)")
+    e.add_argument("--classifier", help="classifier checkpoint for sample quality (train classifier, on the same "
+                                        "data set)")
     e.add_argument("--n", type=int, default=1000, help="samples scored for quality (default 1000)")
     _sampling(e)
     e.add_argument("--dataset", default=None, choices=DATASETS, help="default: the one the checkpoint was trained on")
