@@ -106,7 +106,8 @@ def _parser():
 
     e = sub.add_parser("eval", help="held-out metrics and sample quality of a checkpoint")
     e.add_argument("--checkpoint", required=True, help="a model.safetensors written by train")
-    e.add_argument("--classifier", help="classifier checkpoint for sample quality (train classifier)")
+    e.add_argument("--classifier", help="classifier checkpoint for sample quality (train classifier, on the same "
+                                        "data set)")
     e.add_argument("--n", type=int, default=1000, help="samples scored for quality (default 1000)")
     _sampling(e)
     e.add_argument("--dataset", default=None, choices=DATASETS, help="default: the one the checkpoint was trained on")
@@ -253,6 +254,20 @@ def load_checkpoint(flag, path):
         return models.load(path)
     except (checkpoint.CheckpointError, KeyError, ValueError, TypeError) as e:  # not a minidiff checkpoint
         raise UsageError(f"{flag}: {path!r} is not a checkpoint minidiff can load ({e})") from None
+
+
+def load_classifier(args, dataset):
+    """The classifier at --classifier, which must have been trained on `dataset`, the images its samples are scored
+    against: features learnt on other images give no meaningful FD (and images of another size fail mid-run)."""
+    classifier, state = load_checkpoint("--classifier", args.classifier)
+    if classifier.name != "classifier":
+        raise UsageError(f"--classifier: {args.classifier!r} holds a {classifier.name} model, expected a "
+                         "classifier (python -m minidiff train classifier)")
+    trained_on = state.get("dataset", "digits")
+    if trained_on != dataset:
+        raise UsageError(f"--classifier: {args.classifier!r} was trained on {trained_on!r}, but the samples are "
+                         f"scored against {dataset!r} images (python -m minidiff train classifier --dataset {dataset})")
+    return classifier
 
 
 def parse_pairs(flag, items):
@@ -623,10 +638,7 @@ def validate_eval(args):
     if args.classifier is not None:
         if _points(model):
             raise UsageError("--classifier scores images; the checkpoint's model was trained on points")
-        classifier, _ = load_checkpoint("--classifier", args.classifier)
-        if classifier.name != "classifier":
-            raise UsageError(f"--classifier: {args.classifier!r} holds a {classifier.name} model, expected a "
-                             "classifier (python -m minidiff train classifier)")
+        classifier = load_classifier(args, args.dataset)
         validate_sampling(args, model, "eval --classifier")
     else:
         for dest in SAMPLING_FLAGS:
@@ -685,7 +697,7 @@ def validate_plot(args):
             raise UsageError(f"--checkpoint: plot {args.what} needs --checkpoint PATH")
         model, state = load_checkpoint("--checkpoint", args.checkpoint)
         if args.what == "guidance-sweep":
-            validate_guidance_sweep(args, model)
+            validate_guidance_sweep(args, model, state)
         if args.what == "score-field" and not (_points(model) and model.image_shape == (2,)):
             raise UsageError(f"--checkpoint: plot score-field takes a ddpm trained on a 2-D point set (train ddpm "
                              f"--dataset two-moons), got a {model.name} model of data shape "
@@ -694,16 +706,13 @@ def validate_plot(args):
     return None, None
 
 
-def validate_guidance_sweep(args, model):
+def validate_guidance_sweep(args, model, state):
     if not _guided(model):
         raise UsageError(f"--checkpoint: plot guidance-sweep takes a class-conditional ddpm (train ddpm "
                          f"--class-conditional), got a {model.name} model")
     if args.classifier is None:
         raise UsageError("--classifier: plot guidance-sweep needs the scoring classifier (train classifier)")
-    classifier, _ = load_checkpoint("--classifier", args.classifier)
-    if classifier.name != "classifier":
-        raise UsageError(f"--classifier: {args.classifier!r} holds a {classifier.name} model, expected a classifier")
-    args.classifier_model = classifier
+    args.classifier_model = load_classifier(args, state.get("dataset", "digits"))
 
 
 def plot_guidance_sweep(args, model, state):

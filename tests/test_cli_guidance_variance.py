@@ -15,10 +15,13 @@ TINY = ["--steps", "2", "--batch-size", "8", "--set", "T=8", "--set", "base_chan
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A class-conditional and a learned-variance DDPM on the digits, trained for 2 steps each."""
+    """A class-conditional and a learned-variance DDPM on the digits, trained for 2 steps each, and a one-step
+    classifier of the shapes (another data set's scorer)."""
     root = tmp_path_factory.mktemp("runs")
     assert main(["train", "ddpm", "--class-conditional", "--out", str(root / "cfg"), *TINY]) == 0
     assert main(["train", "ddpm", "--set", "variance=learned", "--out", str(root / "learned"), *TINY]) == 0
+    assert main(["train", "classifier", "--dataset", "shapes", "--steps", "1", "--out", str(root / "shapes"),
+                 "--no-progress"]) == 0
     return root
 
 
@@ -78,8 +81,8 @@ def test_a_learned_variance_checkpoint_samples_and_evaluates(runs, tmp_path):
     (["train", "ddpm", "--dataset", "two-moons", "--class-conditional", "--steps", "1"], "teaching U-Net"),
 ])
 def test_flags_that_do_not_fit_the_model_are_usage_errors(runs, tmp_path, capsys, argv, message):
-    argv = [a.format(cfg=runs / "cfg" / "model.safetensors", learned=runs / "learned" / "model.safetensors")
-            for a in argv]
+    argv = [a.format(cfg=runs / "cfg" / "model.safetensors", learned=runs / "learned" / "model.safetensors",
+                     shapes=runs / "shapes" / "model.safetensors") for a in argv]
     out = ["--out", str(tmp_path / ("x.npy" if argv[0] == "sample" else "run"))]
     assert main([*argv, *out, "--no-progress"]) == 2
     assert message in capsys.readouterr().err
@@ -104,9 +107,11 @@ def test_the_guidance_sweep_scores_each_scale_as_eval_does(runs, tmp_path):
     (["--checkpoint", "{learned}", "--classifier", "{learned}"], "takes a class-conditional ddpm"),
     (["--checkpoint", "{cfg}"], "needs the scoring classifier"),
     (["--checkpoint", "{cfg}", "--classifier", "{cfg}"], "expected a classifier"),
+    (["--checkpoint", "{cfg}", "--classifier", "{shapes}"], "was trained on 'shapes', but the samples are scored "
+                                                             "against 'digits' images"),
 ])
 def test_plot_guidance_sweep_refuses_what_it_cannot_sweep(runs, tmp_path, capsys, argv, message):
-    argv = [a.format(cfg=runs / "cfg" / "model.safetensors", learned=runs / "learned" / "model.safetensors")
-            for a in argv]
+    argv = [a.format(cfg=runs / "cfg" / "model.safetensors", learned=runs / "learned" / "model.safetensors",
+                     shapes=runs / "shapes" / "model.safetensors") for a in argv]
     assert main(["plot", "guidance-sweep", *argv, "--out", str(tmp_path / "sweep"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err

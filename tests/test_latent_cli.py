@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from minidiff import data
 from minidiff.cli import main
 
 TINY = ["--set", "T=25", "--set", "base_channels=8", "--set", "channels=4", "--set", "latent_channels=2",
@@ -117,3 +118,45 @@ def test_train_ldm_class_conditional_then_sample_a_label_with_guidance(runs, mon
     assert x.shape == (3, 1, 8, 8) and np.all(np.abs(x) <= 1)
     assert main(["sample", "--checkpoint", "runs/ldm/model.safetensors", "--guidance", "2", "--out", "c/y.npy",
                  "--no-progress"]) == 2                                 # guidance needs a class-conditional model
+
+
+@pytest.fixture(scope="module")
+def shapes_runs(tmp_path_factory):
+    """The 16×16 shapes: a 4-step `train ldm`, a 2-step pixel ddpm and a 2-step classifier (and `runs`' digits one)."""
+    root = tmp_path_factory.mktemp("shapes")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        pixel = ["--set", "T=25", "--set", "base_channels=8", "--set", "eval_images=4", "--no-progress"]
+        for model, extra in (("ldm", ["--steps", "4", *TINY]), ("ddpm", ["--steps", "2", *pixel]),
+                             ("classifier", ["--steps", "2", "--no-progress"])):
+            assert main(["train", model, "--dataset", "shapes", "--batch-size", "16", "--out", f"runs/{model}",
+                         *extra]) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def test_on_the_shapes_the_latent_grid_is_8x8_and_eval_scores_both_models(shapes_runs, monkeypatch):
+    monkeypatch.chdir(shapes_runs)
+    assert json.loads((shapes_runs / "runs" / "ldm" / "metrics.json").read_text())["latent_shape"] == [2, 8, 8]
+    for model in ("ldm", "ddpm"):
+        assert main(["eval", "--checkpoint", f"runs/{model}/model.safetensors", "--classifier",
+                     "runs/classifier/model.safetensors", "--n", "6", "--steps", "3", "--out", f"{model}.json",
+                     "--no-progress"]) == 0
+        result = json.loads((shapes_runs / f"{model}.json").read_text())
+        assert result["model"] == model and result["quality"]["n_reference"] == len(data.shapes().x_test)
+        assert np.isfinite(result["quality"]["frechet_ratio"]) and result["quality"]["frechet_ratio"] > 0
+
+
+def test_a_classifier_of_other_images_is_refused_before_any_sampling(runs, shapes_runs, monkeypatch, capsys):
+    monkeypatch.chdir(shapes_runs)
+    digits_classifier = str(runs / "runs" / "classifier" / "model.safetensors")
+    before = _files(shapes_runs)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", "runs/ldm/model.safetensors", "--classifier", digits_classifier,
+                 "--n", "6", "--out", "e.json", "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --classifier") and "'digits'" in lines[0], err
+    assert "'shapes'" in lines[0] and out == "" and _files(shapes_runs) == before
