@@ -418,3 +418,19 @@ def test_ddpm_sample_runs_every_step_on_the_kernel_implementation_it_is_given(sc
             assert resolved == [impl] * schedule.T
     finally:
         kernels.resolve = resolve
+
+
+@given(train_sets, schedules(max_T=50), st.data(), seeds())
+def test_empirical_denoiser_keeps_the_shape_of_image_batches_and_refuses_a_set_without_a_batch_axis(train, schedule,
+                                                                                                  data, seed):
+    """x0_hat and eps_hat of (B, C, H, W) inputs are (B, C, H, W): the flattened eq. (E16) reshaped back,
+    the same numbers as for the flat (B, C*H*W) data; train_x must be (N, ...) with N >= 1."""
+    t = np.full(3, data.draw(st.integers(1, schedule.T)))
+    images = train.reshape(len(train), 1, 1, -1)
+    x_t = np.random.default_rng(seed).normal(size=(3,) + images.shape[1:])
+    flat, image = EmpiricalDenoiser(train, schedule), EmpiricalDenoiser(images, schedule)
+    assert image.x0_hat(x_t, t).shape == image(x_t, t).shape == x_t.shape
+    np.testing.assert_allclose(image.x0_hat(x_t, t).reshape(3, -1), flat.x0_hat(x_t.reshape(3, -1), t), rtol=1e-12)
+    for bad in (train[0], train[:0]):
+        with pytest.raises(ValueError, match="train_x must be \\(N, ...\\) with N >= 1"):
+            EmpiricalDenoiser(bad, schedule)
