@@ -262,6 +262,9 @@ def test_importance_sampling_refuses_a_bad_proposal():
     for bad in ([0.5, 0.5], [0.5, 0.5, 0.0, 0.0], [0.3, 0.3, 0.3, 0.3]):
         with pytest.raises(ValueError, match="proposal"):
             nll_bpd_importance(oracle, np.zeros((2, 2)), s, np.random.default_rng(0), proposal=bad)
+    for bad in ([[0.5], [0.25, 0.25]], ["0.25"] * 4, np.full(4, 0.25 + 0j)):          # ragged, text, complex
+        with pytest.raises(TypeError, match="proposal must hold T = 4 probabilities"):
+            nll_bpd_importance(oracle, np.zeros((2, 2)), s, np.random.default_rng(0), proposal=bad)
 
 
 @given(problems(), seeds())
