@@ -382,9 +382,13 @@ def test_elementwise_formulas_take_each_argument_at_the_datas_shape_or_per_sampl
         if name == like:
             continue
         bad_shapes = [(1, dim), (batch, dim + 1)] + ([] if name in per_sample else [(batch, 1)])
-        for shape in bad_shapes:
-            with pytest.raises(ValueError, match=f"{name} must have shape"):
-                fn(**dict(full, **{name: np.broadcast_to(full[name][:1, :1], shape).copy()}))
+        # the others as arrays, or as numbers (0-d arrays for the per-sample ones): neither stops the checks
+        scalars = {n: (np.asarray(full[n][0, 0]) if n in per_sample else float(full[n][0, 0]))
+                   for n in names if n not in (like, name)}
+        for others in (full, dict(full, **scalars)):
+            for shape in bad_shapes:
+                with pytest.raises(ValueError, match=f"{name} must have shape"):
+                    fn(**dict(others, **{name: np.broadcast_to(full[name][:1, :1], shape).copy()}))
 
 
 @given(seed=seeds(), levels=st.sampled_from([2, 17, 256]))
