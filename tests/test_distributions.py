@@ -5,7 +5,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from scipy import stats
 
-from minidiff import Tensor
+from minidiff import Tensor, distributions
 from minidiff.distributions import (DiagonalGaussian, approx_standard_normal_cdf, bernoulli_log_likelihood,
                                     discretized_bin_edges, discretized_gaussian_log_likelihood, gaussian_kl_full,
                                     gaussian_log_density,
@@ -347,3 +347,75 @@ def test_full_kl_refuses_shapes_the_math_does_not_define(shapes1, shapes2, named
         return np.zeros(mean_shape), np.broadcast_to(np.eye(*cov_shape[-2:]), cov_shape)
     with pytest.raises(ValueError, match="gaussian_kl_full: " + named):
         gaussian_kl_full(*gaussian(*shapes1), *gaussian(*shapes2))
+
+
+def _data(a):
+    return a.data if isinstance(a, Tensor) else np.asarray(a)
+
+
+ELEMENTWISE = [  # (function, argument names, the argument others must match, the per-sample ones, positive ones)
+    (distributions.gaussian_log_density, ("x", "mean", "logvar"), "x", ("logvar",), ()),
+    (distributions.kl_standard_normal, ("mean", "logvar"), "mean", ("logvar",), ()),
+    (distributions.kl_standard_normal_std, ("mean", "std"), "mean", ("std",), ("std",)),
+    (distributions.normal_kl, ("mean1", "logvar1", "mean2", "logvar2"), "mean1", ("logvar1", "logvar2"), ()),
+    (distributions.discretized_gaussian_log_likelihood, ("x", "mean", "log_scale"), "x", ("log_scale",), ()),
+]
+
+
+@pytest.mark.parametrize("fn, names, like, per_sample, positive", ELEMENTWISE, ids=lambda v: getattr(v, "__name__", ""))
+@given(seed=seeds(), batch=st.integers(2, 4), dim=st.integers(2, 4))
+def test_elementwise_formulas_take_each_argument_at_the_datas_shape_or_per_sample_and_refuse_a_broadcast(
+        fn, names, like, per_sample, positive, seed, batch, dim):
+    """Each formula is elementwise in its (B, D) arguments: a variance (log-variance, std, log-scale) may also be
+    one value per sample, (B, 1), or a 0-d array, and then equals its broadcast to (B, D); any other shape,
+    (1, D), (B, 1) for a mean, or (B, D + 1), is refused with the argument's name rather than broadcast."""
+    rng = np.random.default_rng(seed)
+    grid = np.round((rng.uniform(-1, 1, (batch, dim)) + 1) * 127.5) / 127.5 - 1          # x on the 256-level grid
+    full = {n: (grid if n == "x" else rng.uniform(0.5, 1.5, (batch, dim)) if n in positive
+                else rng.normal(0.0, 0.5, (batch, dim))) for n in names}
+    for name in per_sample:
+        for value in (full[name][:, :1], np.asarray(full[name][0, 0])):
+            args = dict(full, **{name: value})
+            want = fn(**dict(full, **{name: np.broadcast_to(value, (batch, dim)).copy()}))
+            np.testing.assert_allclose(_data(fn(**args)), _data(want), rtol=1e-12)
+    for name in names:
+        if name == like:
+            continue
+        bad_shapes = [(1, dim), (batch, dim + 1)] + ([] if name in per_sample else [(batch, 1)])
+        # the others as arrays, or as numbers (0-d arrays for the per-sample ones): neither stops the checks
+        scalars = {n: (np.asarray(full[n][0, 0]) if n in per_sample else float(full[n][0, 0]))
+                   for n in names if n not in (like, name)}
+        for others in (full, dict(full, **scalars)):
+            for shape in bad_shapes:
+                with pytest.raises(ValueError, match=f"{name} must have shape"):
+                    fn(**dict(others, **{name: np.broadcast_to(full[name][:1, :1], shape).copy()}))
+
+
+@given(seed=seeds(), levels=st.sampled_from([2, 17, 256]))
+def test_the_distributions_refuse_what_their_formulas_do_not_define(seed, levels):
+    """The K-level grid needs K >= 2 and data in [-1, 1] (one step beyond either end is refused, not given an
+    edge); a covariance must be symmetric (to 1e-10); a standard deviation positive; the CDF difference
+    log(Phi(b) - Phi(a)) takes a and b of one shape."""
+    rng = np.random.default_rng(seed)
+    step = 2.0 / (levels - 1)
+    x = rng.integers(0, levels, (3, 2)) * step - 1.0
+    with pytest.raises(ValueError, match="levels must be >= 2"):
+        distributions.discretized_bin_edges(x, 1)
+    with pytest.raises(ValueError, match="levels must be >= 2"):
+        distributions.discretized_gaussian_log_likelihood(x, x, np.zeros_like(x), levels=1)
+    for beyond in (1.0 + step, -1.0 - step):
+        with pytest.raises(ValueError, match=r"x must lie in \[-1, 1\]"):
+            distributions.discretized_bin_edges(np.where(np.arange(2) == 0, beyond, x), levels)
+    a = rng.normal(size=(3, 3))
+    cov = a @ a.T + np.eye(3)
+    skew = cov.copy()
+    skew[0, 1] += 1e-9 * (1.0 + abs(cov[0, 1]))
+    with pytest.raises(ValueError, match="cov1 must be symmetric"):
+        distributions.gaussian_kl_full(np.zeros(3), skew, np.zeros(3), cov)
+    std = rng.uniform(0.5, 1.5, (3, 2))
+    std[rng.integers(0, 3), rng.integers(0, 2)] = 0.0
+    with pytest.raises(ValueError, match="std must be > 0"):
+        distributions.kl_standard_normal_std(np.zeros((3, 2)), std)
+    for a_shape, b_shape in (((3, 1), (3, 2)), ((3, 2), (3, 1))):
+        with pytest.raises(ValueError, match="b must have shape"):
+            distributions.log_normal_cdf_diff(np.zeros(a_shape) - 1.0, np.ones(b_shape))

@@ -62,6 +62,19 @@ def test_the_full_loop_vlb_takes_a_model_that_returns_eps_and_v():
                           variance="learned", levels=17)
 
 
+@given(schedule=schedules(max_T=30), seed=seeds())
+def test_the_importance_sampled_bound_takes_a_model_that_returns_eps_and_v(schedule, seed):
+    """nll_bpd_importance with v pinned to 1 or 0 is the fixed_large or fixed_small estimate with the same draws."""
+    x0 = _on_grid(np.random.default_rng(seed).uniform(-1, 1, (3, 1, 2, 2)))
+    eps_model = lambda x, t: 0.1 * x + 0.01 * t.reshape(-1, 1, 1, 1)                  # noqa: E731
+    for v, fixed in ((1.0, "fixed_large"), (0.0, "fixed_small")):
+        learned = diffusion.nll_bpd_importance(lambda x, t: (eps_model(x, t), np.full(x.shape, v)), x0, schedule,
+                                               np.random.default_rng(seed), n_t=3, variance="learned", levels=17)
+        want = diffusion.nll_bpd_importance(eps_model, x0, schedule, np.random.default_rng(seed), n_t=3,
+                                            variance=fixed, levels=17)
+        np.testing.assert_array_equal(learned, want)
+
+
 def test_p_mean_variance_takes_v_exactly_for_the_learned_variance():
     schedule, x, t = diffusion.Schedule.cosine(10), np.zeros((2, 3)), np.array([2, 5])
     with pytest.raises(ValueError, match="v is needed exactly for variance='learned'"):

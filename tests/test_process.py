@@ -268,3 +268,15 @@ def test_predict_x0_reads_the_model_output_as_eps_by_default(problem):
     schedule, t, x0, eps, _ = problem
     x_t = q_sample(x0, t, eps, schedule)
     np.testing.assert_array_equal(predict_x0(eps, x_t, t, schedule), x0_from_eps(x_t, t, eps, schedule))
+
+
+@given(schedules(max_T=30), st.sampled_from(["eps", "x0", "v"]), seeds())
+def test_predict_x0_refuses_a_model_output_of_another_shape_for_every_prediction(schedule, prediction, seed):
+    """(E1), (E4) and x0 itself are elementwise in x_t and the model's output: a (B, 1) output must not
+    broadcast against (B, D) data, whichever the prediction (x0 is returned as it is, so only this check
+    guards it)."""
+    x_t = np.random.default_rng(seed).normal(size=(3, 4))
+    t = np.full(3, schedule.T)
+    for output, x in ((x_t[:, :1], x_t), (x_t, x_t[:, :1])):
+        with pytest.raises(ValueError, match="must have shape"):
+            predict_x0(output, x, t, schedule, prediction=prediction)

@@ -11,9 +11,9 @@ from scipy.special import logsumexp
 
 from minidiff import kernels
 from minidiff.backend import default_rng
-from minidiff.diffusion import (EmpiricalDenoiser, GaussianDataOracle, Sampler, SamplerState, Schedule, ddim_sample,
-                                ddim_step, ddpm_sample, make_sampler, nll_bpd_importance, p_mean_variance, prior_bpd,
-                                sample, sde_sample, spaced_timesteps, vb_terms_bpd)
+from minidiff.diffusion import (Draws, EmpiricalDenoiser, GaussianDataOracle, Sampler, SamplerState, Schedule,
+                                ddim_sample, ddim_step, ddpm_sample, make_sampler, nll_bpd_importance, p_mean_variance,
+                                prior_bpd, sample, sde_sample, spaced_timesteps, vb_terms_bpd)
 from tests.strategies_diffusion import batch_shapes, schedules, seeds
 
 
@@ -372,3 +372,65 @@ def test_a_sampler_defines_step_or_advance_and_starts_from_the_runs_x_T():
     schedule, x_T = Schedule.cosine(5), np.random.default_rng(0).standard_normal((2, 3))
     np.testing.assert_array_equal(sample(OnlyAdvance(), lambda x, t: 0 * x, (2, 3), schedule, x_T=x_T), x_T)
     assert len(seen) == 1 and seen[0] is x_T
+
+
+@given(schedules(min_T=2, max_T=12), seeds())
+def test_ddim_step_refuses_a_step_outside_1_to_K_a_negative_eta_and_arrays_of_other_shapes(schedule, seed):
+    """ddim_step (D2) is defined for chain steps k = 1..K and eta >= 0 (D3), on x_t, eps_hat and z of one
+    shape: k = 0 would read alpha_bar_{-1} (the last entry), and a (B, 1) eps_hat would broadcast."""
+    x_t, eps_hat, z = np.random.default_rng(seed).standard_normal((3, 4, 2))
+    chain = schedule.respace(schedule.T)
+    for k in (0, chain.T + 1):
+        with pytest.raises(ValueError, match=f"k must be .* got {k}"):
+            ddim_step(x_t, k, eps_hat, z, chain)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        ddim_step(x_t, 1, eps_hat, z, chain, eta=-0.5)
+    for bad in (dict(x_t=x_t[:, :1]), dict(eps_hat=eps_hat[:, :1]), dict(z=z[:, :1])):
+        args = dict(dict(x_t=x_t, eps_hat=eps_hat, z=z), **bad)
+        with pytest.raises(ValueError, match=f"must have shape .*{next(iter(bad))}|{next(iter(bad))} must have shape"):
+            ddim_step(args["x_t"], 2, args["eps_hat"], args["z"], chain)
+
+
+def test_draws_refuse_an_empty_batch_or_chain():
+    """A sample shape (B, ...) has positive sizes, and a chain at least one step (K >= 1)."""
+    s = Schedule.cosine(4)
+    for shape in ((0, 2), (2, 0)):
+        with pytest.raises(ValueError, match=r"shape\[\d\] must be >= 1"):
+            ddpm_sample(smooth_model, shape, s)
+    with pytest.raises(ValueError, match="K must be >= 1"):
+        Draws((2, 2), 0)
+
+
+@given(schedules(min_T=2, max_T=8), seeds(), st.sampled_from(["fixed_small", "fixed_large"]))
+def test_ddpm_sample_runs_every_step_on_the_kernel_implementation_it_is_given(schedule, seed, variance):
+    """impl picks the implementation of (D1)'s fused reverse_step: each of the T steps resolves exactly it."""
+    resolved = []
+    resolve = kernels.resolve
+
+    def spy(impl, backend):
+        resolved.append(impl)
+        return resolve(impl, backend)
+    kernels.resolve = spy
+    try:
+        for impl in kernels.available():
+            resolved.clear()
+            ddpm_sample(smooth_model, (3, 2), schedule, rng=np.random.default_rng(seed), variance=variance, impl=impl)
+            assert resolved == [impl] * schedule.T
+    finally:
+        kernels.resolve = resolve
+
+
+@given(train_sets, schedules(max_T=50), st.data(), seeds())
+def test_empirical_denoiser_keeps_the_shape_of_image_batches_and_refuses_a_set_without_a_batch_axis(train, schedule,
+                                                                                                  data, seed):
+    """x0_hat and eps_hat of (B, C, H, W) inputs are (B, C, H, W): the flattened eq. (E16) reshaped back,
+    the same numbers as for the flat (B, C*H*W) data; train_x must be (N, ...) with N >= 1."""
+    t = np.full(3, data.draw(st.integers(1, schedule.T)))
+    images = train.reshape(len(train), 1, 1, -1)
+    x_t = np.random.default_rng(seed).normal(size=(3,) + images.shape[1:])
+    flat, image = EmpiricalDenoiser(train, schedule), EmpiricalDenoiser(images, schedule)
+    assert image.x0_hat(x_t, t).shape == image(x_t, t).shape == x_t.shape
+    np.testing.assert_allclose(image.x0_hat(x_t, t).reshape(3, -1), flat.x0_hat(x_t.reshape(3, -1), t), rtol=1e-12)
+    for bad in (train[0], train[:0]):
+        with pytest.raises(ValueError, match="train_x must be \\(N, ...\\) with N >= 1"):
+            EmpiricalDenoiser(bad, schedule)

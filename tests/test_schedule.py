@@ -287,3 +287,20 @@ def test_errata_elbo_weights_are_far_from_constant_so_l_simple_reweights_the_bou
     """w_t spans more than an order of magnitude over t = 2..T: dropping it (L_simple) is not 'equivalent'."""
     w = getattr(Schedule, kind)(T).elbo_weights[2:]
     assert w.max() / w.min() > 10
+
+
+@given(schedules(min_T=3, max_T=30), st.data())
+def test_a_schedules_step_mapping_is_integer_steps_increasing_strictly_from_1(schedule, data):
+    """timesteps maps a chain's steps k = 1..K to the steps of the schedule it was respaced from (docs/ddim.md
+    (D5)): integer steps s_1 < ... < s_K with s_1 >= 1, stored with s_0 = 0 in front; floats, a step 0, a
+    repeated or a decreasing step (also in unsigned integers, where a difference would wrap) are refused."""
+    T = schedule.T
+    kept = np.sort(data.draw(st.lists(st.integers(1, 3 * T), min_size=T, max_size=T, unique=True)))
+    chain = Schedule(schedule.betas[1:], timesteps=kept.astype(np.uint16))
+    np.testing.assert_array_equal(chain.timesteps, np.concatenate([[0], kept]))
+    with pytest.raises(TypeError, match="timesteps must hold integer steps"):
+        Schedule(schedule.betas[1:], timesteps=kept.astype(np.float64))
+    for bad in (np.concatenate([[0], kept[1:]]), np.concatenate([kept[:1], kept[:-1]]), kept[::-1].copy()):
+        for dtype in (np.int64, np.uint16):
+            with pytest.raises(ValueError, match="timesteps must increase strictly from >= 1"):
+                Schedule(schedule.betas[1:], timesteps=bad.astype(dtype))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import minidiff
 from minidiff.diffusion import (GaussianDataOracle, ProbabilityFlowSampler, Schedule, alpha_bar_continuous,
                                 beta_continuous, ddim_sample, ode_log_likelihood, ode_nll_bpd, ode_sample,
-                                probability_flow_drift, sde_sample)
+                                make_sampler, probability_flow_drift, sample, sde_sample)
 from minidiff.diffusion.sde import (eps_and_divergence, ode_log_likelihood_terms, rademacher_probe,
                                     resolve_divergence, unit_probes)
 from minidiff.models.ddpm import DDPM
@@ -306,3 +306,195 @@ def test_ode_vs_vlb_bits_scores_both_bounds_on_the_same_images_and_the_models_gr
     assert report["levels"] == 17 and report["ode_network_evaluations"] == 7
     with pytest.raises(ValueError, match="x must lie on the 17-level grid"):
         experiments.ode_vs_vlb_bits(model, 0.99 * x, steps=4)
+
+
+# ---------------------------------------------------------------- each formula step by step, and what the API passes on
+
+def _chain_eps(x, k, chain, eps_hat, clip_x0):
+    """eps_hat at chain node k, recomputed from the clipped x0_hat (x0_hat = (x - sqrt(1 - ab) eps) / sqrt(ab))."""
+    ab = chain.alpha_bars[k]
+    if not clip_x0:
+        return eps_hat
+    x0 = np.clip((x - np.sqrt(1 - ab) * eps_hat) / np.sqrt(ab), -1, 1)
+    return (x - np.sqrt(ab) * x0) / np.sqrt(1 - ab)
+
+
+@given(schedules(min_T=2, max_T=40), st.integers(2, 8), seeds(), st.booleans())
+def test_sde_sample_is_eq_w7_step_by_step(schedule, steps, seed, clip_x0):
+    """x_{k-1} = x_k + beta'_k (x_k / 2 + s_theta) + sqrt(beta'_k) z_k with s_theta = -eps_hat / sqrt(1 - ab_k),
+    eq. (W7), no noise at k = 1; with clip_x0, eps_hat is recomputed from the clipped x0_hat first."""
+    chain = schedule.respace(min(steps, schedule.T))
+    rng = np.random.default_rng(seed)
+    x_T, noise = 2 * rng.standard_normal((3, 2)), rng.standard_normal((chain.T, 3, 2))
+    x = x_T
+    for i, k in enumerate(range(chain.T, 0, -1)):
+        eps = _chain_eps(x, k, chain, smooth_model(x, np.full(3, chain.timesteps[k])), clip_x0)
+        beta = chain.betas[k]
+        x = x + beta * (0.5 * x - eps / np.sqrt(1 - chain.alpha_bars[k])) + (np.sqrt(beta) * noise[i] if k > 1 else 0)
+    got = sde_sample(smooth_model, (3, 2), schedule, steps=chain.T, clip_x0=clip_x0, x_T=x_T, noise=noise,
+                     dtype=np.float64)
+    np.testing.assert_allclose(got, x, rtol=1e-10, atol=1e-10)
+
+
+@given(schedules(min_T=2, max_T=40), st.integers(2, 8), seeds(), st.booleans(), st.sampled_from(["euler", "heun"]))
+def test_ode_sample_is_eq_w8_or_w9_step_by_step_and_calls_the_model_as_network_calls_says(schedule, steps, seed,
+                                                                                             clip_x0, solver):
+    """Euler (W8): xbar_{k-1} = x_k / sqrt(ab_k) + (sigma_{k-1} - sigma_k) eps_hat, x_{k-1} = sqrt(ab_{k-1}) xbar;
+    Heun (W9): the same with (eps_hat + eps') / 2, eps' at the Euler point and node k - 1 (clipped there
+    too), Euler at k = 1. The model is called network_calls(K) times: K (Euler), 2K - 1 (Heun)."""
+    chain = schedule.respace(min(steps, schedule.T))
+    x_T = 2 * np.random.default_rng(seed).standard_normal((3, 2))
+    sigma = np.sqrt((1 - chain.alpha_bars) / chain.alpha_bars)
+
+    def eps_at(x, k):
+        return _chain_eps(x, k, chain, smooth_model(x, np.full(3, chain.timesteps[k])), clip_x0)
+
+    def euler(x, k, eps):
+        return np.sqrt(chain.alpha_bars[k - 1]) * (x / np.sqrt(chain.alpha_bars[k]) + (sigma[k - 1] - sigma[k]) * eps)
+    x = x_T
+    for k in range(chain.T, 0, -1):
+        eps = eps_at(x, k)
+        x_euler = euler(x, k, eps)
+        x = x_euler if solver == "euler" or k == 1 else euler(x, k, 0.5 * (eps + eps_at(x_euler, k - 1)))
+    calls = []
+
+    def counted(x_t, t):
+        calls.append(t[0])
+        return smooth_model(x_t, t)
+    got = ode_sample(counted, (3, 2), schedule, steps=chain.T, solver=solver, clip_x0=clip_x0, x_T=x_T,
+                     dtype=np.float64)
+    np.testing.assert_allclose(got, x, rtol=1e-10, atol=1e-10)
+    assert len(calls) == ProbabilityFlowSampler(solver=solver).network_calls(chain.T)
+
+
+@given(schedules(min_T=2, max_T=12), seeds())
+def test_sde_and_ode_samplers_default_to_heun_without_clipping_and_pass_on_rng_noise_dtype_and_trajectory(schedule,
+                                                                                                         seed):
+    """ode_sample and the registered "ode" sampler default to solver="heun", clip_x0=False (data at 1.5, so a
+    clip would show); both samplers draw from the rng they are given, use a given x_T and noise, return the
+    dtype asked for (float32 by default) and, with return_trajectory, the K + 1 states ending at the sample."""
+    oracle = GaussianDataOracle(1.5, 0.5, schedule)
+    rng = np.random.default_rng(seed)
+    x_T, noise = rng.standard_normal((16, 2)), rng.standard_normal((schedule.T, 16, 2))
+    default = ode_sample(oracle, (16, 2), schedule, x_T=x_T, dtype=np.float64)
+    assert np.abs(default).max() > 1.0
+    np.testing.assert_array_equal(default, ode_sample(oracle, (16, 2), schedule, solver="heun", clip_x0=False,
+                                                      x_T=x_T, dtype=np.float64))
+    np.testing.assert_array_equal(default, sample(make_sampler("ode"), oracle, (16, 2), schedule, x_T=x_T,
+                                                  dtype=np.float64))
+    for run in (lambda **kw: ode_sample(oracle, (16, 2), schedule, **kw),
+                lambda **kw: sde_sample(oracle, (16, 2), schedule, **kw)):
+        a, b = (run(rng=np.random.default_rng(seed), dtype=np.float64) for _ in range(2))
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == np.float64 and run(rng=np.random.default_rng(seed)).dtype == np.float32
+        x, trajectory = run(rng=np.random.default_rng(seed), dtype=np.float64, return_trajectory=True)
+        assert len(trajectory) == schedule.T + 1
+        np.testing.assert_array_equal(trajectory[-1], x)
+        np.testing.assert_array_equal(x, a)
+    with_noise = sde_sample(oracle, (16, 2), schedule, rng=np.random.default_rng(seed + 1), x_T=x_T, noise=noise,
+                            dtype=np.float64)
+    np.testing.assert_array_equal(with_noise, sde_sample(oracle, (16, 2), schedule, rng=np.random.default_rng(seed + 2),
+                                                         x_T=x_T, noise=noise, dtype=np.float64))
+    np.testing.assert_array_equal(ode_sample(oracle, (16, 2), schedule, rng=np.random.default_rng(seed + 1), x_T=x_T),
+                                  ode_sample(oracle, (16, 2), schedule, rng=np.random.default_rng(seed + 2), x_T=x_T))
+
+
+@given(schedules(min_T=2, max_T=30, kinds=("custom", "cosine")), st.integers(2, 6), seeds(),
+       st.sampled_from(["euler", "heun"]))
+def test_a_zero_velocity_flow_gives_the_exact_change_of_variables_of_a_scaling(schedule, steps, seed, solver):
+    """With eps_theta = 0, (W6) keeps xbar = x0 / sqrt(ab_1): x_T = c x0, c = sqrt(ab_T / ab_1), and the
+    divergence is 0, so (W10) must be the exact density of x0 under x_T = c x0 ~ N(0, I):
+    log p(x0) = log N(c x0; 0, I) + D log c, for every chain from t = 1 (two nodes included)."""
+    chain = schedule.respace(min(steps, schedule.T))
+    x0 = np.random.default_rng(seed).normal(size=(4, 3))
+    terms = ode_log_likelihood_terms(lambda x, t: 0 * x, x0, schedule, steps=chain.T, solver=solver)
+    c = math.sqrt(chain.alpha_bars[-1] / chain.alpha_bars[1])
+    np.testing.assert_allclose(terms["x_T"], c * x0, rtol=1e-12)
+    np.testing.assert_array_equal(terms["divergence"], 0.0)
+    exact = (-0.5 * (c * x0) ** 2 - 0.5 * math.log(2 * math.pi)).sum(axis=1) + 3 * math.log(c)
+    np.testing.assert_allclose(terms["log_prior"] + terms["log_volume"], exact, rtol=1e-12)
+    np.testing.assert_allclose(ode_log_likelihood(lambda x, t: 0 * x, x0, schedule, steps=chain.T, solver=solver),
+                               exact, rtol=1e-12)
+
+
+@given(st.integers(2, 6), st.sampled_from(["euler", "heun"]), seeds())
+def test_the_likelihood_evaluates_the_velocity_once_per_step_for_euler_and_twice_for_heun(K, solver, seed):
+    """Over the K nodes of `steps`, (W6) and the divergence integral take K - 1 steps: one velocity (one
+    model call with autograd) per Euler step, two per Heun step; ode_nll_bpd passes steps and solver on."""
+    schedule, calls = Schedule.cosine(30), []
+
+    def counted(x_t, t):
+        calls.append(int(t[0]))
+        return coupled_model(x_t, t)
+    x0 = np.random.default_rng(seed).integers(0, 17, size=(2, 3)) / 8.0 - 1.0
+    per_step = 1 if solver == "euler" else 2
+    ode_log_likelihood(counted, x0, schedule, steps=K, solver=solver, divergence="autograd")
+    assert len(calls) == per_step * (K - 1) and calls[0] == 1
+    calls.clear()
+    ode_nll_bpd(counted, x0, schedule, steps=K, solver=solver, divergence="autograd", levels=17,
+                rng=np.random.default_rng(seed))
+    assert len(calls) == per_step * (K - 1)
+
+
+@given(seeds())
+def test_hutchinson_probes_and_dequantisation_come_from_the_given_rng_and_default_to_one_hutchinson_draw(seed):
+    """The same rng seed gives the same estimate, rng=None draws from minidiff.default_rng() (reproducible
+    after manual_seed); ode_nll_bpd defaults to trace="hutchinson" and n_dequant=1."""
+    schedule = Schedule.cosine(20)
+    x0 = np.random.default_rng(seed).integers(0, 17, size=(3, 3)) / 8.0 - 1.0
+    for run in (lambda **kw: ode_log_likelihood(coupled_model, x0, schedule, steps=4, trace="hutchinson", **kw),
+                lambda **kw: ode_nll_bpd(coupled_model, x0, schedule, steps=4, levels=17, **kw)):
+        a, b = (run(rng=np.random.default_rng(seed)) for _ in range(2))
+        np.testing.assert_array_equal(a, b)
+        minidiff.manual_seed(seed)
+        c = run()
+        minidiff.manual_seed(seed)
+        np.testing.assert_array_equal(c, run())
+    np.testing.assert_array_equal(
+        ode_nll_bpd(coupled_model, x0, schedule, steps=4, levels=17, rng=np.random.default_rng(seed)),
+        ode_nll_bpd(coupled_model, x0, schedule, steps=4, levels=17, rng=np.random.default_rng(seed),
+                    trace="hutchinson", n_dequant=1))
+
+
+def test_the_divergence_of_float32_data_by_finite_differences_is_the_trace_to_float32_accuracy():
+    """(W11) on float32 input: the default step (1e-2 in float32) keeps the central difference within 1e-3 of
+    the autograd trace; an array-only model (no Tensor support) is differentiated by finite differences."""
+    rng = np.random.default_rng(0)
+    x, t = rng.normal(size=(5, 3)), np.full(5, 7)
+    _, exact = eps_and_divergence(coupled_model, x, t, unit_probes(x), "autograd")
+    x32 = x.astype(np.float32)
+    _, fd = eps_and_divergence(coupled_model, x32, t, unit_probes(x32), "finite-difference")
+    np.testing.assert_allclose(fd, exact, atol=1e-3)
+
+    def array_only(x_t, t):
+        if not isinstance(x_t, np.ndarray):
+            raise TypeError(f"array_only takes NumPy arrays, got {type(x_t).__name__}")
+        return np.tanh(x_t) - 0.2 * x_t
+    assert resolve_divergence(array_only, x, t) == "finite-difference"
+
+
+@given(schedules(max_T=50), seeds())
+def test_beta_of_tau_is_beta_1_at_tau_0_and_tau_is_checked(schedule, seed):
+    """(W1): t = ceil(T tau) and t = 1 at tau = 0, so beta(0) = beta(1/T) = -T log(1 - beta_1) and alpha_bar(0) = 1;
+    tau outside [0, 1], a bool or a non-number is refused; the drift (W5) needs x and s of one shape."""
+    T = schedule.T
+    first = -T * math.log1p(-schedule.betas[1])
+    np.testing.assert_allclose(beta_continuous(schedule, np.array([0.0, 0.5 / T, 1.0 / T])), first, rtol=1e-12)
+    assert float(beta_continuous(schedule, 0)) == pytest.approx(first, rel=1e-12)
+    assert float(alpha_bar_continuous(schedule, 0.0)) == 1.0
+    tau = np.random.default_rng(seed).uniform(0, 1, 5).astype(np.float32)
+    np.testing.assert_array_equal(beta_continuous(schedule, tau), beta_continuous(schedule, tau.astype(np.float64)))
+    for bad in (-0.1, 1.5, np.array([0.5, 1.01]), np.nan):
+        for f in (beta_continuous, alpha_bar_continuous):
+            with pytest.raises(ValueError, match="tau must lie in \\[0, 1\\]"):
+                f(schedule, bad)
+    for bad in (True, "0.5", 0.5j, None):
+        with pytest.raises(TypeError, match="tau must be a real number or array"):
+            beta_continuous(schedule, bad)
+    with pytest.raises(TypeError, match="schedule must be a Schedule"):
+        beta_continuous(schedule.betas, 0.5)
+    x = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="score must have shape"):
+        probability_flow_drift(x, np.zeros((2, 1)), 0.5, schedule)
+    with pytest.raises(ValueError, match="x must have shape|score must have shape"):
+        probability_flow_drift(np.zeros((2, 1)), x, 0.5, schedule)

@@ -174,3 +174,21 @@ def test_the_defaults_are_the_plain_elbo_with_a_unit_variance_gaussian_decoder(b
     np.testing.assert_array_equal(importance_weighted_bound(x, q, decode, 3, np.random.default_rng(seed)),
                                   importance_weighted_bound(x, q, decode, 3, np.random.default_rng(seed),
                                                             "gaussian", 0.0))
+
+
+@given(seeds(), st.integers(1, 4), st.integers(1, 4), st.integers(1, 3))
+def test_a_decoder_log_variance_given_as_an_array_or_with_the_mean_is_the_same_gaussian(seed, batch, dim, latent):
+    """eq. (V2): log N(x; mu, sigma^2) does not care how log sigma^2 arrives: as decoder_logvar (a number, a 0-d
+    or an (B, D) array) or as the second half of a (mean, logvar) decoder output; the importance-weighted
+    bound (V5) takes such a decoder too, its K z_k shared with the same draws."""
+    rng = np.random.default_rng(seed)
+    x, mean = rng.standard_normal((2, batch, dim))
+    for logvar in (rng.normal(0, 0.5, (batch, dim)), np.asarray(rng.normal(0, 0.5))):
+        np.testing.assert_allclose(reconstruction_log_likelihood(x, mean, decoder_logvar=logvar),
+                                   reconstruction_log_likelihood(x, (mean, logvar)), rtol=1e-12)
+    q = DiagonalGaussian(rng.standard_normal((batch, latent)), rng.normal(0, 0.5, (batch, latent)))
+    w, log_sigma2 = rng.standard_normal((latent, dim)), np.asarray(rng.normal(0, 0.5))
+    np.testing.assert_allclose(
+        importance_weighted_bound(x, q, lambda z: (z @ w, log_sigma2), 3, np.random.default_rng(seed)),
+        importance_weighted_bound(x, q, lambda z: z @ w, 3, np.random.default_rng(seed), decoder_logvar=log_sigma2),
+        rtol=1e-12)
