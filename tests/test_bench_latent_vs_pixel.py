@@ -1,7 +1,7 @@
 """benchmarks/latent_vs_pixel.py on tiny checkpoints: it times the pixel and the latent DDPM of one data set,
 names the result after that data set, and refuses two checkpoints of different data sets."""
+import contextlib
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +23,12 @@ LATENT = [*PIXEL, "--set", "channels=4", "--set", "latent_channels=2"]
 def runs(tmp_path_factory):
     """Tiny shapes checkpoints (a ddpm, an ldm, a classifier) and a tiny digits ddpm."""
     root = tmp_path_factory.mktemp("bench")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with contextlib.chdir(root):
         for name, argv in {"ddpm": ["ddpm", "--dataset", "shapes", "--steps", "1", *PIXEL],
                            "ldm": ["ldm", "--dataset", "shapes", "--steps", "2", *LATENT],
                            "classifier": ["classifier", "--dataset", "shapes", "--steps", "2"],
                            "digits_ddpm": ["ddpm", "--steps", "1", *PIXEL]}.items():
             assert main(["train", *argv, "--batch-size", "8", "--out", name, "--no-progress"]) == 0
-    finally:
-        os.chdir(cwd)
     return root
 
 

@@ -1,5 +1,6 @@
 """`train ldm`, then `sample` and `eval` on its checkpoint, as a user types them (tiny configurations), and the
 mistakes that are usage errors (exit 2, one `error:` line naming the flag, nothing written)."""
+import contextlib
 import json
 import os
 
@@ -17,13 +18,9 @@ TINY = ["--set", "T=25", "--set", "base_channels=8", "--set", "channels=4", "--s
 def runs(tmp_path_factory):
     """A folder holding a 4-step `train ldm` run (its autoencoder inside) and a 2-step classifier."""
     root = tmp_path_factory.mktemp("user")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with contextlib.chdir(root):
         assert main(["train", "ldm", "--steps", "4", "--batch-size", "16", "--out", "runs/ldm", *TINY]) == 0
         assert main(["train", "classifier", "--steps", "2", "--out", "runs/classifier", "--no-progress"]) == 0
-    finally:
-        os.chdir(cwd)
     return root
 
 
@@ -124,16 +121,12 @@ def test_train_ldm_class_conditional_then_sample_a_label_with_guidance(runs, mon
 def shapes_runs(tmp_path_factory):
     """The 16×16 shapes: a 4-step `train ldm`, a 2-step pixel ddpm and a 2-step classifier (and `runs`' digits one)."""
     root = tmp_path_factory.mktemp("shapes")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with contextlib.chdir(root):
         pixel = ["--set", "T=25", "--set", "base_channels=8", "--set", "eval_images=4", "--no-progress"]
         for model, extra in (("ldm", ["--steps", "4", *TINY]), ("ddpm", ["--steps", "2", *pixel]),
                              ("classifier", ["--steps", "2", "--no-progress"])):
             assert main(["train", model, "--dataset", "shapes", "--batch-size", "16", "--out", f"runs/{model}",
                          *extra]) == 0
-    finally:
-        os.chdir(cwd)
     return root
 
 
