@@ -67,7 +67,7 @@ def seconds_per_step(trainer, steps):
 
 def dataset_of(requested, pixel_state, latent_state):
     """The one data set both checkpoints were trained on (and `requested`, if given), else ValueError."""
-    trained = {kind: state.get("dataset", "digits") for kind, state in (("--pixel", pixel_state),
+    trained = {kind: models.trained_on(state) for kind, state in (("--pixel", pixel_state),
                                                                        ("--latent", latent_state))}
     if trained["--pixel"] != trained["--latent"]:
         raise ValueError(f"--pixel was trained on {trained['--pixel']!r} but --latent on {trained['--latent']!r}; "

@@ -263,7 +263,7 @@ def load_classifier(args, dataset):
     if classifier.name != "classifier":
         raise UsageError(f"--classifier: {args.classifier!r} holds a {classifier.name} model, expected a "
                          "classifier (python -m minidiff train classifier)")
-    trained_on = state.get("dataset", "digits")
+    trained_on = models.trained_on(state)
     if trained_on != dataset:
         raise UsageError(f"--classifier: {args.classifier!r} was trained on {trained_on!r}, but the samples are "
                          f"scored against {dataset!r} images (python -m minidiff train classifier --dataset {dataset})")
@@ -631,7 +631,7 @@ def validate_eval(args):
     model, state = load_checkpoint("--checkpoint", args.checkpoint)
     if not hasattr(model, "evaluate"):
         raise UsageError(f"--checkpoint holds a {model.name} model, which has no held-out metrics")
-    args.dataset = args.dataset or state.get("dataset", "digits")
+    args.dataset = args.dataset or models.trained_on(state)
     validate_dataset(args)
     dataset_fits("--dataset", model, args.dataset)
     classifier = None
@@ -712,19 +712,19 @@ def validate_guidance_sweep(args, model, state):
                          f"--class-conditional), got a {model.name} model")
     if args.classifier is None:
         raise UsageError("--classifier: plot guidance-sweep needs the scoring classifier (train classifier)")
-    args.classifier_model = load_classifier(args, state.get("dataset", "digits"))
+    args.classifier_model = load_classifier(args, models.trained_on(state))
 
 
 def plot_guidance_sweep(args, model, state):
     """The requested-label accuracy, label entropies and FD ratio of samples at s in GUIDANCE_SCALES."""
     from minidiff import experiments
-    dataset = data.load_dataset(state.get("dataset", "digits"), None, seed=0)
+    dataset = data.load_dataset(models.trained_on(state), None, seed=0)
     return experiments.guidance_sweep_report(args.out, model, args.classifier_model, dataset, seed=args.seed,
                                              progress=not args.no_progress)
 
 
 def plot_checkpoint(args, model, state):
-    dataset = data.load_dataset(state.get("dataset", "digits"), None, seed=0)
+    dataset = data.load_dataset(models.trained_on(state), None, seed=0)
     _write(f"drawing the figures of {args.checkpoint} into {args.out}/", file=sys.stderr)
     return model.figures(args.out, dataset, None, backend.default_rng(seed=args.seed),
                          **progress_option(model.figures, not args.no_progress))
@@ -732,7 +732,7 @@ def plot_checkpoint(args, model, state):
 
 def plot_score_field(args, model, state):
     """Data, the score arrows, every sampler at the first --calls, and the MMD at each (score_field.json)."""
-    dataset = data.load_dataset(state.get("dataset", "two-moons"), None, seed=0)
+    dataset = data.load_dataset(models.trained_on(state, "two-moons"), None, seed=0)
     calls = args.calls or [100]
     return toy2d.score_field_figure(model, dataset, args.out, calls=calls[0], budgets=calls, seed=args.seed)
 

@@ -307,7 +307,7 @@ def ode_vs_vlb_report(checkpoint_path, out, n_images=64, steps=50, trace="hutchi
     """ode_vs_vlb_bits on the first n_images digits test images (those `eval` scores the VLB on), as JSON at out."""
     from minidiff import models
     model, state = models.load(checkpoint_path)
-    dataset = data.load_dataset(state.get("dataset", "digits"), None, seed=0)
+    dataset = data.load_dataset(models.trained_on(state), None, seed=0)
     report = {"checkpoint": checkpoint_path, **ode_vs_vlb_bits(model, xp().asarray(dataset.x_test[:n_images]),
                                                                 steps=steps, trace=trace, seed=seed,
                                                                 progress=progress)}

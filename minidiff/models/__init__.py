@@ -33,8 +33,14 @@ def load(path, use_ema=True):
     return model.eval(), state
 
 
+def trained_on(state, default="digits"):
+    """The data set a checkpoint's model was trained on (`train` records it in the metadata; `default` for a
+    checkpoint written before it did)."""
+    return state.get("dataset", default)
+
+
 # Importing a model module registers its models: every module with a @register class is listed here
 # (tests/test_registries.py checks that nothing registers only when imported by hand).
 from minidiff.models import ae, classifier, dae, ddpm, klae, ldm, mae, vae  # noqa: E402,F401
 
-__all__ = ["REGISTRY", "build", "register", "load"]
+__all__ = ["REGISTRY", "build", "register", "load", "trained_on"]
