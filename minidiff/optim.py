@@ -10,10 +10,17 @@ with θ the parameters, g_t = ∂L/∂θ at step t = 1, 2, ..., η the learning 
 
 State dicts hold only numbers and arrays ({"step": int, "lr": float, "m.0": array, ...}), so a
 checkpoint never needs pickle.
+
+Adam's update on NumPy arrays runs as one Numba loop per parameter (`_adam_kernel`): the same arithmetic,
+element by element and in the same order, as the array expressions of `Adam.update_reference` (which CuPy
+and non-contiguous parameters run), so the two give identical bits (tests/test_optim.py). The array form
+makes about 12 NumPy calls and 8 temporaries per parameter, each a pass over it: 2.7 ms of the digits
+U-Net's 84 ms training step (98 parameters, 572k numbers), the loop 1.3 ms (docs/benchmarks.md, round 4).
 """
 import math
 
 import numpy as np
+from numba import njit
 
 from minidiff import checks
 from minidiff.autograd import Tensor
@@ -124,18 +131,63 @@ class Adam(Optimizer):
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
     def update(self, i, theta, grad):
+        """One step of parameter i in place: `_adam_kernel` on contiguous NumPy arrays, else the reference."""
+        m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
+        if m[i] is None:                                  # m₀ = v₀ = 0
+            m[i], v[i] = xp_of(theta).zeros_like(theta), xp_of(theta).zeros_like(theta)
+        if not _runs_kernel(theta, grad, m[i], v[i]):
+            return self.update_reference(theta, grad, m[i], v[i])
+        dt = theta.dtype.type
+        (beta1, beta2), t = self.betas, self.step_count
+        decay = dt(1 - self.lr * self.weight_decay) if self.decoupled else dt(1)
+        l2 = dt(0 if self.decoupled else self.weight_decay)
+        _adam_kernel(theta.reshape(-1), np.ascontiguousarray(grad).reshape(-1), m[i].reshape(-1), v[i].reshape(-1),
+                     decay, l2, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
+                     dt(self.lr / (1 - beta1 ** t)), dt(math.sqrt(1 - beta2 ** t)), dt(self.eps))
+
+    def update_reference(self, theta, grad, m, v):
+        """The Adam step as array expressions, m and v updated in place (the module docstring's formulas)."""
         (beta1, beta2), t = self.betas, self.step_count
         if self.decoupled:
             theta *= 1 - self.lr * self.weight_decay
             d = grad
         else:
             d = grad + self.weight_decay * theta if self.weight_decay else grad
-        m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
-        m[i] = (1 - beta1) * d if m[i] is None else beta1 * m[i] + (1 - beta1) * d
-        v[i] = (1 - beta2) * d * d if v[i] is None else beta2 * v[i] + (1 - beta2) * d * d
+        m[...] = beta1 * m + (1 - beta1) * d
+        v[...] = beta2 * v + (1 - beta2) * d * d
         step_size = self.lr / (1 - beta1 ** t)
-        denom = xp_of(theta).sqrt(v[i]) / math.sqrt(1 - beta2 ** t) + self.eps
-        theta -= step_size * (m[i] / denom)
+        denom = xp_of(theta).sqrt(v) / math.sqrt(1 - beta2 ** t) + self.eps
+        theta -= step_size * (m / denom)
+
+
+def _runs_kernel(theta, grad, m, v):
+    """`_adam_kernel` applies: NumPy float32/float64 arrays of one dtype and shape, θ, m, v contiguous (updated
+    through flat views)."""
+    return (all(isinstance(a, np.ndarray) and a.dtype == theta.dtype for a in (grad, m, v))
+            and theta.dtype in (np.float32, np.float64) and grad.shape == theta.shape
+            and all(a.flags.c_contiguous for a in (theta, m, v)))
+
+
+@njit(cache=True, error_model="numpy")
+def _adam_kernel(theta, grad, m, v, decay, l2, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                 bias2_sqrt, eps):
+    """θ, m, v updated in place, element by element, as `Adam.update_reference` computes them (same operations,
+    same order, scalars rounded to θ's dtype first, as NumPy does for Python floats):
+
+        θ ← decay · θ (AdamW);  d = g + l2 · θ;  m ← β₁m + (1 − β₁)d;  v ← β₂v + ((1 − β₂)d)d;
+        θ ← θ − step_size · (m / (√v / √(1 − β₂ᵗ) + ε)),   step_size = η/(1 − β₁ᵗ).
+
+    error_model="numpy": a division by zero gives inf/nan as NumPy's does instead of raising, which also lets
+    LLVM vectorise the loop (the zero check Python's model adds before every division kept it scalar:
+    3.6x slower, 2.3 ms → 0.63 ms for the U-Net's 572k float32 parameters).
+    """
+    for k in range(theta.size):
+        th = theta[k] * decay
+        d = grad[k] + l2 * th
+        mk = beta1 * m[k] + one_minus_beta1 * d
+        vk = beta2 * v[k] + one_minus_beta2 * d * d
+        m[k], v[k] = mk, vk
+        theta[k] = th - step_size * (mk / (np.sqrt(vk) / bias2_sqrt + eps))
 
 
 class AdamW(Adam):

@@ -75,6 +75,53 @@ def test_trajectory_equals_torch_optim(config, start):
         np.testing.assert_allclose(p.numpy(), t.detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
+adam_configs = st.builds(lambda name, lr, b1, b2, eps, wd: (name, dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)),
+                        st.sampled_from(["Adam", "AdamW"]), st.floats(1e-4, 0.1), st.floats(0.0, 0.99),
+                        st.floats(0.9, 0.9999), st.sampled_from([1e-8, 1e-3]), st.sampled_from([0.0, 1e-2, 0.1]))
+
+
+@given(adam_configs, st.sampled_from([np.float32, np.float64]), st.integers(1, 40), st.integers(1, 5),
+       st.integers(0, 2 ** 32 - 1))
+def test_adam_kernel_gives_the_reference_bits(config, dtype, n, steps, seed):
+    """`_adam_kernel` (contiguous NumPy parameters) and `update_reference` (the array expressions) are the same
+    operations in the same order and dtype: equal bits after several steps, float32 and float64."""
+    name, kw = config
+    rng = np.random.default_rng(seed)
+    start = rng.standard_normal((steps + 1, 2, n)).astype(dtype)
+    fast, ref = nn.Parameter(start[0, 0].copy()), start[0, 0].copy()
+    opt = getattr(optim, name)([fast], **kw)
+    m, v = np.zeros_like(ref), np.zeros_like(ref)
+    calls = []
+    kernel = optim._adam_kernel
+
+    def counted(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    optim._adam_kernel = counted
+    try:
+        for k in range(steps):
+            fast.grad = start[k + 1, 1].copy()
+            opt.step()
+            opt.update_reference(ref, start[k + 1, 1], m, v)
+            np.testing.assert_array_equal(fast.numpy(), ref)
+    finally:
+        optim._adam_kernel = kernel
+    np.testing.assert_array_equal(opt.state["exp_avg"][0], m)
+    np.testing.assert_array_equal(opt.state["exp_avg_sq"][0], v)
+    assert len(calls) == steps and fast.dtype == dtype and opt.state["exp_avg"][0].dtype == dtype
+
+
+def test_adam_runs_the_reference_for_a_non_contiguous_parameter():
+    theta = np.arange(12.0).reshape(3, 4).T                          # a transposed view: not C-contiguous
+    p = nn.Parameter(theta)
+    p.data = theta
+    opt = optim.Adam([p], lr=0.1)
+    p.grad = np.ones((4, 3))
+    opt.step()
+    np.testing.assert_allclose(p.numpy(), np.arange(12.0).reshape(3, 4).T - 0.1, rtol=1e-7)
+
+
 @given(optimizer_configs, starts(), st.integers(1, 9))
 def test_resuming_from_state_dict_equals_an_uninterrupted_run(config, start, k):
     name, kw = config
