@@ -75,7 +75,8 @@ def test_trajectory_equals_torch_optim(config, start):
         np.testing.assert_allclose(p.numpy(), t.detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
-adam_configs = st.builds(lambda name, lr, b1, b2, eps, wd: (name, dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)),
+adam_configs = st.builds(lambda name, lr, b1, b2, eps, wd: (name, dict(lr=lr, betas=(b1, b2), eps=eps,
+                                                                   weight_decay=wd)),
                         st.sampled_from(["Adam", "AdamW"]), st.floats(1e-4, 0.1), st.floats(0.0, 0.99),
                         st.floats(0.9, 0.9999), st.sampled_from([1e-8, 1e-3]), st.sampled_from([0.0, 1e-2, 0.1]))
 
