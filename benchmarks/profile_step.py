@@ -69,6 +69,8 @@ def main():
     ap.add_argument("--config", choices=sorted(CONFIGS), default="digits")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--by-layer", action="store_true", help="split Conv2d's time by layer shape")
+    ap.add_argument("--batch", type=int, help="batch size (default: the config's); --batch 1 shows the step's "
+                                              "fixed cost, what does not grow with the data")
     ap.add_argument("--json")
     args = ap.parse_args()
     limit_threads(1)
@@ -76,7 +78,7 @@ def main():
     from minidiff import diffusion, optim
     from minidiff.models.unet import UNet
 
-    cfg = CONFIGS[args.config]
+    cfg = dict(CONFIGS[args.config], **({} if args.batch is None else {"batch": args.batch}))
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "inputs.npz")
         make_inputs(cfg, path)
@@ -108,7 +110,7 @@ def main():
         print(f"{v:8.2f} ms  {k}")
     print(f"{step_ms:8.2f} ms  step (CPU)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": args.config, "steps": args.steps, "by_layer": args.by_layer,
+        Path(args.json).write_text(json.dumps({"config": args.config, "batch": cfg["batch"], "steps": args.steps, "by_layer": args.by_layer,
                                                "step_cpu_ms": step_ms,
                                                "per_step_cpu_ms": per_step, "load_average": os.getloadavg(),
                                                "machine": machine_info()}, indent=1) + "\n")

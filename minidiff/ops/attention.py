@@ -73,10 +73,13 @@ def one_blas_thread(xp):
         try:
             from threadpoolctl import ThreadpoolController
             _blas["controller"] = ThreadpoolController()
+            _blas["libraries"] = _blas["controller"].select(user_api="blas").lib_controllers
         except ImportError:
-            _blas["controller"] = None
+            _blas["controller"], _blas["libraries"] = None, []
     controller = _blas["controller"]
-    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+    if controller is None or all(lib.get_num_threads() == 1 for lib in _blas["libraries"]):
+        return contextlib.nullcontext()              # already one thread: skip the limit's ~7 µs set and restore
+    return controller.limit(limits=1, user_api="blas")
 
 
 def _softmax_rows(a):
