@@ -1,6 +1,6 @@
 """Where minidiff's U-Net training step goes: CPU time per Function (forward and backward), per step.
 
-    python benchmarks/profile_step.py [--config digits] [--steps 8] [--json PATH]
+    python benchmarks/profile_step.py [--config digits] [--steps 8] [--batch B] [--json PATH]
 
 Builds train_step.py's configuration (same weights and batch as its `make_inputs`, float32, Adam, dropout
 0.1), runs 2 warm-up steps, then `--steps` training steps on one thread (BLAS, Numba), with every
@@ -110,8 +110,8 @@ def main():
         print(f"{v:8.2f} ms  {k}")
     print(f"{step_ms:8.2f} ms  step (CPU)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": args.config, "batch": cfg["batch"], "steps": args.steps, "by_layer": args.by_layer,
-                                               "step_cpu_ms": step_ms,
+        Path(args.json).write_text(json.dumps({"config": args.config, "batch": cfg["batch"], "steps": args.steps,
+                                               "by_layer": args.by_layer, "step_cpu_ms": step_ms,
                                                "per_step_cpu_ms": per_step, "load_average": os.getloadavg(),
                                                "machine": machine_info()}, indent=1) + "\n")
 

@@ -129,6 +129,7 @@ class Adam(Optimizer):
         eps = checks.real("eps", eps, above=0.0, where=where)
         weight_decay = checks.real("weight_decay", weight_decay, minimum=0.0, where=where)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        self._constants = (None, ())
 
     def update(self, i, theta, grad):
         """One step of parameter i in place: `_adam_kernel` on contiguous NumPy arrays, else the reference."""
@@ -137,13 +138,22 @@ class Adam(Optimizer):
             m[i], v[i] = xp_of(theta).zeros_like(theta), xp_of(theta).zeros_like(theta)
         if not _runs_kernel(theta, grad, m[i], v[i]):
             return self.update_reference(theta, grad, m[i], v[i])
-        dt = theta.dtype.type
-        (beta1, beta2), t = self.betas, self.step_count
-        decay = dt(1 - self.lr * self.weight_decay) if self.decoupled else dt(1)
-        l2 = dt(0 if self.decoupled else self.weight_decay)
         _adam_kernel(theta.reshape(-1), np.ascontiguousarray(grad).reshape(-1), m[i].reshape(-1), v[i].reshape(-1),
-                     decay, l2, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
-                     dt(self.lr / (1 - beta1 ** t)), dt(math.sqrt(1 - beta2 ** t)), dt(self.eps))
+                     *self.kernel_constants(theta.dtype))
+
+    def kernel_constants(self, dtype):
+        """`_adam_kernel`'s scalars (decay, l2, β₁, 1 − β₁, β₂, 1 − β₂, η/(1 − β₁ᵗ), √(1 − β₂ᵗ), ε) for this step,
+        each rounded to dtype as NumPy rounds a Python float that meets an array; made once per step and dtype."""
+        key = (dtype, self.step_count, self.lr, self.betas, self.eps, self.weight_decay)
+        if self._constants[0] != key:
+            dt = dtype.type
+            (beta1, beta2), t = self.betas, self.step_count
+            decay = 1 - self.lr * self.weight_decay if self.decoupled else 1
+            l2 = 0 if self.decoupled else self.weight_decay
+            values = (decay, l2, beta1, 1 - beta1, beta2, 1 - beta2, self.lr / (1 - beta1 ** t),
+                      math.sqrt(1 - beta2 ** t), self.eps)
+            self._constants = (key, tuple(dt(c) for c in values))
+        return self._constants[1]
 
     def update_reference(self, theta, grad, m, v):
         """The Adam step as array expressions, m and v updated in place (the module docstring's formulas)."""
@@ -162,10 +172,12 @@ class Adam(Optimizer):
 
 def _runs_kernel(theta, grad, m, v):
     """`_adam_kernel` applies: NumPy float32/float64 arrays of one dtype and shape, θ, m, v contiguous (updated
-    through flat views)."""
-    return (all(isinstance(a, np.ndarray) and a.dtype == theta.dtype for a in (grad, m, v))
-            and theta.dtype in (np.float32, np.float64) and grad.shape == theta.shape
-            and all(a.flags.c_contiguous for a in (theta, m, v)))
+    through flat views). Plain tests, no loops: this runs for every parameter at every step."""
+    return (type(theta) is np.ndarray and type(grad) is np.ndarray and type(m) is np.ndarray
+            and type(v) is np.ndarray and theta.dtype.char in "fd"
+            and grad.dtype == theta.dtype and m.dtype == theta.dtype and v.dtype == theta.dtype
+            and grad.shape == theta.shape and theta.flags.c_contiguous and m.flags.c_contiguous
+            and v.flags.c_contiguous)
 
 
 @njit(cache=True, error_model="numpy")
