@@ -1,4 +1,4 @@
-"""Group norm forward and backward as one Numba kernel each (docs/layers.md eq. M6-M7, M22).
+"""Group norm (and group norm then SiLU) forward and backward as Numba kernels (docs/layers.md M6-M7, M22, M25).
 
 The NumPy closed form in `ops/norm.py` makes about six passes over the (B, C, *S) data forward
 (mean, centring, variance, scale, shift) and seven backward, each a separate NumPy call with its own
@@ -15,6 +15,10 @@ float64; the outputs are written in x's dtype (float32 stays float32). Saved for
 centred copy), μ and r. The kernels run on the calling thread: a (sample, group) block is a few thousand
 numbers, too little to hand to other threads and wait for them (on a loaded machine each such hand-off can
 cost a scheduler time slice). Runs unchanged (slowly) under NUMBA_DISABLE_JIT=1.
+
+SiLU after group norm (eq. M25) runs the same passes: forward pass 3 writes z σ(z), z = x · a_c + h_c;
+backward recomputes z and σ(z) per block, writes g_z = g σ(z)(1 + z(1 − σ(z))) into the block of ∂L/∂x and
+runs the two backward passes above on it. Saved: x, μ and r, as for the group norm alone.
 """
 import math
 from decimal import Decimal
