@@ -91,7 +91,8 @@ class GroupNormSiLU(Function):
     NumPy arrays run `norm_numba.group_norm_silu_forward/backward`: eq. M22's passes, the third writing
     z σ(z); saved x, μ, r, so one activation-sized array less is held than by GroupNorm then SiLU (which
     keep x and z). Backward recomputes z and σ(z) per block and runs eq. M22's backward on
-    g_z = g σ(z)(1 + z(1 − σ(z))). Other array modules (CuPy) compose `group_norm_forward_xp` with SiLU.
+    g_z = g σ(z)(1 + z(1 − σ(z))). Other array modules (CuPy) run `group_norm_silu_forward_xp` /
+    `group_norm_silu_backward_xp` (below), which keep z.
     """
 
     def forward(self, x, weight, bias, num_groups=1, eps=1e-5):
@@ -101,16 +102,15 @@ class GroupNormSiLU(Function):
             self.x, self.bias = x, bias
             y, self.mean, self.rstd = norm_numba.group_norm_silu_forward(x, weight, bias, num_groups, eps)
             return y
-        self.z, self.saved = group_norm_forward_xp(x, weight, bias, num_groups, eps)
-        return ops.silu(self.z)
+        y, self.saved = group_norm_silu_forward_xp(x, weight, bias, num_groups, eps)
+        return y
 
     def backward(self, g):
         if hasattr(self, "x"):
             dx, dw, db = norm_numba.group_norm_silu_backward(g, self.x, self.weight, self.bias, self.mean,
                                                              self.rstd, self.num_groups)
         else:
-            s = ops.sigmoid(self.z)
-            dx, dw, db = group_norm_backward_xp(g * s * (1 + self.z * (1 - s)), self.weight, *self.saved)
+            dx, dw, db = group_norm_silu_backward_xp(g, self.weight, *self.saved)
         return tuple(d if need else None for d, need in zip((dx, dw, db), self.needs_grad))
 
 
@@ -153,6 +153,18 @@ def group_norm_backward_xp(g, weight, centered, r, n, shape):
     dx -= centered * (r * r * mean_g_hat_x_hat)[:, :, None, None]    # r x̂ = r² (x − μ)
     dx -= (r * mean_g_hat)[:, :, None, None]
     return dx.reshape(shape), (r[:, :, None] * T).sum(axis=0).reshape(-1), S.sum(axis=0).reshape(-1)
+
+
+def group_norm_silu_forward_xp(x, weight, bias, num_groups, eps):
+    """y = z σ(z) with z = `group_norm_forward_xp`(x, ...); returns y and what backward needs (z kept)."""
+    z, saved = group_norm_forward_xp(x, weight, bias, num_groups, eps)
+    return ops.silu(z), (z, saved)
+
+
+def group_norm_silu_backward_xp(g, weight, z, saved):
+    """Eq. M25 as array-module calls: `group_norm_backward_xp` of g_z = g σ(z)(1 + z(1 − σ(z)))."""
+    s = ops.sigmoid(z)
+    return group_norm_backward_xp(g * s * (1 + z * (1 - s)), weight, *saved)
 
 
 class LayerNorm(Function):
@@ -231,7 +243,7 @@ def _affine_defaults(x, shape, weight, bias):
 
 
 def _group_norm_arguments(x, num_groups, weight, bias, eps, where):
-    """The checked (x, weight, bias, num_groups, eps) of group_norm / group_norm_silu, γ = 1 and β = 0 filled in."""
+    """The checked (weight, bias, num_groups, eps) of group_norm / group_norm_silu, γ = 1 and β = 0 filled in."""
     checks.floating("x", x, where)
     num_groups = checks.integer("num_groups", num_groups, minimum=1, where=where)
     eps = checks.real("eps", eps, minimum=0.0, where=where)
@@ -242,17 +254,17 @@ def _group_norm_arguments(x, num_groups, weight, bias, eps, where):
         if p is not None:
             checks.shape(name, p, (x.shape[1],), where, because=" (one per channel C)")
     weight, bias = _affine_defaults(x, (x.shape[1],), weight, bias)
-    return x, weight, bias, int(num_groups), float(eps)
+    return weight, bias, int(num_groups), float(eps)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
-    x, weight, bias, num_groups, eps = _group_norm_arguments(x, num_groups, weight, bias, eps, "group_norm")
+    weight, bias, num_groups, eps = _group_norm_arguments(x, num_groups, weight, bias, eps, "group_norm")
     return GroupNorm.apply(x, weight, bias, num_groups=num_groups, eps=eps)
 
 
 def group_norm_silu(x, num_groups, weight=None, bias=None, eps=1e-5):
     """SiLU(group_norm(x, ...)) as one Function (eq. M25): the same arguments and checks as group_norm."""
-    x, weight, bias, num_groups, eps = _group_norm_arguments(x, num_groups, weight, bias, eps, "group_norm_silu")
+    weight, bias, num_groups, eps = _group_norm_arguments(x, num_groups, weight, bias, eps, "group_norm_silu")
     return GroupNormSiLU.apply(x, weight, bias, num_groups=num_groups, eps=eps)
 
 
