@@ -94,18 +94,16 @@ def _sigmoid_compiled(z):
 @njit(cache=True, fastmath={"reassoc"}, inline="always")
 def _moments(xb, eps):
     """Passes 1 and 2 over one (Cg, S) block: μ = Σ x / n and r = 1/√(Σ (x − μ)² / n + ε), in float64."""
-    Cg, S = xb.shape
-    n = Cg * S
+    n = xb.size
+    flat = xb.reshape(n)             # one loop over the block: a channel's S values are too few to vectorise
     total = 0.0
-    for c in range(Cg):
-        for s in range(S):
-            total += xb[c, s]
+    for i in range(n):
+        total += flat[i]
     mu = total / n
     sq = 0.0
-    for c in range(Cg):
-        for s in range(S):
-            d = xb[c, s] - mu
-            sq += d * d
+    for i in range(n):
+        d = flat[i] - mu
+        sq += d * d
     return mu, 1.0 / np.sqrt(sq / n + eps)
 
 
