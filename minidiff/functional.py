@@ -12,11 +12,11 @@ from minidiff.autograd import unwrap
 from minidiff.backend import backend_name_of, default_rng, xp_of
 from minidiff.ops.attention import scaled_dot_product_attention
 from minidiff.ops.conv import avg_pool2d, conv2d, conv_transpose2d
-from minidiff.ops.norm import group_norm, layer_norm
+from minidiff.ops.norm import group_norm, group_norm_silu, layer_norm
 
-__all__ = ["linear", "conv2d", "conv_transpose2d", "group_norm", "layer_norm", "scaled_dot_product_attention",
-           "softmax", "log_softmax", "dropout", "interpolate", "avg_pool2d", "embedding", "silu", "gelu", "relu",
-           "sigmoid", "tanh"]
+__all__ = ["linear", "conv2d", "conv_transpose2d", "group_norm", "group_norm_silu", "layer_norm",
+           "scaled_dot_product_attention", "softmax", "log_softmax", "dropout", "interpolate", "avg_pool2d",
+           "embedding", "silu", "gelu", "relu", "sigmoid", "tanh"]
 
 silu, gelu, relu, sigmoid, tanh = ops.silu, ops.gelu, ops.relu, ops.sigmoid, ops.tanh
 

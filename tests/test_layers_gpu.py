@@ -56,6 +56,13 @@ def test_group_norm_cupy_equals_numpy(problem):
     assert_cupy_equals_numpy(lambda x, w, b: F.group_norm(x, G, w, b), [x, w, b])
 
 
+@given(group_norm_problems())
+def test_group_norm_silu_cupy_equals_numpy(problem):
+    """CuPy's composition (group_norm_forward_xp, then SiLU) against NumPy's fused kernels (eq. M25)."""
+    x, G, w, b = problem
+    assert_cupy_equals_numpy(lambda x, w, b: F.group_norm_silu(x, G, w, b), [x, w, b])
+
+
 @given(attention_problems())
 def test_attention_cupy_equals_numpy(problem):
     q, k, v, mask, causal = problem

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import minidiff as md
+import minidiff.functional as F
 import minidiff.nn as nn
 
 
@@ -190,9 +191,23 @@ def test_group_norm_and_layer_norm_start_as_identity_affine():
     assert np.all(ln.weight.numpy() == 1) and np.all(ln.bias.numpy() == 0)
 
 
+@given(st.integers(0, 99))
+def test_group_norm_silu_module_is_a_group_norm_followed_by_silu(seed):
+    """nn.GroupNormSiLU has GroupNorm's parameters and state-dict keys, loads a GroupNorm's state dict, and its
+    forward is SiLU of that GroupNorm's (the modules of the U-Net's SiLU∘GroupNorm, docs/layers.md eq. M25)."""
+    rng = np.random.default_rng(seed)
+    gn, fused = nn.GroupNorm(2, 6, dtype=np.float64), nn.GroupNormSiLU(2, 6, dtype=np.float64)
+    assert isinstance(fused, nn.GroupNorm) and fused.state_dict().keys() == gn.state_dict().keys()
+    gn.load_state_dict({k: rng.standard_normal(v.shape) for k, v in gn.state_dict().items()})
+    fused.load_state_dict(gn.state_dict())
+    x = rng.standard_normal((3, 6, 4, 5))
+    np.testing.assert_allclose(fused(md.Tensor(x)).numpy(), F.silu(gn(md.Tensor(x))).numpy(), rtol=1e-13, atol=1e-15)
+
+
 @pytest.mark.parametrize("call, error, message", [
     (lambda: nn.GroupNorm(3, 4), ValueError, "num_channels = 4 does not split into num_groups = 3"),
     (lambda: nn.GroupNorm(2, 4)(md.Tensor(np.ones((1, 3, 2)))), ValueError, "(B, 4, ...)"),
+    (lambda: nn.GroupNormSiLU(2, 4)(md.Tensor(np.ones((1, 3, 2)))), ValueError, "GroupNormSiLU(2, 4): x must be (B, 4"),
     (lambda: nn.Linear(0, 3), ValueError, "in_features"),
     (lambda: nn.Sequential(nn.ReLU(), "relu"), TypeError, "modules[1] must be a Module"),
     (lambda: nn.SelfAttention2d(6, num_heads=4), ValueError, "4 heads"),

@@ -1,16 +1,19 @@
 """Group norm, layer norm and scaled dot-product attention: the closed-form fast paths against
 their primitive-op compositions and against PyTorch, float64 gradchecks, the laws each obeys
-(zero mean / unit variance per group, softmax rows summing to 1), bad input (docs/layers.md §4-5)."""
+(zero mean / unit variance per group, softmax rows summing to 1), bad input (docs/layers.md §4-5), and
+group norm with its SiLU fused into one Function (eq. M25)."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
+from numba import njit
 
 import minidiff as md
 import minidiff.functional as F
 from minidiff.ops.attention import attention_reference
 from minidiff.ops import norm_numba
 from minidiff.ops.norm import (group_norm_backward_xp, group_norm_forward_xp, group_norm_reference,
-                                 layer_norm_reference)
+                               group_norm_silu_backward_xp, group_norm_silu_forward_xp, group_norm_silu_reference,
+                               layer_norm_reference)
 from minidiff.testing import gradcheck
 from tests.layers_oracle import assert_matches_torch, rel_err
 from tests.strategies import arrays
@@ -92,6 +95,90 @@ def test_group_norm_is_invariant_to_shift_and_scale(problem, shift, scale):
                                rtol=1e-8, atol=1e-8)
 
 
+# ------------------------------------------------------------------ group norm then SiLU, one Function (eq. M25)
+
+@given(group_norm_problems())
+def test_group_norm_silu_gradcheck(problem):
+    x, G, w, b = problem
+    gradcheck(_bind(lambda x, w, b: F.group_norm_silu(x, G, w, b), w, b), [x] + _present(w, b))
+
+
+@given(group_norm_problems(), st.sampled_from([np.float64, np.float32]), st.integers(0, 99))
+def test_group_norm_silu_equals_silu_of_the_group_norm_reference(problem, dtype, seed):
+    """y, ∂x, ∂γ, ∂β of the fused Function (NumPy's Numba kernels) against autograd through
+    silu(group_norm_reference(...)): 1e-12 in float64, float32 round-off in float32, all in x's dtype."""
+    x, G, w, b = problem
+    inputs = [a.astype(dtype) for a in [x] + _present(w, b)]
+    g = np.random.default_rng(seed).standard_normal(x.shape).astype(dtype)
+    results = []
+    for fn in (F.group_norm_silu, group_norm_silu_reference):
+        tensors = [md.Tensor(a.copy(), requires_grad=True) for a in inputs]
+        y = _bind(lambda x, w, b: fn(x, G, w, b), w, b)(*tensors)
+        y.backward(g)
+        results.append([y.numpy()] + [t.grad for t in tensors])
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    for a, r in zip(*results):
+        assert a.dtype == r.dtype == dtype and a.shape == r.shape
+        scale = np.abs(r).max() + np.abs(g).max() * x[0].size + 1
+        np.testing.assert_allclose(a, r, rtol=0, atol=tol * scale)
+
+
+@given(group_norm_problems(), st.sampled_from([np.float64, np.float32]), st.integers(0, 99))
+def test_group_norm_silu_numba_kernels_equal_the_array_module_form(problem, dtype, seed):
+    """Eq. M25's Numba kernels (NumPy's path) against its array-module form (CuPy's path): y, ∂x, ∂γ, ∂β to 1e-12
+    in float64 and float32 round-off in float32, every output in x's dtype."""
+    x, G, w, b = problem
+    rng = np.random.default_rng(seed)
+    x = x.astype(dtype)
+    w = (rng.standard_normal(x.shape[1]) if w is None else w).astype(dtype)
+    b = (rng.standard_normal(x.shape[1]) if b is None else b).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    y, mean, rstd = norm_numba.group_norm_silu_forward(x, w, b, G, 1e-5)
+    fast = (y,) + norm_numba.group_norm_silu_backward(g, x, w, b, mean, rstd, G)
+    y_ref, saved = group_norm_silu_forward_xp(x, w, b, G, 1e-5)
+    reference = (y_ref,) + group_norm_silu_backward_xp(g, w, *saved)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    for a, r in zip(fast, reference):
+        assert a.dtype == r.dtype == dtype and a.shape == r.shape
+        scale = np.abs(r).max() + np.abs(g).max() * (np.abs(w).max() + 1) * x[0].size + 1
+        np.testing.assert_allclose(a, r, rtol=0, atol=tol * scale)
+
+
+def test_group_norm_silu_keeps_x_and_the_statistics_only():
+    """The node holds one activation-sized array, x itself (GroupNorm then SiLU hold x and z): eq. M25's saving."""
+    x = well_spread(np.random.default_rng(0).standard_normal((2, 6, 4, 4)))
+    tx = md.Tensor(x, requires_grad=True)
+    node = F.group_norm_silu(tx, 3, np.ones(6), np.zeros(6))._ctx
+    held = [v for v in vars(node).values() if isinstance(v, np.ndarray) and v.size >= x.size]
+    assert len(held) == 1 and held[0] is tx.data
+
+
+@njit
+def _compiled_sigmoid(z, out):
+    for i in range(z.size):
+        out[i] = norm_numba.sigmoid(z[i])
+
+
+@pytest.mark.parametrize("dtype, limit", [(np.float32, 87.0), (np.float64, 700.0)])
+@given(extra=st.lists(st.floats(-1e4, 1e4), max_size=20))
+def test_the_compiled_sigmoid_is_exact_to_a_few_units_in_the_last_place(dtype, limit, extra):
+    """σ(z) = 1/(1 + e^−z) built from 2^k and a Taylor polynomial (norm_numba) against the extended-precision
+    formula: within 4 ulp of σ where −z ≤ L, 0 below (the true value < e^−L), NaN for NaN; the grid crosses
+    every range-reduction boundary k ln 2 ± ln 2 / 2 and the clamp ±L."""
+    z = np.concatenate([np.linspace(-limit - 3, limit + 3, 20001), [0.0, -limit, limit, np.inf, -np.inf, np.nan],
+                        extra]).astype(dtype)
+    out = np.empty_like(z)
+    _compiled_sigmoid(z, out)
+    zl = z.astype(np.longdouble)
+    with np.errstate(over="ignore"):
+        exact = 1 / (1 + np.exp(-zl))
+    inside = z > -limit
+    ulp = np.spacing(exact[inside].astype(dtype)).astype(np.longdouble)
+    assert np.all(np.abs(out[inside] - exact[inside]) <= 4 * ulp)
+    assert np.all(out[(z <= -limit)] == 0) and np.all(exact[(z <= -limit)] <= np.exp(np.longdouble(-limit)))
+    assert np.isnan(out[np.isnan(z)]).all()
+
+
 # ------------------------------------------------------------------ layer norm
 
 @st.composite
@@ -170,6 +257,17 @@ def test_group_norm_matches_torch(dtype, problem):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(problem=group_norm_problems())
+def test_group_norm_silu_matches_torch(dtype, problem):
+    x, G, w, b = problem
+
+    def torch_group_norm_silu(x, w, b):
+        return tF.silu(tF.group_norm(x, G, torch.ones(x.shape[1], dtype=x.dtype) if w is None else w, b))
+    assert_matches_torch(lambda x, w, b: F.group_norm_silu(x, G, w, b), torch_group_norm_silu, [x, w, b], dtype)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @given(problem=layer_norm_problems())
 def test_layer_norm_matches_torch(dtype, problem):
     x, shape, w, b = problem
@@ -193,6 +291,8 @@ def test_attention_matches_torch(dtype, problem):
 @pytest.mark.parametrize("call, message", [
     (lambda: F.group_norm(np.ones((2, 6, 3)), 4), "C divisible by num_groups = 4, got shape (2, 6, 3)"),
     (lambda: F.group_norm(np.ones((2, 6, 3)), 3, np.ones(5)), "weight must have shape (6,)"),
+    (lambda: F.group_norm_silu(np.ones((2, 6, 3)), 4), "group_norm_silu: x must be (B, C, ...) with C divisible"),
+    (lambda: F.group_norm_silu(np.ones((2, 6, 3)), 3, None, np.ones(5)), "bias must have shape (6,)"),
     (lambda: F.layer_norm(np.ones((2, 6)), (5,)), "normalized_shape"),
     (lambda: F.layer_norm(np.ones((2, 6)), 6, np.ones(5)), "weight must have shape (6,)"),
     (lambda: F.scaled_dot_product_attention(np.ones((3, 4)), np.ones((5, 3)), np.ones((5, 2))), "k (..., S, E)"),

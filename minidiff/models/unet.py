@@ -7,16 +7,19 @@
     mid:  ResBlock, SelfAttention2d, ResBlock                    at the lowest resolution
     up:   per level, last to first: concatenate the skip, ResBlocks (+ attention), then a
           ConvTranspose2d(4x4, stride 2) up (all but the first level)
-    out   = Conv3x3(SiLU(GroupNorm(h)))                          zero-initialised, so eps_hat = 0 at start
+    out   = Conv3x3(SiLU∘GroupNorm(h))                           zero-initialised, so eps_hat = 0 at start
 
 Class conditioning (num_classes = K > 0): a learned embedding of the label y in 0..K is added to the
 time embedding; index K is the null label (no class), on which the classifier-free guided model is
 also trained (docs/guidance_variance.md §1). out_channels (default in_channels): 2 C_img for a
 learned reverse variance (the extra channels carry v, docs/guidance_variance.md §2).
 
-ResBlock(x, e) = skip(x) + Conv3x3(Dropout(SiLU(GN(Conv3x3(SiLU(GN(x))) + Linear(SiLU(e))))))
+ResBlock(x, e) = skip(x) + Conv3x3(Dropout(SiLU∘GN(Conv3x3(SiLU∘GN(x)) + Linear(SiLU(e)))))
 with skip a 1x1 conv when the channel count changes (the DDPM / improved-diffusion block).
-GroupNorm uses gcd(groups, channels) groups, so any channel count works.
+GroupNorm uses gcd(groups, channels) groups, so any channel count works. Every SiLU∘GN above
+(norm1, norm2, norm_out) is one nn.GroupNormSiLU (docs/layers.md eq. M25): a GroupNorm module, same
+parameters and state-dict keys, that applies the SiLU too and keeps only x and the group statistics for
+backward. The attention block's GroupNorm has no SiLU after it and stays a plain GroupNorm.
 """
 import math
 
@@ -26,23 +29,23 @@ from minidiff.nn import init
 
 
 class ResBlock(nn.Module):
-    """Two GroupNorm -> SiLU -> Conv3x3 stages with the projected time embedding added in between."""
+    """Two SiLU∘GroupNorm -> Conv3x3 stages with the projected time embedding added in between."""
 
     def __init__(self, c_in, c_out, emb_dim, dropout=0.0, groups=8, dtype=None, eps=1e-5):
         super().__init__()
-        self.norm1 = nn.GroupNorm(math.gcd(groups, c_in), c_in, eps, dtype=dtype)
+        self.norm1 = nn.GroupNormSiLU(math.gcd(groups, c_in), c_in, eps, dtype=dtype)     # SiLU∘GroupNorm
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, dtype=dtype)
         self.emb = nn.Linear(emb_dim, c_out, dtype=dtype)
-        self.norm2 = nn.GroupNorm(math.gcd(groups, c_out), c_out, eps, dtype=dtype)
+        self.norm2 = nn.GroupNormSiLU(math.gcd(groups, c_out), c_out, eps, dtype=dtype)  # SiLU∘GroupNorm
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, dtype=dtype)
         self.skip = nn.Conv2d(c_in, c_out, 1, dtype=dtype) if c_in != c_out else nn.Identity()
 
     def forward(self, x, e):
         B = x.shape[0]
-        h = self.conv1(ops.silu(self.norm1(x)))                            # (B, c_out, H, W)
+        h = self.conv1(self.norm1(x))                                      # (B, c_out, H, W)
         h = ops.add(h, ops.reshape(self.emb(ops.silu(e)), (B, -1, 1, 1)))  # + time embedding per channel
-        h = self.conv2(self.dropout(ops.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(self.norm2(h)))
         return ops.add(self.skip(x), h)
 
 
@@ -113,7 +116,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(ups)
         self.upsample = nn.ModuleList([nn.ConvTranspose2d(c, c, 4, stride=2, padding=1, dtype=dtype)
                                        for c in reversed(chans[1:])])
-        self.norm_out = nn.GroupNorm(math.gcd(groups, C), C, dtype=dtype)
+        self.norm_out = nn.GroupNormSiLU(math.gcd(groups, C), C, dtype=dtype)             # SiLU∘GroupNorm
         self.conv_out = nn.Conv2d(C, self.out_channels, 3, padding=1, dtype=dtype)
         init.zeros_(self.conv_out.weight)
         init.zeros_(self.conv_out.bias)
@@ -142,7 +145,7 @@ class UNet(nn.Module):
             h = level(ops.concatenate([h, skips.pop()], axis=1), e)
             if k < len(self.upsample):
                 h = self.upsample[k](h)
-        return self.conv_out(ops.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))
 
     def _labels(self, y, B):
         """y as a (B,) integer array in 0..num_classes (num_classes: the null label), or a clear error."""

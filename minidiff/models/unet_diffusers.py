@@ -12,7 +12,7 @@ them, so that a UNet2DModel's state dict maps onto this module one tensor for on
     mid:  ResBlock, SelfAttention2d (unless add_attention is False), ResBlock
     up:   block b, last to first: layers_per_block + 1 ResBlocks, each on concat(h, skips.pop()) and
           followed by self-attention in an AttnUpBlock2D; then (all but the last) nearest x2 + Conv3x3
-    out   = conv_out(SiLU(conv_norm_out(h)))
+    out   = conv_out(SiLU(conv_norm_out(h)))                                      one nn.GroupNormSiLU
 
 E = time_embedding_dim or 4 C_0. Attention has C / attention_head_dim heads (one head when
 attention_head_dim is None), its GroupNorm uses norm_num_groups groups (attn_norm_num_groups in the
@@ -209,7 +209,7 @@ class DiffusersUNet(nn.Module):
             ups.append(Block(chans[last - max(k - 1, 0)], c, n, UP_BLOCKS[kind] and attention(norm_num_groups),
                              Upsample(c, dtype) if k < last else None, args, skip_channels=skips))
         self.up_blocks = nn.ModuleList(ups)
-        self.conv_norm_out = nn.GroupNorm(norm_num_groups, chans[0], norm_eps, dtype=dtype)
+        self.conv_norm_out = nn.GroupNormSiLU(norm_num_groups, chans[0], norm_eps, dtype=dtype)  # SiLU∘GroupNorm
         self.conv_out = nn.Conv2d(chans[0], out_channels, 3, padding=1, dtype=dtype)
 
     def embedding(self, t, class_labels, dtype):
@@ -248,4 +248,4 @@ class DiffusersUNet(nn.Module):
             h = self.mid_block(h, e)
         for block in self.up_blocks:
             h, _ = block(h, e, skips)
-        return self.conv_out(ops.silu(self.conv_norm_out(h)))
+        return self.conv_out(self.conv_norm_out(h))

@@ -112,14 +112,31 @@ class GroupNorm(Module):
         self.bias = init.zeros_(Parameter(new_array((num_channels,), dtype))) if affine else None
 
     def forward(self, x):
-        checks.array_like("x", x, "GroupNorm")
-        if len(x.shape) < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(f"GroupNorm({self.num_groups}, {self.num_channels}): x must be (B, {self.num_channels}, "
-                             f"...), got shape {tuple(x.shape)}")
+        self._check_input(x)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def _check_input(self, x):
+        name = type(self).__name__
+        checks.array_like("x", x, name)
+        if len(x.shape) < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"{name}({self.num_groups}, {self.num_channels}): x must be (B, {self.num_channels}, "
+                             f"...), got shape {tuple(x.shape)}")
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+
+class GroupNormSiLU(GroupNorm):
+    """y = SiLU(GroupNorm(x)) = z σ(z), z = γ_c x̂ + β_c, as one Function (docs/layers.md eq. M25).
+
+    A GroupNorm (same parameters weight and bias, same state-dict keys, so checkpoints and the PyTorch
+    mirrors that write GroupNorm then SiLU load unchanged) whose forward applies SiLU too; backward
+    keeps x and the group statistics only, not z.
+    """
+
+    def forward(self, x):
+        self._check_input(x)
+        return F.group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 class LayerNorm(Module):

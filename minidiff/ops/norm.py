@@ -12,6 +12,13 @@ Backward in closed form (derived in docs/layers.md eq. M7), with ĝ = γ ⊙ g a
 
 `group_norm_reference` / `layer_norm_reference` build eq. M6 from primitive ops (autograd derives
 the backward); `GroupNorm` / `LayerNorm` are one Function each with eq. M7, tested against them.
+
+`GroupNormSiLU` is y = SiLU(GroupNorm(x)) = z σ(z), z = γ_c x̂ + β_c, as one Function (docs/layers.md eq. M25):
+it keeps x, μ, r only and recomputes z and σ(z) in backward, where
+
+    g_z = g · σ(z) (1 + z (1 − σ(z)))
+
+takes the place of g in eq. M7. Its reference is `silu(group_norm_reference(...))`.
 """
 import math
 
@@ -78,6 +85,35 @@ class GroupNorm(Function):
         return tuple(d if need else None for d, need in zip((dx, dw, db), self.needs_grad))
 
 
+class GroupNormSiLU(Function):
+    """y = z σ(z), z = γ_c x̂ + β_c: SiLU after group norm as one Function (docs/layers.md eq. M25).
+
+    NumPy arrays run `norm_numba.group_norm_silu_forward/backward`: eq. M22's passes, the third writing
+    z σ(z); saved x, μ, r, so one activation-sized array less is held than by GroupNorm then SiLU (which
+    keep x and z). Backward recomputes z and σ(z) per block and runs eq. M22's backward on
+    g_z = g σ(z)(1 + z(1 − σ(z))). Other array modules (CuPy) run `group_norm_silu_forward_xp` /
+    `group_norm_silu_backward_xp` (below), which keep z.
+    """
+
+    def forward(self, x, weight, bias, num_groups=1, eps=1e-5):
+        _check_group_norm(x, num_groups, weight, bias)
+        self.weight, self.num_groups = weight, num_groups
+        if xp_of(x) is np and x.dtype in (np.float32, np.float64):
+            self.x, self.bias = x, bias
+            y, self.mean, self.rstd = norm_numba.group_norm_silu_forward(x, weight, bias, num_groups, eps)
+            return y
+        y, self.saved = group_norm_silu_forward_xp(x, weight, bias, num_groups, eps)
+        return y
+
+    def backward(self, g):
+        if hasattr(self, "x"):
+            dx, dw, db = norm_numba.group_norm_silu_backward(g, self.x, self.weight, self.bias, self.mean,
+                                                             self.rstd, self.num_groups)
+        else:
+            dx, dw, db = group_norm_silu_backward_xp(g, self.weight, *self.saved)
+        return tuple(d if need else None for d, need in zip((dx, dw, db), self.needs_grad))
+
+
 def group_norm_forward_xp(x, weight, bias, num_groups, eps):
     """Eq. M6 through per-channel sums, one array-module call per pass; returns y and what backward needs.
 
@@ -117,6 +153,18 @@ def group_norm_backward_xp(g, weight, centered, r, n, shape):
     dx -= centered * (r * r * mean_g_hat_x_hat)[:, :, None, None]    # r x̂ = r² (x − μ)
     dx -= (r * mean_g_hat)[:, :, None, None]
     return dx.reshape(shape), (r[:, :, None] * T).sum(axis=0).reshape(-1), S.sum(axis=0).reshape(-1)
+
+
+def group_norm_silu_forward_xp(x, weight, bias, num_groups, eps):
+    """y = z σ(z) with z = `group_norm_forward_xp`(x, ...); returns y and what backward needs (z kept)."""
+    z, saved = group_norm_forward_xp(x, weight, bias, num_groups, eps)
+    return ops.silu(z), (z, saved)
+
+
+def group_norm_silu_backward_xp(g, weight, z, saved):
+    """Eq. M25 as array-module calls: `group_norm_backward_xp` of g_z = g σ(z)(1 + z(1 − σ(z)))."""
+    s = ops.sigmoid(z)
+    return group_norm_backward_xp(g * s * (1 + z * (1 - s)), weight, *saved)
 
 
 class LayerNorm(Function):
@@ -163,6 +211,11 @@ def group_norm_reference(x, num_groups, weight=None, bias=None, eps=1e-5):
     return y if bias is None else ops.add(y, ops.reshape(bias, channel))
 
 
+def group_norm_silu_reference(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """SiLU(GroupNorm(x)) (eq. M25's forward) composed of primitive ops: silu after `group_norm_reference`."""
+    return ops.silu(group_norm_reference(x, num_groups, weight, bias, eps))
+
+
 def layer_norm_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Layer norm (eq. M6 over the trailing normalized_shape) composed of primitive ops."""
     axes = tuple(range(len(x.shape) - len(normalized_shape), len(x.shape)))
@@ -189,18 +242,30 @@ def _affine_defaults(x, shape, weight, bias):
     return weight, bias
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
-    checks.floating("x", x, "group_norm")
-    num_groups = checks.integer("num_groups", num_groups, minimum=1, where="group_norm")
-    eps = checks.real("eps", eps, minimum=0.0, where="group_norm")
+def _group_norm_arguments(x, num_groups, weight, bias, eps, where):
+    """The checked (weight, bias, num_groups, eps) of group_norm / group_norm_silu, γ = 1 and β = 0 filled in."""
+    checks.floating("x", x, where)
+    num_groups = checks.integer("num_groups", num_groups, minimum=1, where=where)
+    eps = checks.real("eps", eps, minimum=0.0, where=where)
     if len(x.shape) < 2 or x.shape[1] % num_groups:
-        raise ValueError(f"group_norm: x must be (B, C, ...) with C divisible by num_groups = {num_groups}, got "
+        raise ValueError(f"{where}: x must be (B, C, ...) with C divisible by num_groups = {num_groups}, got "
                          f"shape {tuple(x.shape)}")
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None:
-            checks.shape(name, p, (x.shape[1],), "group_norm", because=" (one per channel C)")
-    weight, bias = _affine_defaults(x, (x.shape[1],) if len(x.shape) > 1 else (), weight, bias)
-    return GroupNorm.apply(x, weight, bias, num_groups=int(num_groups), eps=float(eps))
+            checks.shape(name, p, (x.shape[1],), where, because=" (one per channel C)")
+    weight, bias = _affine_defaults(x, (x.shape[1],), weight, bias)
+    return weight, bias, int(num_groups), float(eps)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    weight, bias, num_groups, eps = _group_norm_arguments(x, num_groups, weight, bias, eps, "group_norm")
+    return GroupNorm.apply(x, weight, bias, num_groups=num_groups, eps=eps)
+
+
+def group_norm_silu(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """SiLU(group_norm(x, ...)) as one Function (eq. M25): the same arguments and checks as group_norm."""
+    weight, bias, num_groups, eps = _group_norm_arguments(x, num_groups, weight, bias, eps, "group_norm_silu")
+    return GroupNormSiLU.apply(x, weight, bias, num_groups=num_groups, eps=eps)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
