@@ -7,15 +7,15 @@ the minimum over repeats of each (process CPU time and wall time), the ratio new
 difference relative to max |old|. The layers are those of the two train_step.py U-Nets (read off their
 forward with a counting hook on Conv2d and ConvTranspose2d), each in the roles it has in a training step:
 
-  1×1 (skip projections), x (B, C_in, H, W), w (C_out, C_in, 1, 1), docs/layers.md eq. M25:
+  1×1 (skip projections), x (B, C_in, H, W), w (C_out, C_in, 1, 1), docs/layers.md eq. M27:
     forward      old `conv2d_channels_last` (eq. M21)            new `pointwise_conv`: y[b] = W x[b]
     input grad   old `conv2d_input_grad_as_conv` (eq. M20, M21)  new `pointwise_input_grad`: ∂x[b] = Wᵀ g[b]
     weight grad  old `weight_grad_channels_last` (Gᵀ R)          new `pointwise_weight_grad`: Σ_b g[b] x[b]ᵀ
-  transposed 4×4 stride-2 padding-1 (upsampling), x (B, C, H, W) -> (B, C, 2H, 2W), eq. M26:
+  transposed 4×4 stride-2 padding-1 (upsampling), x (B, C, H, W) -> (B, C, 2H, 2W), eq. M28:
     forward      old `conv2d_input_grad_col2im` (∂R = G W_t, col2im)   new `conv2d_input_grad_subpixel`
     weight grad  (tried, not kept) old `weight_grad_channels_last` of g (Xᵀ R(g)) against the same sum by
                  output phase, ∂W_ae = R_ae(x)ᵀ G_ae (four products on x's 2×2 windows and g's phase planes)
-  3×3 stride-2 padding-1 (downsampling), its input gradient (B, C, H/2, W/2) -> (B, C, H, W), eq. M26:
+  3×3 stride-2 padding-1 (downsampling), its input gradient (B, C, H/2, W/2) -> (B, C, H, W), eq. M28:
     input grad   old `conv2d_input_grad_col2im`   new `conv2d_input_grad_subpixel`
   bias: the transposed convolution's `y += b` pass alone (old only), what adding the bias inside the
     phase scatter could save at most.
@@ -60,7 +60,7 @@ def min_times(fns, repeats):
 
 def weight_grad_by_phase(x, g):
     """∂w of the 4×4 stride-2 padding-1 transposed convolution as Σ over output phases (a, e) of R_ae(x)ᵀ G_ae:
-    R_ae the 2×2 windows of x that eq. M26 reads for phase (a, e), G_ae g's phase plane as rows. Returns the
+    R_ae the 2×2 windows of x that eq. M28 reads for phase (a, e), G_ae g's phase plane as rows. Returns the
     (2, 2, 4·C_in, C_out) blocks, which hold every tap of ∂w once (the comparison checks that through `dense`)."""
     from minidiff.ops import conv_subpixel as sp
     from minidiff.ops.attention import one_blas_thread
@@ -79,7 +79,7 @@ def weight_grad_by_phase(x, g):
 
 
 def dense(blocks, C, O):
-    """The (C, O, 4, 4) weight gradient from `weight_grad_by_phase`'s blocks (tap i = 3 − a − 2t̃, eq. M26)."""
+    """The (C, O, 4, 4) weight gradient from `weight_grad_by_phase`'s blocks (tap i = 3 − a − 2t̃, eq. M28)."""
     dw = np.empty((C, O, 4, 4), dtype=blocks.dtype)
     for a in range(2):
         for e in range(2):

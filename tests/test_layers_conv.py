@@ -139,7 +139,7 @@ def pointwise_problems(draw):
 
 @given(pointwise_problems(), st.sampled_from([np.float64, np.float32]))
 def test_pointwise_path_equals_the_channels_last_reference(problem, dtype):
-    """Eq. M25 (y[b] = W x[b], ∂x[b] = Wᵀ g[b], ∂W = Σ_b g[b] x[b]ᵀ, NCHW) equals eq. M21's channels-last products
+    """Eq. M27 (y[b] = W x[b], ∂x[b] = Wᵀ g[b], ∂W = Σ_b g[b] x[b]ᵀ, NCHW) equals eq. M21's channels-last products
     (forward, stride-1 input gradient, ∂w) on every 1×1 shape: 1e-12 in float64, float32 round-off in float32."""
     x, w, g = (a.astype(dtype) for a in problem)
     geometry, out_hw = ((1, 1), (0, 0), (1, 1)), x.shape[2:]
@@ -152,7 +152,7 @@ def test_pointwise_path_equals_the_channels_last_reference(problem, dtype):
 
 
 def test_conv2d_runs_the_pointwise_path_for_1x1_kernels(monkeypatch):
-    """Conv2d's forward and both gradients go through eq. M25 for 1×1, stride 1, padding 0 (any dilation), only then."""
+    """Conv2d's forward and both gradients go through eq. M27 for 1×1, stride 1, padding 0 (any dilation), only then."""
     calls = []
     for name in ("pointwise_conv", "pointwise_input_grad", "pointwise_weight_grad"):
         fn = getattr(conv_ops, name)
@@ -171,7 +171,7 @@ def test_conv2d_runs_the_pointwise_path_for_1x1_kernels(monkeypatch):
 @given(conv_transpose_problems(max_channels=4, max_side=6), st.sampled_from([np.float64, np.float32]),
        st.integers(0, 99))
 def test_subpixel_transposed_conv_equals_col2im(problem, dtype, seed):
-    """Eq. M26 (one stride-1 product per output phase, interleaved) equals col2im of ∂R = G W_t (eq. M21, M4) for
+    """Eq. M28 (one stride-1 product per output phase, interleaved) equals col2im of ∂R = G W_t (eq. M21, M4) for
     every geometry with dilation 1, stride > 1 and any output_padding: 1e-12 in float64, round-off in float32."""
     x, w, _, geo = problem
     assume(max(geo["stride"]) > 1)
@@ -186,7 +186,7 @@ def test_subpixel_transposed_conv_equals_col2im(problem, dtype, seed):
 
 
 def test_strided_input_gradients_run_the_subpixel_path(monkeypatch):
-    """ConvTranspose2d's forward and a strided Conv2d's input gradient take eq. M26 on NumPy with dilation 1; a
+    """ConvTranspose2d's forward and a strided Conv2d's input gradient take eq. M28 on NumPy with dilation 1; a
     dilated or stride-1 one does not."""
     calls = []
     fn = conv_subpixel.conv2d_input_grad_subpixel

@@ -1,4 +1,4 @@
-"""The transposed convolution (conv2d's input gradient) by sub-pixel products: no col2im (docs/layers.md eq. M26).
+"""The transposed convolution (conv2d's input gradient) by sub-pixel products: no col2im (docs/layers.md eq. M28).
 
 conv2d_input_grad(g, w) with stride s, padding p, dilation 1, for g (B, O, Ho, Wo) and w (O, C, kh, kw), is
 the transposed convolution y = Cᵀ g (eq. M5), y (B, C, H, W):
@@ -10,7 +10,7 @@ reach phase a: i = r_a + s·t with r_a = (a + p) mod s, t = 0 .. T_a − 1, T_a 
 u = m + q_a − t with q_a = ⌊(a + p)/s⌋. So each phase is a stride-1 correlation of g with a T_a-tap
 sub-kernel, taken in reverse (t̃ = T_a − 1 − t):
 
-    y[b, c, s·m + a] = Σ_{o, t̃} g[b, o, m + q_a − T_a + 1 + t̃] · w[o, c, r_a + s(T_a − 1 − t̃)]   (eq. M26)
+    y[b, c, s·m + a] = Σ_{o, t̃} g[b, o, m + q_a − T_a + 1 + t̃] · w[o, c, r_a + s(T_a − 1 − t̃)]   (eq. M28)
 
 In two dimensions that is s² stride-1 convolutions of g, one per output phase (a, e), with T_a × T_e
 sub-kernels: for the U-Net's upsampling (kernel 4, stride 2, padding 1) four 2×2 convolutions. Each is
@@ -33,13 +33,13 @@ from minidiff.ops.attention import one_blas_thread
 
 
 def uses_subpixel(g, w, stride, dilation):
-    """Eq. M26 runs: NumPy float32/float64, stride > 1 on some axis, dilation 1 (stride 1 takes eq. M20)."""
+    """Eq. M28 runs: NumPy float32/float64, stride > 1 on some axis, dilation 1 (stride 1 takes eq. M20)."""
     return (isinstance(g, np.ndarray) and g.dtype in (np.float32, np.float64)
             and tuple(dilation) == (1, 1) and max(stride) > 1)
 
 
 def phase_taps(a, k, s, p):
-    """(r_a, q_a, T_a) of eq. M26 for output phase a on one axis: first tap, offset into g, number of taps."""
+    """(r_a, q_a, T_a) of eq. M28 for output phase a on one axis: first tap, offset into g, number of taps."""
     r = (a + p) % s
     return r, (a + p) // s, max(0, -(-(k - r) // s))
 
@@ -59,7 +59,7 @@ def phases(n_out, k, s, p):
 
 
 def phase_weights(w, r, stride):
-    """W_ae of eq. M26 for first taps r = (r_a, r_e): (T_a·T_e·O, C), rows ordered (t̃_h, t̃_w, o) as R_ae's columns."""
+    """W_ae of eq. M28 for first taps r = (r_a, r_e): (T_a·T_e·O, C), rows ordered (t̃_h, t̃_w, o) as R_ae's columns."""
     sub = w[:, :, r[0]::stride[0], r[1]::stride[1]][:, :, ::-1, ::-1]     # (O, C, T_a, T_e), taps reversed
     return np.ascontiguousarray(sub.transpose(2, 3, 0, 1).reshape(-1, w.shape[1]))
 
@@ -94,7 +94,7 @@ def _scatter_phase(rows, y, a, e, sh, sw):
 
 
 def conv2d_input_grad_subpixel(g, w, x_shape, stride, padding):
-    """∂L/∂x of y = conv2d(x, w) (stride s, padding p, dilation 1) for upstream g, by eq. M26: (B, C, H, W).
+    """∂L/∂x of y = conv2d(x, w) (stride s, padding p, dilation 1) for upstream g, by eq. M28: (B, C, H, W).
 
     Equal to `conv.conv2d_input_grad`'s col2im form (eq. M4, M21) up to the order of the additions.
     Ho, Wo are read from g, so g may be shorter than the natural output (output_padding).
