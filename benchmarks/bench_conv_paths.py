@@ -22,8 +22,17 @@ forward with a counting hook on Conv2d and ConvTranspose2d), each in the roles i
 
 `count` is how many layers of that shape and role a training step runs; Σ count·time per configuration
 and role is printed and stored.
+
+    python benchmarks/bench_conv_paths.py --train-step digits [--pairs 30] [--name conv_paths_step_digits]
+
+times train_step.py's training step instead (same weights, batch, Adam, dropout), in one process on one
+thread, alternating steps with the new paths switched on and off (the dispatch predicates `uses_pointwise`
+and `uses_subpixel` made false: the code before them) and the order flipped every pair, so that both
+see the same load, heap and caches; reported: the median and minimum CPU time of each (step, and its
+forward + loss) and the median of the pairs' ratios new/old.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -134,17 +143,87 @@ def cases(rng, dtype):
     return out
 
 
+def train_step_pairs(config, pairs):
+    """[(new or old, step CPU s, forward + loss CPU s)] of 2·pairs training steps, the new paths on and off in turn."""
+    import tempfile
+
+    import minidiff as md
+    from minidiff import diffusion, optim
+    from minidiff.models.unet import UNet
+    from minidiff.ops import conv as cv, conv_subpixel as sp
+    from train_step import CONFIGS, LR, load_inputs, make_inputs
+    cfg = CONFIGS[config]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "inputs.npz")
+        make_inputs(cfg, path)
+        weights, batch = load_inputs(path)
+    model = UNet(**cfg["unet"])
+    model.load_state_dict(weights)
+    opt = optim.Adam(list(model.parameters()), lr=LR)
+    paths = {"new": (cv.uses_pointwise, sp.uses_subpixel), "old": (lambda *a: False, lambda *a: False)}
+
+    def step(which):
+        cv.uses_pointwise, sp.uses_subpixel = paths[which]
+        model.train()
+        opt.zero_grad()
+        c0 = time.process_time()
+        loss = diffusion.fused_eps_loss(model(md.Tensor(batch["x_t"]), batch["t"]), batch["eps"])
+        c1 = time.process_time()
+        loss.backward()
+        opt.step()
+        return which, time.process_time() - c0, c1 - c0
+
+    for which in ("new", "old", "new", "old"):                 # warm-up (and Numba compilation)
+        step(which)
+    out = []
+    for k in range(pairs):
+        out += [step(which) for which in (("new", "old") if k % 2 == 0 else ("old", "new"))]
+    cv.uses_pointwise, sp.uses_subpixel = paths["new"]
+    return out
+
+
+def summarise_pairs(steps):
+    """Median and minimum per path and the median paired ratio new/old, for the step and its forward."""
+    import statistics
+    out = {}
+    for key, idx in (("step", 1), ("forward_loss", 2)):
+        times = {w: [s[idx] for s in steps if s[0] == w] for w in ("new", "old")}
+        ratios = [a[idx] / b[idx] if a[0] == "new" else b[idx] / a[idx] for a, b in zip(steps[::2], steps[1::2])]
+        out[key] = {**{f"{w}_median_ms": 1e3 * statistics.median(t) for w, t in times.items()},
+                    **{f"{w}_min_ms": 1e3 * min(t) for w, t in times.items()},
+                    "paired_ratio_median": statistics.median(ratios),
+                    "paired_ratio_quartiles": statistics.quantiles(ratios, n=4)}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    ap.add_argument("--name", default="conv_paths_cpu")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--train-step", choices=("digits", "32x32"), default=None)
+    ap.add_argument("--pairs", type=int, default=30)
     args = ap.parse_args()
 
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
     threadpool_limits(1)
     numba.set_num_threads(1)
+    threads = {"blas": [{k: i.get(k) for k in ("internal_api", "num_threads", "version")} for i in threadpool_info()],
+               "numba": numba.get_num_threads(),
+               "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+    malloc = ("glibc defaults" if not any(k.startswith("MALLOC_") for k in os.environ) else
+              {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})
+    if args.train_step:
+        load_before = os.getloadavg()
+        steps = train_step_pairs(args.train_step, args.pairs)
+        summary = summarise_pairs(steps)
+        print(json.dumps(summary, indent=1))
+        print(write_result(args.name or f"conv_paths_step_{args.train_step}", {
+            "config": args.train_step, "pairs": args.pairs, "dtype": "float32", "threads": threads,
+            "malloc_env": malloc, "load_average_before": load_before, "load_average_after": os.getloadavg(),
+            "summary": summary, "steps": [{"path": w, "step_cpu_s": a, "forward_loss_cpu_s": b} for w, a, b in steps]}))
+        return
 
     rows, totals = [], Counter()
     load_before = os.getloadavg()
@@ -174,15 +253,9 @@ def main():
                for c, layer, r, k in totals if k == "old"}
     for k, v in summary.items():
         print(f"{k:45s} Σ count·time: old {v['old_ms']:.2f} ms, new {v['new_ms']:.2f} ms")
-    path = write_result(args.name, {
+    path = write_result(args.name or "conv_paths_cpu", {
         "dtype": args.dtype, "repeats": args.repeats, "statistic": "minimum over repeats, the two paths alternating",
-        "threads": {"blas": [{k: i.get(k) for k in ("internal_api", "num_threads", "version")}
-                             for i in threadpool_info()],
-                    "numba": numba.get_num_threads(),
-                    "env": {k: os.environ.get(k) for k in
-                            ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}},
-        "malloc_env": "glibc defaults" if not any(k.startswith("MALLOC_") for k in os.environ) else
-                      {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "threads": threads, "malloc_env": malloc,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "rows": rows, "totals_per_step": summary})
     print(path)
