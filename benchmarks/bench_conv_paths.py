@@ -71,18 +71,18 @@ def weight_grad_by_phase(x, g):
     """∂w of the 4×4 stride-2 padding-1 transposed convolution as Σ over output phases (a, e) of R_ae(x)ᵀ G_ae:
     R_ae the 2×2 windows of x that eq. M28 reads for phase (a, e), G_ae g's phase plane as rows. Returns the
     (2, 2, 4·C_in, C_out) blocks, which hold every tap of ∂w once (the comparison checks that through `dense`)."""
-    from minidiff.ops import conv_subpixel as sp
+    from minidiff.ops import conv as cv
     from minidiff.ops.attention import one_blas_thread
     B, C, H, W = x.shape
     O = g.shape[1]
     planes = np.empty((2, 2, B, H, W, O), dtype=g.dtype)
     planes[...] = g.reshape(B, O, H, 2, W, 2).transpose(3, 5, 0, 2, 4, 1)
-    x_cl = sp.padded_channels_last(x, 1, 1)
+    x_cl = cv.channels_last_padded(x, (1, 1))
     out = np.empty((2, 2, 4 * C, O), dtype=g.dtype)
     with one_blas_thread(np):
         for a in range(2):
             for e in range(2):
-                rows = sp.phase_rows(x_cl, a, e, (2, 2), (H, W))
+                rows = cv.rows_channels_last(x_cl[:, a:, e:], (2, 2), (1, 1), (1, 1), (H, W))
                 np.matmul(rows.T, planes[a, e].reshape(-1, O), out=out[a, e])
     return out
 

@@ -25,10 +25,12 @@ docs/benchmarks.md round 4). R_ae is gathered a slice of the batch at a time (`c
 (eq. M21, M4) as the reference; tests/test_layers_conv.py holds the two together. Runs unchanged (slowly)
 under NUMBA_DISABLE_JIT=1.
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
-from minidiff.ops import conv                 # for batch_slices; conv imports this module (resolved at call time)
+from minidiff.ops import conv                 # its channels-last helpers; conv imports this module first
 from minidiff.ops.attention import one_blas_thread
 
 
@@ -38,48 +40,36 @@ def uses_subpixel(g, w, stride, dilation):
             and tuple(dilation) == (1, 1) and max(stride) > 1)
 
 
-def phase_taps(a, k, s, p):
-    """(r_a, q_a, T_a) of eq. M28 for output phase a on one axis: first tap, offset into g, number of taps."""
-    r = (a + p) % s
-    return r, (a + p) // s, max(0, -(-(k - r) // s))
-
-
-def phase_count(a, n, s):
-    """M_a: how many of the n outputs h < n have h ≡ a (mod s)."""
-    return max(0, -(-(n - a) // s))
+class Phase(NamedTuple):
+    """Output phase a of one axis (eq. M28): outputs h = s·m + a, m < count, read g[m + lo + t̃] for t̃ < taps
+    with the weight taps first, first + s, …, taken in reverse."""
+    a: int
+    first: int        # r_a = (a + p) mod s
+    lo: int           # q_a − T_a + 1, q_a = ⌊(a + p)/s⌋
+    taps: int         # T_a = ⌈(k − r_a)/s⌉
+    count: int        # M_a = ⌈(n − a)/s⌉ outputs
 
 
 def phases(n_out, k, s, p):
-    """Per phase a of one axis: (a, r_a, lo_a, T_a, M_a), lo_a = q_a − T_a + 1 the first g index the phase reads."""
+    """The s phases of one axis with n_out outputs, kernel size k, stride s, padding p."""
     out = []
     for a in range(s):
-        r, q, taps = phase_taps(a, k, s, p)
-        out.append((a, r, q - taps + 1, taps, phase_count(a, n_out, s)))
+        first, q = (a + p) % s, (a + p) // s
+        taps = max(0, -(-(k - first) // s))
+        out.append(Phase(a, first, q - taps + 1, taps, max(0, -(-(n_out - a) // s))))
     return out
+
+
+def padding_for(axis_phases, n_in):
+    """Zeros on each side of g's axis (n_in long) so that every phase's window lies inside:
+    lo >= −pad and lo + count + taps − 2 <= n_in − 1 + pad."""
+    return max([0] + [max(-ph.lo, ph.lo + ph.count + ph.taps - 1 - n_in) for ph in axis_phases if ph.taps and ph.count])
 
 
 def phase_weights(w, r, stride):
     """W_ae of eq. M28 for first taps r = (r_a, r_e): (T_a·T_e·O, C), rows ordered (t̃_h, t̃_w, o) as R_ae's columns."""
     sub = w[:, :, r[0]::stride[0], r[1]::stride[1]][:, :, ::-1, ::-1]     # (O, C, T_a, T_e), taps reversed
     return np.ascontiguousarray(sub.transpose(2, 3, 0, 1).reshape(-1, w.shape[1]))
-
-
-def padded_channels_last(g, pad_h, pad_w):
-    """g (B, O, Ho, Wo) as (B, Ho + 2·pad_h, Wo + 2·pad_w, O) with zero borders."""
-    B, O, Ho, Wo = g.shape
-    out = np.zeros((B, Ho + 2 * pad_h, Wo + 2 * pad_w, O), dtype=g.dtype)
-    out[:, pad_h:pad_h + Ho, pad_w:pad_w + Wo, :] = g.transpose(0, 2, 3, 1)
-    return out
-
-
-def phase_rows(g_cl, start_h, start_w, taps, count):
-    """R_ae[(b, m, n), (t̃_h, t̃_w, o)] = g_cl[b, start_h + m + t̃_h, start_w + n + t̃_w, o]: (B·M_a·N_e, T_a·T_e·O)."""
-    B, O = g_cl.shape[0], g_cl.shape[3]
-    sb, sh, sw, so = g_cl.strides
-    base = g_cl[:, start_h:, start_w:]
-    view = np.lib.stride_tricks.as_strided(base, shape=(B,) + tuple(count) + tuple(taps) + (O,),
-                                           strides=(sb, sh, sw, sh, sw, so))
-    return view.reshape(B * count[0] * count[1], taps[0] * taps[1] * O)
 
 
 @njit(cache=True)
@@ -96,31 +86,25 @@ def _scatter_phase(rows, y, a, e, sh, sw):
 def conv2d_input_grad_subpixel(g, w, x_shape, stride, padding):
     """∂L/∂x of y = conv2d(x, w) (stride s, padding p, dilation 1) for upstream g, by eq. M28: (B, C, H, W).
 
-    Equal to `conv.conv2d_input_grad`'s col2im form (eq. M4, M21) up to the order of the additions.
+    Equal to `conv.conv2d_input_grad_col2im` (eq. M4, M21) up to the order of the additions.
     Ho, Wo are read from g, so g may be shorter than the natural output (output_padding).
     """
     B, C, H, W = x_shape
-    kh, kw = w.shape[2:]
-    (sh, sw), (ph, pw) = stride, padding
-    rows_h, rows_w = phases(H, kh, sh, ph), phases(W, kw, sw, pw)
-    # pad g so that every phase's window fits: lo_a >= −pad, lo_a + M_a − 1 + T_a − 1 <= Ho − 1 + pad
-    pad_h = max([0] + [max(-lo, lo + m + t - 1 - g.shape[2]) for _, _, lo, t, m in rows_h if t and m])
-    pad_w = max([0] + [max(-lo, lo + m + t - 1 - g.shape[3]) for _, _, lo, t, m in rows_w if t and m])
-    g_cl = padded_channels_last(g, pad_h, pad_w)
+    phases_h, phases_w = phases(H, w.shape[2], stride[0], padding[0]), phases(W, w.shape[3], stride[1], padding[1])
+    pad = (padding_for(phases_h, g.shape[2]), padding_for(phases_w, g.shape[3]))
+    g_cl = conv.channels_last_padded(g, pad)                     # (B, Ho + 2·pad_h, Wo + 2·pad_w, O)
     y = np.empty((B, C, H, W), dtype=g.dtype)
-    weights = {(a, e): phase_weights(w, (r_a, r_e), stride)
-               for a, r_a, _, t_a, _ in rows_h for e, r_e, _, t_e, _ in rows_w if t_a and t_e}
-    biggest = (max(m for *_, m in rows_h), max(n for *_, n in rows_w))
+    pairs = [(ph, pw) for ph in phases_h for pw in phases_w if ph.count and pw.count]
+    for ph, pw in pairs:
+        if not (ph.taps and pw.taps):                              # no tap reaches this phase
+            y[:, :, ph.a::stride[0], pw.a::stride[1]] = 0
+    pairs = [(ph, pw) for ph, pw in pairs if ph.taps and pw.taps]
+    weights = [phase_weights(w, (ph.first, pw.first), stride) for ph, pw in pairs]
+    largest = (max(ph.taps for ph in phases_h), max(pw.taps for pw in phases_w))
     with one_blas_thread(np):
-        for batch in conv.batch_slices(g_cl, (max(t for *_, t, _ in rows_h), max(t for *_, t, _ in rows_w)), biggest):
-            for a, _, lo_a, t_a, m_a in rows_h:
-                for e, _, lo_e, t_e, n_e in rows_w:
-                    if m_a == 0 or n_e == 0:
-                        continue
-                    if t_a == 0 or t_e == 0:                              # no tap reaches this phase
-                        y[batch, :, a::sh, e::sw] = 0
-                        continue
-                    r = phase_rows(g_cl[batch], lo_a + pad_h, lo_e + pad_w, (t_a, t_e), (m_a, n_e))
-                    out = (r @ weights[a, e]).reshape(-1, m_a, n_e, C)
-                    _scatter_phase(out, y[batch], a, e, sh, sw)
+        for batch in conv.batch_slices(g_cl, largest, (phases_h[0].count, phases_w[0].count)):
+            for (ph, pw), w_ae in zip(pairs, weights):
+                window = g_cl[batch, ph.lo + pad[0]:, pw.lo + pad[1]:]          # R_ae: (B·M_a·N_e, T_a·T_e·O)
+                r = conv.rows_channels_last(window, (ph.taps, pw.taps), (1, 1), (1, 1), (ph.count, pw.count))
+                _scatter_phase((r @ w_ae).reshape(-1, ph.count, pw.count, C), y[batch], ph.a, pw.a, *stride)
     return y
