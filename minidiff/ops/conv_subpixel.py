@@ -12,14 +12,15 @@ sub-kernel, taken in reverse (t̃ = T_a − 1 − t):
 
     y[b, c, s·m + a] = Σ_{o, t̃} g[b, o, m + q_a − T_a + 1 + t̃] · w[o, c, r_a + s(T_a − 1 − t̃)]   (eq. M28)
 
-In two dimensions that is s² stride-1 convolutions of g, one per output phase (a, e), with T_a × T_e
+In two dimensions that is s_h·s_w stride-1 convolutions of g, one per output phase (a, e), with T_a × T_e
 sub-kernels: for the U-Net's upsampling (kernel 4, stride 2, padding 1) four 2×2 convolutions. Each is
 one product in the channels-last layout of eq. M21, R_ae (B·M_a·N_e, T_a·T_e·O) times W_ae (T_a·T_e·O, C),
-and its rows are the outputs of one phase, written into their interleaved places of y (NCHW) by a Numba
-kernel. The multiply-adds are those of ∂R = G W_t (eq. M21): Σ_ae T_a·T_e = kh·kw taps per output
-position of g; what goes away is col2im's kh·kw strided slice additions into a (B, H + 2p, W + 2p, C)
-buffer and its transposing copy to NCHW (together 30% of the forward at the digits upsampling,
-docs/benchmarks.md round 4). R_ae is gathered a slice of the batch at a time (`conv.batch_slices`).
+and its rows are the outputs of one phase (M_a = ⌈(H − a)/s⌉ of them per column), written into their
+interleaved places of y (NCHW) by a Numba kernel. Since Σ_a T_a = k on each axis, the multiply-adds are
+those of ∂R = G W_t (eq. M21) when H = s·Ho; what goes away is col2im's kh·kw strided slice additions into
+a (B, H + 2p, W + 2p, C) buffer and its transposing copy to NCHW: the digits upsampling's forward takes 0.78
+of the col2im path's time (docs/benchmarks.md round 4). R_ae is gathered a slice of the batch at a time
+(`conv.batch_slices`).
 
 `conv.conv2d_input_grad` chooses this path where `uses_subpixel` holds and keeps the channels-last col2im
 (eq. M21, M4) as the reference; tests/test_layers_conv.py holds the two together. Runs unchanged (slowly)
