@@ -151,6 +151,15 @@ def test_pointwise_path_equals_the_channels_last_reference(problem, dtype):
            conv_ops.weight_grad_channels_last(conv_ops.as_rows(g), x, w.shape, *geometry, out_hw), dtype, 4 * B * H * W)
 
 
+@given(pointwise_problems(), st.booleans(), st.integers(1, 2))
+def test_pointwise_conv2d_gradcheck(problem, with_bias, dilation):
+    """Eq. M27's three products by central differences (float64), bias or not; hypothesis's conv geometries
+    reach a 1×1 stride-1 padding-0 kernel too rarely to test it."""
+    x, w, g = problem
+    b = g[0, :, 0, 0] if with_bias else None
+    gradcheck(_with_bias(lambda x, w, b: F.conv2d(x, w, b, dilation=dilation), b), [x, w] + ([] if b is None else [b]))
+
+
 def test_conv2d_runs_the_pointwise_path_for_1x1_kernels(monkeypatch):
     """Conv2d's forward and both gradients go through eq. M27 for 1×1, stride 1, padding 0 (any dilation), only then."""
     calls = []
@@ -232,6 +241,15 @@ def test_conv2d_matches_torch(dtype, problem):
     x, w, b, geo = problem
     assert_matches_torch(lambda x, w, b: F.conv2d(x, w, b, **geo),
                          lambda x, w, b: tF.conv2d(x, w, b, **geo), [x, w, b], dtype)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(problem=pointwise_problems())
+def test_pointwise_conv2d_matches_torch(dtype, problem):
+    x, w, g = problem
+    assert_matches_torch(lambda x, w, b: F.conv2d(x, w, b), lambda x, w, b: tF.conv2d(x, w, b),
+                         [x, w, g[0, :, 0, 0]], dtype)
 
 
 @pytest.mark.torch
