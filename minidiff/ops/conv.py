@@ -257,7 +257,7 @@ def pointwise_input_grad(g, w):
 
 def pointwise_weight_grad(g, x):
     """∂L/∂w = Σ_b g[b] x[b]ᵀ (eq. M27) as (O, C, 1, 1): one batched product and a sum over b (measured as fast as
-    Gᵀ R at the digits U-Net's 1×1 layers and 1.1-3x faster at the 32x32 one's, docs/benchmarks.md round 4)."""
+    Gᵀ R in sum at digits U-Net's 1×1 layers and 1.05-2.9x faster at the 32x32 one's, docs/benchmarks.md round 4)."""
     (B, O, H, W), C = g.shape, x.shape[1]
     with one_blas_thread(xp_of(g)):
         per_sample = xp_of(g).matmul(g.reshape(B, O, H * W), x.reshape(B, C, H * W).transpose(0, 2, 1))

@@ -18,7 +18,7 @@ one product in the channels-last layout of eq. M21, R_ae (B·M_a·N_e, T_a·T_e�
 and its rows are the outputs of one phase (M_a = ⌈(H − a)/s⌉ of them per column), written into their
 interleaved places of y (NCHW) by a Numba kernel. Since Σ_a T_a = k on each axis, the multiply-adds are
 those of ∂R = G W_t (eq. M21) when H = s·Ho; what goes away is col2im's kh·kw strided slice additions into
-a (B, H + 2p, W + 2p, C) buffer and its transposing copy to NCHW: the digits upsampling's forward takes 0.78
+a (B, H + 2p, W + 2p, C) buffer and its transposing copy to NCHW: the digits upsampling's forward takes 0.80
 of the col2im path's time (docs/benchmarks.md round 4). R_ae is gathered a slice of the batch at a time
 (`conv.batch_slices`).
 
