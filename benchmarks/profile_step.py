@@ -9,11 +9,13 @@ Function subclass's forward and backward wrapped by a process-CPU-time accumulat
 rest of the step (graph building, the backward loop, gradient accumulation, Python): the step's CPU time
 minus the Functions' and Adam's. The wrappers cost a few µs per call (≈ 175 calls per step). With
 --by-layer, Conv2d's forward and backward are reported per layer shape (C_in, C_out, H×W, kernel, stride),
-per step (a shape that occurs n times in the U-Net counts n calls).
+per step (a shape that occurs n times in the U-Net counts n calls). Also per step: the system CPU time and
+the minor page faults (`getrusage`), which the allocator's state moves (docs/benchmarks.md round 4).
 """
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -100,18 +102,24 @@ def main():
         step()
     instrument(totals, args.by_layer)
     totals.clear()
-    c0 = time.process_time()
+    c0, r0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(args.steps):
         step()
     step_ms = 1e3 * (time.process_time() - c0) / args.steps
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    # page faults cost system time inside the Functions that touch fresh memory (the allocator's state)
+    kernel = {"system_cpu_ms": 1e3 * (r1.ru_stime - r0.ru_stime) / args.steps,
+              "minor_page_faults": (r1.ru_minflt - r0.ru_minflt) / args.steps}
     per_step = {k: 1e3 * v / args.steps for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
     per_step["rest (graph, backward loop, Python)"] = step_ms - sum(per_step.values())
     for k, v in per_step.items():
         print(f"{v:8.2f} ms  {k}")
-    print(f"{step_ms:8.2f} ms  step (CPU)")
+    print(f"{step_ms:8.2f} ms  step (CPU), of which {kernel['system_cpu_ms']:.2f} ms system time; "
+          f"{kernel['minor_page_faults']:.0f} page faults per step")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": args.config, "batch": cfg["batch"], "steps": args.steps,
                                                "by_layer": args.by_layer, "step_cpu_ms": step_ms,
+                                               "per_step_kernel": kernel,
                                                "per_step_cpu_ms": per_step, "load_average": os.getloadavg(),
                                                "machine": machine_info()}, indent=1) + "\n")
 

@@ -7,9 +7,10 @@ from hypothesis import assume, given, settings, strategies as st
 
 import minidiff as md
 import minidiff.functional as F
-from minidiff.ops import conv as conv_ops
+from minidiff.ops import conv as conv_ops, conv_subpixel
 from minidiff.testing import gradcheck
 from tests.layers_oracle import assert_matches_torch
+from tests.strategies import arrays
 from tests.strategies_layers import conv_problems, conv_transpose_problems, pool_problems
 
 
@@ -123,6 +124,94 @@ def test_channels_last_path_equals_the_channel_major_reference(problem, dtype, s
         np.testing.assert_allclose(fast, reference, rtol=0, atol=tol * scale)
 
 
+def _close(fast, reference, dtype, scale):
+    """fast equals reference in dtype and shape, to 1e-12·scale in float64 and 1e-5·scale in float32."""
+    assert fast.dtype == reference.dtype == dtype and fast.shape == reference.shape
+    np.testing.assert_allclose(fast, reference, rtol=0, atol=(1e-12 if dtype == np.float64 else 1e-5) * scale)
+
+
+@st.composite
+def pointwise_problems(draw):
+    """(x, w, g) for a 1×1 convolution: x (B, C, H, W), w (O, C, 1, 1), upstream g (B, O, H, W)."""
+    B, C, O, H, W = (draw(st.integers(1, n)) for n in (3, 5, 5, 6, 6))
+    return draw(arrays((B, C, H, W))), draw(arrays((O, C, 1, 1))), draw(arrays((B, O, H, W)))
+
+
+@given(pointwise_problems(), st.sampled_from([np.float64, np.float32]))
+def test_pointwise_path_equals_the_channels_last_reference(problem, dtype):
+    """Eq. M27 (y[b] = W x[b], ∂x[b] = Wᵀ g[b], ∂W = Σ_b g[b] x[b]ᵀ, NCHW) equals eq. M21's channels-last products
+    (forward, stride-1 input gradient, ∂w) on every 1×1 shape: 1e-12 in float64, float32 round-off in float32."""
+    x, w, g = (a.astype(dtype) for a in problem)
+    geometry, out_hw = ((1, 1), (0, 0), (1, 1)), x.shape[2:]
+    (B, C, H, W), O = x.shape, w.shape[0]                 # |x|, |w|, |g| <= 2: each sum is at most 4 per term
+    _close(conv_ops.pointwise_conv(x, w), conv_ops.conv2d_channels_last(x, w, *geometry, out_hw), dtype, 4 * C)
+    _close(conv_ops.pointwise_input_grad(g, w), conv_ops.conv2d_input_grad_as_conv(g, w, x.shape, (0, 0), (1, 1)),
+           dtype, 4 * O)
+    _close(conv_ops.pointwise_weight_grad(g, x),
+           conv_ops.weight_grad_channels_last(conv_ops.as_rows(g), x, w.shape, *geometry, out_hw), dtype, 4 * B * H * W)
+
+
+@given(pointwise_problems(), st.booleans(), st.integers(1, 2))
+def test_pointwise_conv2d_gradcheck(problem, with_bias, dilation):
+    """Eq. M27's three products by central differences (float64), bias or not; hypothesis's conv geometries
+    reach a 1×1 stride-1 padding-0 kernel too rarely to test it."""
+    x, w, g = problem
+    b = g[0, :, 0, 0] if with_bias else None
+    gradcheck(_with_bias(lambda x, w, b: F.conv2d(x, w, b, dilation=dilation), b), [x, w] + ([] if b is None else [b]))
+
+
+def test_conv2d_runs_the_pointwise_path_for_1x1_kernels(monkeypatch):
+    """Conv2d's forward and both gradients go through eq. M27 for 1×1, stride 1, padding 0 (any dilation), only then."""
+    calls = []
+    for name in ("pointwise_conv", "pointwise_input_grad", "pointwise_weight_grad"):
+        fn = getattr(conv_ops, name)
+        monkeypatch.setattr(conv_ops, name, lambda *a, fn=fn, name=name: calls.append(name) or fn(*a))
+    rng = np.random.default_rng(0)
+    for w_shape, geo, expected in [((4, 3, 1, 1), dict(dilation=2), 3), ((4, 3, 1, 1), dict(stride=2), 0),
+                                   ((4, 3, 1, 1), dict(padding=1), 0), ((4, 3, 3, 1), {}, 0)]:
+        calls.clear()
+        x, w = md.Tensor(rng.standard_normal((2, 3, 5, 5)), requires_grad=True), md.Tensor(rng.standard_normal(w_shape),
+                                                                                             requires_grad=True)
+        F.conv2d(x, w, **geo).sum().backward()
+        assert sorted(calls) == (sorted(["pointwise_conv", "pointwise_input_grad", "pointwise_weight_grad"])
+                                 if expected else []), (w_shape, geo, calls)
+
+
+@given(conv_transpose_problems(max_channels=4, max_side=6), st.sampled_from([np.float64, np.float32]),
+       st.integers(0, 99))
+def test_subpixel_transposed_conv_equals_col2im(problem, dtype, seed):
+    """Eq. M28 (one stride-1 product per output phase, interleaved) equals col2im of ∂R = G W_t (eq. M21, M4) for
+    every geometry with dilation 1, stride > 1 and any output_padding: 1e-12 in float64, round-off in float32."""
+    x, w, _, geo = problem
+    assume(max(geo["stride"]) > 1)
+    x, w = x.astype(dtype), w.astype(dtype)
+    out_hw = tuple((n - 1) * s - 2 * p + k + op for n, k, s, p, op in
+                   zip(x.shape[2:], w.shape[2:], geo["stride"], geo["padding"], geo["output_padding"]))
+    y_shape = (x.shape[0], w.shape[1]) + out_hw
+    assert conv_subpixel.uses_subpixel(x, w, geo["stride"], (1, 1))
+    fast = conv_subpixel.conv2d_input_grad_subpixel(x, w, y_shape, geo["stride"], geo["padding"])
+    reference = conv_ops.conv2d_input_grad_col2im(x, w, y_shape, geo["stride"], geo["padding"], (1, 1))
+    _close(fast, reference, dtype, 4 * w.shape[0] * w.shape[2] * w.shape[3])   # |x|, |w| <= 2
+
+
+def test_strided_input_gradients_run_the_subpixel_path(monkeypatch):
+    """ConvTranspose2d's forward and a strided Conv2d's input gradient take eq. M28 on NumPy with dilation 1; a
+    dilated or stride-1 one does not."""
+    calls = []
+    fn = conv_subpixel.conv2d_input_grad_subpixel
+    monkeypatch.setattr(conv_subpixel, "conv2d_input_grad_subpixel", lambda *a: calls.append(1) or fn(*a))
+    x, w = np.ones((1, 3, 5, 5)), np.ones((3, 2, 4, 4))
+    for geo, expected in [(dict(stride=2, padding=1), 1), (dict(stride=(1, 3)), 1), (dict(stride=2, dilation=2), 0),
+                          (dict(padding=1), 0)]:
+        calls.clear()
+        F.conv_transpose2d(x, w, **geo)
+        assert len(calls) == expected, geo
+    calls.clear()
+    xt = md.Tensor(np.ones((1, 3, 8, 8)), requires_grad=True)
+    F.conv2d(xt, np.ones((2, 3, 3, 3)), stride=2, padding=1).sum().backward()
+    assert len(calls) == 1
+
+
 def test_input_grad_takes_col2im_for_strides_and_output_padding():
     """Stride 2, or g shorter than the natural output (a transposed conv's output_padding), stay on eq. M4."""
     w = np.ones((2, 3, 3, 3))
@@ -156,6 +245,15 @@ def test_conv2d_matches_torch(dtype, problem):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(problem=pointwise_problems())
+def test_pointwise_conv2d_matches_torch(dtype, problem):
+    x, w, g = problem
+    assert_matches_torch(lambda x, w, b: F.conv2d(x, w, b), lambda x, w, b: tF.conv2d(x, w, b),
+                         [x, w, g[0, :, 0, 0]], dtype)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @given(problem=conv_transpose_problems(max_channels=4, max_side=6))
 def test_conv_transpose2d_matches_torch(dtype, problem):
     x, w, b, geo = problem
@@ -178,7 +276,7 @@ def test_avg_pool2d_matches_torch(dtype, problem):
 @settings(max_examples=5)
 @given(st.sampled_from([(16, 64, 8, 8), (4, 32, 16, 16), (2, 8, 32, 32)]), st.integers(0, 9))
 def test_ddpm_sized_convs_match_torch_float32(shape, seed):
-    """The U-Net's own sizes: 3x3 pad 1, 4x4 stride-2 down and up, in float32."""
+    """The U-Net's own sizes: 3x3 pad 1, 4x4 stride-2 down and up, 1x1 skip projections, in float32."""
     rng = np.random.default_rng(seed)
     B, C, H, W = shape
     x = rng.standard_normal(shape)
@@ -189,6 +287,8 @@ def test_ddpm_sized_convs_match_torch_float32(shape, seed):
                          lambda x, w: tF.conv2d(x, w, stride=2, padding=1), [x, w4], np.float32)
     assert_matches_torch(lambda x, w: F.conv_transpose2d(x, w, stride=2, padding=1),
                          lambda x, w: tF.conv_transpose2d(x, w, stride=2, padding=1), [x, w4], np.float32)
+    w1 = rng.standard_normal((C // 2, C, 1, 1)) / 8
+    assert_matches_torch(lambda x, w: F.conv2d(x, w), lambda x, w: tF.conv2d(x, w), [x, w1], np.float32)
 
 
 # ------------------------------------------------------------------ bad input
