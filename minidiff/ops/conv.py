@@ -178,41 +178,60 @@ def conv2d_input_grad_as_conv(g, w, x_shape, padding, dilation):
 
 # ---------------------------------------------------------------- which path runs a convolution
 
-WINOGRAD_MIN_CHANNELS = 16
-"""Winograd F(2×2, 3×3) (eq. M23, M24) runs for 3×3 stride-1 padding-1 convolutions with at least this many input
-channels and at least WINOGRAD_MIN_OUT_CHANNELS output channels: forward, input gradient (a convolution of g, so
-its C_in is the layer's C_out) and weight gradient. Measured (benchmarks/bench_winograd.py, float32, one thread,
-docs/benchmarks.md round 3), Winograd's time over the channels-last product's: 0.50-0.91 at every such
-convolution of the two benchmarked U-Nets and the C_in = 16 and C_out = 2 probes; 0.88-0.97 at C_in = 8;
-1.07-4.5 at C_in <= 4 for the forward (its 16 products then have an inner dimension too short for BLAS);
-1.10-1.17 at C_out = 1."""
-WINOGRAD_MIN_OUT_CHANNELS = 2
+WINOGRAD_MIN_CHANNELS = 8
+"""Winograd (eq. M23, M30) runs for 3×3 stride-1 padding-1 convolutions with at least this many input channels
+(for the input gradient, a convolution of g: the layer's output channels), any number of output channels.
+Measured (benchmarks/bench_winograd.py, float32, one thread, docs/benchmarks.md round 4), F(4×4, 3×3)'s time
+over the channels-last product's: 0.35-0.61 at every convolution of the two benchmarked U-Nets with C_in >= 8,
+C_out = 1-3 included; 0.69-0.85 at C_in = 8; 0.79-1.03 at C_in = 2-4 (no margin); 2.1-2.5 at C_in = 1 (its
+36 products then have an inner dimension of 1)."""
 
 
 def uses_winograd(x, w, stride, padding, dilation):
-    """Eq. M23 applies and was measured faster: NumPy float32/float64, 3×3, stride 1, padding 1, dilation 1,
-    C_in >= WINOGRAD_MIN_CHANNELS, C_out >= WINOGRAD_MIN_OUT_CHANNELS."""
-    return (xp_of(x) is np and x.dtype in (np.float32, np.float64) and tuple(w.shape[2:]) == (3, 3)
-            and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
-            and x.shape[1] >= WINOGRAD_MIN_CHANNELS and w.shape[0] >= WINOGRAD_MIN_OUT_CHANNELS)
+    """m of the Winograd F(m×m, 3×3) that runs this convolution, or 0 for the channels-last product (eq. M21).
+
+    Winograd applies to NumPy float32/float64, 3×3, stride 1, padding 1, dilation 1, and was measured faster
+    with C_in >= WINOGRAD_MIN_CHANNELS. Among m = 4 (eq. M30) and m = 2 (eq. M23) it takes the one whose
+    padded tiles need fewer multiplications per channel pair, (m + 2)²·⌈H/m⌉·⌈W/m⌉, m = 2 on a tie: m = 4 for
+    H, W multiples of 4 (all the U-Nets' sizes; 36·(H/4)(W/4) against 16·(H/2)(W/2)) and every other square
+    size but 1, 2, 5, 6, where it takes m = 2. Measured (docs/benchmarks.md round 4, F(4×4, 3×3)'s time over F(2×2, 3×3)'s):
+    0.64-0.94 at every convolution of the two U-Nets, 0.75-0.84 at 7×7 and 12×12; 1.27-1.81 at 2×2, 5×5,
+    6×6, where the rule takes m = 2.
+    """
+    H, W = x.shape[2:]
+    applies = (xp_of(x) is np and x.dtype in (np.float32, np.float64) and tuple(w.shape[2:]) == (3, 3)
+               and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
+               and x.shape[1] >= WINOGRAD_MIN_CHANNELS)
+    if not applies:
+        return 0
+    return 4 if conv_winograd.multiplications(H, W, 4) < conv_winograd.multiplications(H, W, 2) else 2
 
 
-def conv2d_forward(x, w, stride, padding, dilation, out_hw):
-    """y = conv2d(x, w) without bias, (B, O, Ho, Wo): by Winograd (eq. M23) where `uses_winograd`, else by the
-    channels-last product (eq. M21), which is the reference the Winograd path is tested against."""
-    if uses_winograd(x, w, stride, padding, dilation):
+def conv2d_forward(x, w, stride, padding, dilation, out_hw, b=None):
+    """y = conv2d(x, w) + b (b (O,) or None), (B, O, Ho, Wo): by Winograd F(m×m, 3×3) (eq. M23 or M30, the bias
+    added in its output transform, eq. M32) where `uses_winograd` gives m, else by the channels-last product
+    (eq. M21) and y += b, which is the reference the Winograd path is tested against."""
+    m = uses_winograd(x, w, stride, padding, dilation)
+    if m:
         with one_blas_thread(np):
-            return conv_winograd.winograd_conv3x3(x, w)
-    return conv2d_channels_last(x, w, stride, padding, dilation, out_hw)
+            return conv_winograd.winograd_conv3x3(x, w, b, m)
+    y = conv2d_channels_last(x, w, stride, padding, dilation, out_hw)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)                                   # y is a fresh array
+    return y
 
 
-def conv2d_weight_grad(g, x, w, stride, padding, dilation, out_hw):
-    """∂L/∂w of y = conv2d(x, w) for upstream g (B, O, Ho, Wo): by eq. M24 (Winograd's adjoint) where
-    `uses_winograd`, else ∂W_t = Gᵀ R (eq. M21), the reference."""
-    if uses_winograd(x, w, stride, padding, dilation):
+def conv2d_weight_grad(g, x, w, stride, padding, dilation, out_hw, bias=False):
+    """(∂L/∂w, ∂L/∂bias or None) of y = conv2d(x, w) + bias for upstream g (B, O, Ho, Wo): by eq. M24 or M31
+    (Winograd's adjoint, ∂bias summed in its gradient transform, eq. M32) where `uses_winograd` gives m, else
+    ∂W_t = Gᵀ R (eq. M21) and ∂bias = Σ_{b,u,v} g, the reference. ∂bias is None unless `bias`."""
+    m = uses_winograd(x, w, stride, padding, dilation)
+    if m:
         with one_blas_thread(np):
-            return conv_winograd.winograd_weight_grad3x3(g, x)
-    return weight_grad_channels_last(as_rows(g), x, w.shape, stride, padding, dilation, out_hw)
+            dw, db = conv_winograd.winograd_weight_grad3x3(g, x, m)
+        return dw, (db if bias else None)
+    dw = weight_grad_channels_last(as_rows(g), x, w.shape, stride, padding, dilation, out_hw)
+    return dw, (g.sum(axis=(0, 2, 3)) if bias else None)
 
 
 # ---------------------------------------------------------------- the channels-last fast path (eq. M21)
@@ -381,15 +400,16 @@ class Conv2d(Function):
             raise ValueError(f"conv2d: kernel {tuple(kernel)} (dilation {dilation}) does not fit the padded "
                              f"input {tuple(x.shape)} with padding {padding}")
         self.geometry, self.x, self.w, self.out_hw = (stride, padding, dilation), x, w, out_hw
-        y = conv2d_forward(x, w, stride, padding, dilation, out_hw)
-        if b is not None:
-            y += b.reshape(1, -1, 1, 1)                               # y is a fresh array
-        return y
+        return conv2d_forward(x, w, stride, padding, dilation, out_hw, b)
 
     def backward(self, g):
         dx = conv2d_input_grad(g, self.w, self.x.shape, *self.geometry) if self.needs_grad[0] else None
-        dw = conv2d_weight_grad(g, self.x, self.w, *self.geometry, self.out_hw) if self.needs_grad[1] else None
-        db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
+        need_b = len(self.needs_grad) > 2 and self.needs_grad[2]
+        dw, db = None, None
+        if self.needs_grad[1]:
+            dw, db = conv2d_weight_grad(g, self.x, self.w, *self.geometry, self.out_hw, bias=need_b)
+        elif need_b:
+            db = g.sum(axis=(0, 2, 3))
         return dx, dw, db
 
 

@@ -67,6 +67,13 @@ def tile_grid(H, W, m):
     return -(-H // m), -(-W // m)
 
 
+def multiplications(H, W, m):
+    """(m + 2)²·⌈H/m⌉·⌈W/m⌉: F(m×m, 3×3)'s multiplications per channel pair on an H × W output, padded tiles
+    included (the direct product's: 9·H·W)."""
+    nh, nw = tile_grid(H, W, m)
+    return (m + 2) ** 2 * nh * nw
+
+
 def filter_transform(w, m):
     """U (α², C, O): U[ξ, c, o] = (G w[o, c] Gᵀ)[ξ], as (G ⊗ G) vec(w[o, c]); w (O, C, 3, 3), its dtype."""
     O, C = w.shape[:2]
