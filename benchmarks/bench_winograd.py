@@ -30,6 +30,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -108,12 +109,20 @@ def winograd_parts(x, w, b, m, repeats):
 
 
 def load_baseline(directory):
-    """DIR/minidiff/ops/conv_winograd.py as a module of its own (it imports only NumPy and Numba)."""
+    """DIR/minidiff/ops/conv_winograd.py as a module of its own (it imports only NumPy and Numba), its Numba cache
+    in a temporary folder: entries written under this module's name into DIR's own cache would break DIR's
+    minidiff (train_step.py --baseline DIR) when it loads them."""
+    import numba
     spec = importlib.util.spec_from_file_location("baseline_conv_winograd",
                                                   Path(directory) / "minidiff" / "ops" / "conv_winograd.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module                             # where Numba's cache finds it again
-    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module
+    cache_dir = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = tempfile.mkdtemp(prefix="bench_winograd_numba_")
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        numba.config.CACHE_DIR = cache_dir
     return module
 
 

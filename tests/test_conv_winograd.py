@@ -201,6 +201,38 @@ def test_the_1d_identity_f_m_3_holds_exactly(m, d, g):
     assert y == [sum(d[i + k] * g[k] for k in range(3)) for i in range(m)]
 
 
+def test_the_f4_matrices_follow_from_the_interpolation_points():
+    """F(4, 3)'s matrices from the points p = 0, 1, −1, 2, −2, ∞ (docs/layers.md, eq. M30): with M(s) = Π_p (s − p)
+    over the finite points and N_p = Π_{q≠p} (p − q), G's row p is (1, p, p²)/N_p, Aᵀ's column p is (1, p, p², p³),
+    Bᵀ's row p the ascending coefficients of M(s)/(s − p); at ∞: (0, 0, 1), (0, 0, 0, 1) and M(s)'s coefficients."""
+    points = [Fraction(p) for p in (0, 1, -1, 2, -2)]
+
+    def times(poly, root):                                             # poly · (s − root), ascending coefficients
+        return [-root * poly[0]] + [poly[i - 1] - root * poly[i] for i in range(1, len(poly))] + [poly[-1]]
+
+    def product(roots):
+        poly = [Fraction(1)]
+        for r in roots:
+            poly = times(poly, r)
+        return poly
+
+    G, A_T, B_T = [], [[] for _ in range(4)], []
+    for p in points:
+        others = [q for q in points if q != p]
+        n_p = np.prod([p - q for q in others])
+        G.append([Fraction(1) / n_p, p / n_p, p * p / n_p])
+        for i in range(4):
+            A_T[i].append(p ** i)
+        B_T.append(product(others) + [Fraction(0)])
+    G.append([0, 0, 1])
+    for i in range(4):
+        A_T[i].append(Fraction(int(i == 3)))
+    B_T.append(product(points))
+    assert exact(conv_winograd.G4) == G
+    assert exact(conv_winograd.A4_T) == A_T
+    assert exact(conv_winograd.B4_T) == B_T
+
+
 @pytest.mark.parametrize("m", TILES)
 def test_the_2d_transform_is_the_tile_correlation(m):
     """Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A equals the m×m correlation of an α×α patch d with a 3×3 g, for every basis d, g,
