@@ -35,7 +35,8 @@ copied. tests/test_layers_conv.py holds the two paths together (float64 and floa
 both gradients). Everything here is array-module code (`xp`), so it runs on NumPy and CuPy.
 
 On NumPy, 3×3 stride-1 padding-1 convolutions with enough channels (`uses_winograd`) run Winograd
-F(2×2, 3×3) instead (eq. M23-M24, `ops/conv_winograd.py`): the forward, the stride-1 input gradient (eq. M20),
+F(4×4, 3×3) or F(2×2, 3×3) instead (eq. M30-M31, M23-M24, `ops/conv_winograd.py`, with the bias inside its
+transforms, eq. M32): the forward, the stride-1 input gradient (eq. M20),
 which is such a convolution of g, and the weight gradient. `conv2d_forward` and `conv2d_weight_grad` choose,
 by that one rule; the channels-last products stay the reference, and tests/test_conv_winograd.py holds the
 two together.
@@ -182,21 +183,21 @@ WINOGRAD_MIN_CHANNELS = 8
 """Winograd (eq. M23, M30) runs for 3×3 stride-1 padding-1 convolutions with at least this many input channels
 (for the input gradient, a convolution of g: the layer's output channels), any number of output channels.
 Measured (benchmarks/bench_winograd.py, float32, one thread, docs/benchmarks.md round 4), F(4×4, 3×3)'s time
-over the channels-last product's: 0.35-0.61 at every convolution of the two benchmarked U-Nets with C_in >= 8,
-C_out = 1-3 included; 0.69-0.85 at C_in = 8; 0.79-1.03 at C_in = 2-4 (no margin); 2.1-2.5 at C_in = 1 (its
-36 products then have an inner dimension of 1)."""
+over the channels-last product's: 0.35-0.63 at every convolution of the two benchmarked U-Nets with C_in >= 8,
+0.78-0.79 at the one with C_out = 1; 0.69-0.85 at the C_in = 8 probes; 0.79-1.03 at C_in = 2-4 (no margin);
+2.1-2.5 at C_in = 1 (its 36 products then have an inner dimension of 1)."""
 
 
 def uses_winograd(x, w, stride, padding, dilation):
     """m of the Winograd F(m×m, 3×3) that runs this convolution, or 0 for the channels-last product (eq. M21).
 
     Winograd applies to NumPy float32/float64, 3×3, stride 1, padding 1, dilation 1, and was measured faster
-    with C_in >= WINOGRAD_MIN_CHANNELS. Among m = 4 (eq. M30) and m = 2 (eq. M23) it takes the one whose
-    padded tiles need fewer multiplications per channel pair, (m + 2)²·⌈H/m⌉·⌈W/m⌉, m = 2 on a tie: m = 4 for
-    H, W multiples of 4 (all the U-Nets' sizes; 36·(H/4)(W/4) against 16·(H/2)(W/2)) and every other square
-    size but 1, 2, 5, 6, where it takes m = 2. Measured (docs/benchmarks.md round 4, F(4×4, 3×3)'s time over F(2×2, 3×3)'s):
-    0.64-0.94 at every convolution of the two U-Nets, 0.75-0.84 at 7×7 and 12×12; 1.27-1.81 at 2×2, 5×5,
-    6×6, where the rule takes m = 2.
+    with C_in >= WINOGRAD_MIN_CHANNELS. Of m = 4 (eq. M30) and m = 2 (eq. M23) it takes the one whose padded
+    tiles need fewer multiplications per channel pair, (m + 2)²·⌈H/m⌉·⌈W/m⌉, m = 2 on a tie: m = 4 for H, W
+    multiples of 4 (all the U-Nets' sizes: 36·(H/4)(W/4) against 16·(H/2)(W/2)) and every other square size
+    but 1, 2, 5, 6, where it takes m = 2. Measured (docs/benchmarks.md round 4), F(4×4, 3×3)'s time over
+    F(2×2, 3×3)'s: 0.64-0.97 at every convolution of the two U-Nets, 0.75-0.84 at 7×7 and 12×12, 0.84-0.97 at
+    3×3; 1.27-1.81 at 2×2, 5×5 and 6×6, where the rule takes m = 2.
     """
     H, W = x.shape[2:]
     applies = (xp_of(x) is np and x.dtype in (np.float32, np.float64) and tuple(w.shape[2:]) == (3, 3)
@@ -384,10 +385,11 @@ class Conv2d(Function):
     """y[b, o] = Σ_{c,i,j} w[o, c, i, j] x_pad[b, c, s·u + d·i, s·v + d·j] + bias[o]  (eq. M1-M2).
 
     Inputs x (B, C, H, W), w (O, C, kh, kw), optional bias (O,). Computed channels last (eq. M21):
-    y = R W_tᵀ, or by Winograd F(2×2, 3×3) (eq. M23) where `uses_winograd`. Saved: x and w, not R: R is
+    y = R W_tᵀ, or by Winograd F(m×m, 3×3) (eq. M30, M23) where `uses_winograd`. Saved: x and w, not R: R is
     kh·kw times larger and is gathered again, a slice of the batch at a time, in backward (a fraction of
-    one product's time). VJP (eq. M3-M4, M20): ∂w = Gᵀ R (by eq. M24 where eq. M23 applies),
-    ∂x = conv2d_input_grad(g, w) (itself by eq. M23 where it applies), ∂bias = Σ_{b,u,v} g.
+    one product's time). VJP (eq. M3-M4, M20): ∂w = Gᵀ R (by eq. M31/M24 where Winograd applies),
+    ∂x = conv2d_input_grad(g, w) (itself by eq. M30/M23 where it applies), ∂bias = Σ_{b,u,v} g (summed in
+    Winograd's gradient transform, eq. M32).
     """
 
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
