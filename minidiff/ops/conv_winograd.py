@@ -13,10 +13,10 @@ the m×m output tile is
 product, M_ξ = V_ξ U_ξ with V_ξ (T × C) and U_ξ (C × O), T = B·⌈H/m⌉·⌈W/m⌉ tiles: α²/m² multiplications per
 output and channel pair, 4 for m = 2 and 2.25 for m = 4, against the direct product's 9. The input
 transform (`_input_transform2`, `_input_transform4`) and the output transform (`_output_transform2`,
-`_output_transform4`, which adds the bias as it writes y) are Numba kernels, one pass each, written as the
-matrices' sparse rows with shared partial sums (`_bt6`, `_at6`, `_a6` for m = 4); the filter transform is
-one small product with G ⊗ G per call (weights change every step). H or W not a multiple of m: x is
-padded with zero rows/columns at the bottom/right, and the extra outputs are not written.
+`_output_transform4`, which adds the bias as it copies each tile row into y) are Numba kernels, one pass
+each, written as the matrices' sparse rows with shared partial sums (`_bt6`, `_at6`, `_a6` for m = 4);
+the filter transform is one small product with G ⊗ G per call (weights change every step). H or W not a
+multiple of m: x is padded with zero rows/columns at the bottom/right, and the extra outputs are not written.
 
 The weight gradient is the adjoint of eq. M23/M30 in g, for upstream ∂Y (B, O, H, W) cut into the same tiles:
 
@@ -130,8 +130,9 @@ def _output_transform2(m, bias, y):
     """y[b, o, 2ĩ + p, 2j̃ + q] = (Aᵀ m_t A)[p, q] + bias[o], m_t[ξ] = m[ξ, t, o], t = (b, ĩ, j̃), for the rows
     and columns in y.
 
-    m (16, B·⌈H/2⌉·⌈W/2⌉, O) the 16 products of eq. M23; bias (O,); y (B, O, H, W). A tile row is made channels
-    last in a (2, 2⌈W/2⌉, O) buffer, then copied into y's rows (those inside H, the first W columns).
+    m (16, B·⌈H/2⌉·⌈W/2⌉, O) the 16 products of eq. M23; bias (O,) or None; y (B, O, H, W). A tile row is made
+    channels last in a (2, 2⌈W/2⌉, O) buffer, then copied into y's rows (those inside H, the first W columns),
+    the bias added in that copy (`_write_rows`).
     """
     B, O, H, W = y.shape
     nh, nw = (H + 1) // 2, (W + 1) // 2
@@ -146,17 +147,13 @@ def _output_transform2(m, bias, y):
                     for o in range(O):
                         f[0, k, o] = m0[o] + m1[o] + m2[o]
                         f[1, k, o] = m1[o] - m2[o] - m3[o]
-                for p in range(2):                                      # the tile = f A + bias
+                for p in range(2):                                      # the tile = f A
                     f0, f1, f2, f3 = f[p, 0], f[p, 1], f[p, 2], f[p, 3]
                     y0, y1 = out[p, 2 * tj], out[p, 2 * tj + 1]
                     for o in range(O):
-                        y0[o] = f0[o] + f1[o] + f2[o] + bias[o]
-                        y1[o] = f1[o] - f2[o] - f3[o] + bias[o]
-            for p in range(min(2, H - 2 * ti)):
-                for o in range(O):
-                    yr = y[b, o, 2 * ti + p]
-                    for col in range(W):
-                        yr[col] = out[p, col, o]
+                        y0[o] = f0[o] + f1[o] + f2[o]
+                        y1[o] = f1[o] - f2[o] - f3[o]
+            _write_rows(out, bias, y, b, 2 * ti)
 
 
 @njit(cache=True)
@@ -191,6 +188,24 @@ def _grad_transform2(g, z, db):
                         z1[o] = h0[o] + h1[o]
                         z2[o] = h0[o] - h1[o]
                         z3[o] = -h1[o]
+
+
+@njit(cache=True)
+def _write_rows(out, bias, y, b, row0):
+    """y[b, o, row0 + p, col] = out[p, col, o] + bias[o] for the rows of a tile row inside H, the first W columns:
+    the bias of eq. M32 added as the channels-last tile row is copied into y. bias (O,) or None (nothing added;
+    Numba compiles that case without the branch)."""
+    O, H, W = y.shape[1:]
+    for p in range(min(out.shape[0], H - row0)):
+        for o in range(O):
+            yr = y[b, o, row0 + p]
+            if bias is None:
+                for col in range(W):
+                    yr[col] = out[p, col, o]
+            else:
+                bo = bias[o]
+                for col in range(W):
+                    yr[col] = out[p, col, o] + bo
 
 
 @njit(cache=True)
@@ -285,8 +300,9 @@ def _input_transform4(x, v):
 def _output_transform4(m, bias, y):
     """y[b, o, 4ĩ + p, 4j̃ + q] = (Aᵀ m_t A)[p, q] + bias[o], m_t[ξ] = m[ξ, t, o], for the rows and columns in y.
 
-    m (36, B·⌈H/4⌉·⌈W/4⌉, O) the 36 products of eq. M30; bias (O,); y (B, O, H, W). A tile row is made
-    channels last in a (4, 4⌈W/4⌉, O) buffer, then copied into y's rows (those inside H, the first W columns).
+    m (36, B·⌈H/4⌉·⌈W/4⌉, O) the 36 products of eq. M30; bias (O,) or None; y (B, O, H, W). A tile row is made
+    channels last in a (4, 4⌈W/4⌉, O) buffer, then copied into y's rows (those inside H, the first W columns),
+    the bias added in that copy (`_write_rows`).
     """
     B, O, H, W = y.shape
     nh, nw = (H + 3) // 4, (W + 3) // 4
@@ -303,17 +319,12 @@ def _output_transform4(m, bias, y):
                     f0, f1, f2, f3 = f[0, k], f[1, k], f[2, k], f[3, k]
                     for o in range(O):
                         f0[o], f1[o], f2[o], f3[o] = _at6(m0[o], m1[o], m2[o], m3[o], m4[o], m5[o], two, four, eight)
-                for p in range(4):                                      # the tile = f A + bias
+                for p in range(4):                                      # the tile = f A
                     f0, f1, f2, f3, f4, f5 = f[p, 0], f[p, 1], f[p, 2], f[p, 3], f[p, 4], f[p, 5]
                     y0, y1, y2, y3 = out[p, 4 * tj], out[p, 4 * tj + 1], out[p, 4 * tj + 2], out[p, 4 * tj + 3]
                     for o in range(O):
-                        a0, a1, a2, a3 = _at6(f0[o], f1[o], f2[o], f3[o], f4[o], f5[o], two, four, eight)
-                        y0[o], y1[o], y2[o], y3[o] = a0 + bias[o], a1 + bias[o], a2 + bias[o], a3 + bias[o]
-            for p in range(min(4, H - 4 * ti)):
-                for o in range(O):
-                    yr = y[b, o, 4 * ti + p]
-                    for col in range(W):
-                        yr[col] = out[p, col, o]
+                        y0[o], y1[o], y2[o], y3[o] = _at6(f0[o], f1[o], f2[o], f3[o], f4[o], f5[o], two, four, eight)
+            _write_rows(out, bias, y, b, 4 * ti)
 
 
 @njit(cache=True)
@@ -374,7 +385,7 @@ def winograd_conv3x3(x, w, b=None, m=2):
     B, C, H, W = x.shape
     O = w.shape[0]
     u = filter_transform(w, m)
-    bias = np.zeros(O, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    bias = None if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     input_transform, output_transform, _ = KERNELS[m]
     tiles = np.prod(tile_grid(H, W, m))
     y = np.empty((B, O, H, W), dtype=x.dtype)
