@@ -25,6 +25,8 @@ dispatch thresholds lie.
 With --baseline DIR (a checkout of an earlier commit), DIR/minidiff/ops/conv_winograd.py's F(2×2, 3×3)
 (no bias in its transforms) is timed as a fourth path `base`, with the bias added as `Conv2d` added it
 (y += b; ∂b = g.sum(axis=(0, 2, 3))): `f2`/`base` is what moving the bias into the transforms saves.
+`bias_passes_per_step` times those two passes alone, summed over each U-Net's layers; the forward rows also
+time `f4_no_bias`, F(4×4, 3×3) without a bias: `f4` − `f4_no_bias` is what the bias costs inside the transform.
 """
 import argparse
 import importlib.util
@@ -146,6 +148,8 @@ def role_paths(role, x, w, b, g, baseline):
         return y
     paths = {"direct": lambda: plus_bias(conv_ops.conv2d_channels_last(x, w, (1, 1), (1, 1), (1, 1), (H, W))),
              "f2": lambda: cw.winograd_conv3x3(x, w, b, 2), "f4": lambda: cw.winograd_conv3x3(x, w, b, 4)}
+    if b is not None:
+        paths["f4_no_bias"] = lambda: cw.winograd_conv3x3(x, w, None, 4)             # what the bias costs inside
     if baseline is not None:
         paths["base"] = lambda: plus_bias(baseline.winograd_conv3x3(x, w))
     return paths
@@ -161,6 +165,23 @@ def float32_errors(paths, role, x, w, b, g):
         r = fn()
         r = r[0] if role == "weight grad" else r
         out[name] = float(np.abs(r - ref).max() / np.abs(ref).max())
+    return out
+
+
+def bias_passes(dtype, repeats):
+    """Per configuration, Σ count·time of the two passes the plain path spends on the bias: y += b over every
+    forward output and g.sum(axis=(0, 2, 3)) over every upstream gradient (ms per step); the Winograd paths do
+    both inside their transforms (eq. M32)."""
+    rng = np.random.default_rng(1)
+    out = {}
+    for config, convs in UNET_CONVS.items():
+        add = total = 0.0
+        for (B, C, O, H, W), n in convs.items():
+            y, b = rng.standard_normal((B, O, H, W)).astype(dtype), rng.standard_normal(O).astype(dtype)
+            (t_add, _), (t_sum, _) = min_times([lambda: y.__iadd__(b.reshape(1, -1, 1, 1)),
+                                                lambda: y.sum(axis=(0, 2, 3))], repeats)
+            add, total = add + n * t_add, total + n * t_sum
+        out[config] = {"y_plus_b_ms": 1e3 * add, "g_sum_ms": 1e3 * total}
     return out
 
 
@@ -209,10 +230,13 @@ def main():
         print(f"{config:6s} {role:11s} B={B:3d} C={C:3d} O={O:3d} {H:2d}x{W:<2d} x{count:<2d} "
               + "  ".join(f"{k} {1e3 * times[k][0]:7.3f}" for k in PATHS) + " ms"
               f"{base}  f4/direct {row['ratio_f4_direct']:4.2f}  f4/f2 {row['ratio_f4_f2']:4.2f}", flush=True)
-    summary = {f"{c}/{r}": {f"{k}_ms": 1e3 * totals[(c, r, k)] for k in names}
+    summary = {f"{c}/{r}": {f"{k}_ms": 1e3 * t for (c2, r2, k), t in totals.items() if (c2, r2) == (c, r)}
                for c, r, k in totals if k == "direct" and r != "probe"}
     for k, v in summary.items():
         print(f"{k:20s} Σ count·time: " + ", ".join(f"{p} {t:.2f}" for p, t in v.items()))
+    passes = bias_passes(args.dtype, args.repeats)
+    for k, v in passes.items():
+        print(f"{k:20s} bias passes of the plain path: y += b {v['y_plus_b_ms']:.2f} ms, g.sum {v['g_sum_ms']:.2f} ms")
     path = write_result(args.name, {
         "dtype": args.dtype, "repeats": args.repeats, "statistic": "minimum over repeats, the paths alternating",
         "baseline": args.baseline,
@@ -224,7 +248,7 @@ def main():
         "malloc_env": "glibc defaults" if not any(k.startswith("MALLOC_") for k in os.environ) else
                       {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "rows": rows, "totals_per_step": summary})
+        "rows": rows, "totals_per_step": summary, "bias_passes_per_step": passes})
     print(path)
 
 

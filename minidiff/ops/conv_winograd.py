@@ -387,7 +387,8 @@ def winograd_conv3x3(x, w, b=None, m=2):
     u = filter_transform(w, m)
     bias = None if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     input_transform, output_transform, _ = KERNELS[m]
-    tiles = np.prod(tile_grid(H, W, m))
+    nh, nw = tile_grid(H, W, m)
+    tiles = nh * nw
     y = np.empty((B, O, H, W), dtype=x.dtype)
     for sl in batch_slices(B, C, O, H, W, x.itemsize, m):
         v = np.empty(((m + 2) ** 2, (sl.stop - sl.start) * tiles, C), dtype=x.dtype)
@@ -407,7 +408,8 @@ def winograd_weight_grad3x3(g, x, m=2):
     x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
     B, C, H, W = x.shape
     O = g.shape[1]
-    alpha2, tiles = (m + 2) ** 2, np.prod(tile_grid(H, W, m))
+    nh, nw = tile_grid(H, W, m)
+    alpha2, tiles = (m + 2) ** 2, nh * nw
     input_transform, _, grad_transform = KERNELS[m]
     p = np.zeros((alpha2, O, C), dtype=x.dtype)
     db = np.zeros(O, dtype=x.dtype)
