@@ -183,9 +183,10 @@ WINOGRAD_MIN_CHANNELS = 8
 """Winograd (eq. M23, M30) runs for 3×3 stride-1 padding-1 convolutions with at least this many input channels
 (for the input gradient, a convolution of g: the layer's output channels), any number of output channels.
 Measured (benchmarks/bench_winograd.py, float32, one thread, docs/benchmarks.md round 4), F(4×4, 3×3)'s time
-over the channels-last product's: 0.38-0.68 at every convolution of the two benchmarked U-Nets with C_in >= 8,
-0.82-0.83 at the one with C_out = 1; 0.65-0.84 at the C_in = 8 probes; 0.69-1.20 at C_in = 2-4 (no margin);
-2.1-2.4 at C_in = 1 (its 36 products then have an inner dimension of 1)."""
+over the channels-last product's: 0.36-0.61 at every convolution of the two benchmarked U-Nets with C_in >= 8,
+0.72-0.74 at the one with C_out = 1; 0.56-0.76 at the C_in = 8 probes; 0.63-0.93 at C_in = 2-4, up to 1.20 in
+another run of the same command (no margin); 1.8-2.5 at C_in = 1 (its 36 products then have an inner
+dimension of 1)."""
 
 
 def uses_winograd(x, w, stride, padding, dilation):
@@ -196,8 +197,8 @@ def uses_winograd(x, w, stride, padding, dilation):
     tiles need fewer multiplications per channel pair, (m + 2)²·⌈H/m⌉·⌈W/m⌉, m = 2 on a tie: m = 4 for H, W
     multiples of 4 (all the U-Nets' sizes: 36·(H/4)(W/4) against 16·(H/2)(W/2)) and every other square size
     but 1, 2, 5, 6, where it takes m = 2. Measured (docs/benchmarks.md round 4), F(4×4, 3×3)'s time over
-    F(2×2, 3×3)'s: 0.65-0.95 at every convolution of the two U-Nets it applies to (0.71-0.76 at C_out = 1),
-    0.74-0.87 at 7×7 and 12×12, 0.82-0.91 at 3×3; 1.18-1.86 at 2×2, 5×5 and 6×6, where the rule takes m = 2.
+    F(2×2, 3×3)'s: 0.62-0.93 at every convolution of the two U-Nets it applies to (0.72 at C_out = 1),
+    0.75-0.84 at 7×7 and 12×12, 0.80-0.97 at 3×3; 1.27-1.95 at 2×2, 5×5 and 6×6, where the rule takes m = 2.
     """
     H, W = x.shape[2:]
     applies = (xp_of(x) is np and x.dtype in (np.float32, np.float64) and tuple(w.shape[2:]) == (3, 3)
