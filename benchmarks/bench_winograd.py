@@ -32,7 +32,6 @@ import argparse
 import importlib.util
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -112,15 +111,15 @@ def winograd_parts(x, w, b, m, repeats):
 
 def load_baseline(directory):
     """DIR/minidiff/ops/conv_winograd.py as a module of its own (it imports only NumPy and Numba), its Numba cache
-    in a temporary folder: entries written under this module's name into DIR's own cache would break DIR's
-    minidiff (train_step.py --baseline DIR) when it loads them."""
+    in DIR/.bench_winograd_numba: entries written under this module's name into DIR's own cache would break
+    DIR's minidiff (train_step.py --baseline DIR) when it loads them."""
     import numba
     spec = importlib.util.spec_from_file_location("baseline_conv_winograd",
                                                   Path(directory) / "minidiff" / "ops" / "conv_winograd.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     cache_dir = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = tempfile.mkdtemp(prefix="bench_winograd_numba_")
+    numba.config.CACHE_DIR = str(Path(directory) / ".bench_winograd_numba")
     try:
         spec.loader.exec_module(module)
     finally:
