@@ -42,7 +42,8 @@ phase, written interleaved (eq. M28, `ops/conv_subpixel.py`) instead of col2im's
 `conv2d_input_grad_col2im` is its reference.
 
 On NumPy, 3×3 stride-1 padding-1 convolutions with enough channels (`uses_winograd`) run Winograd
-F(2×2, 3×3) instead (eq. M23-M24, `ops/conv_winograd.py`): the forward, the stride-1 input gradient (eq. M20),
+F(4×4, 3×3) or F(2×2, 3×3) instead (eq. M30-M31, M23-M24, `ops/conv_winograd.py`, with the bias inside its
+transforms, eq. M32): the forward, the stride-1 input gradient (eq. M20),
 which is such a convolution of g, and the weight gradient. `conv2d_forward` and `conv2d_weight_grad` choose,
 by that one rule; the channels-last products stay the reference, and tests/test_conv_winograd.py holds the
 two together.
@@ -196,41 +197,61 @@ def conv2d_input_grad_as_conv(g, w, x_shape, padding, dilation):
 
 # ---------------------------------------------------------------- which path runs a convolution
 
-WINOGRAD_MIN_CHANNELS = 16
-"""Winograd F(2×2, 3×3) (eq. M23, M24) runs for 3×3 stride-1 padding-1 convolutions with at least this many input
-channels and at least WINOGRAD_MIN_OUT_CHANNELS output channels: forward, input gradient (a convolution of g, so
-its C_in is the layer's C_out) and weight gradient. Measured (benchmarks/bench_winograd.py, float32, one thread,
-docs/benchmarks.md round 3), Winograd's time over the channels-last product's: 0.50-0.91 at every such
-convolution of the two benchmarked U-Nets and the C_in = 16 and C_out = 2 probes; 0.88-0.97 at C_in = 8;
-1.07-4.5 at C_in <= 4 for the forward (its 16 products then have an inner dimension too short for BLAS);
-1.10-1.17 at C_out = 1."""
-WINOGRAD_MIN_OUT_CHANNELS = 2
+WINOGRAD_MIN_CHANNELS = 8
+"""Winograd (eq. M23, M30) runs for 3×3 stride-1 padding-1 convolutions with at least this many input channels
+(for the input gradient, a convolution of g: the layer's output channels), any number of output channels.
+Measured (benchmarks/bench_winograd.py, float32, one thread, docs/benchmarks.md round 4), F(4×4, 3×3)'s time
+over the channels-last product's: 0.36-0.61 at every convolution of the two benchmarked U-Nets with C_in >= 8,
+0.72-0.74 at the one with C_out = 1; 0.56-0.76 at the C_in = 8 probes; 0.63-0.93 at C_in = 2-4, up to 1.20 in
+another run of the same command (no margin); 1.8-2.5 at C_in = 1 (its 36 products then have an inner
+dimension of 1)."""
 
 
 def uses_winograd(x, w, stride, padding, dilation):
-    """Eq. M23 applies and was measured faster: NumPy float32/float64, 3×3, stride 1, padding 1, dilation 1,
-    C_in >= WINOGRAD_MIN_CHANNELS, C_out >= WINOGRAD_MIN_OUT_CHANNELS."""
-    return (xp_of(x) is np and x.dtype in (np.float32, np.float64) and tuple(w.shape[2:]) == (3, 3)
-            and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
-            and x.shape[1] >= WINOGRAD_MIN_CHANNELS and w.shape[0] >= WINOGRAD_MIN_OUT_CHANNELS)
+    """m of the Winograd F(m×m, 3×3) that runs this convolution, or 0 for the channels-last product (eq. M21).
+
+    Winograd applies to NumPy float32/float64, 3×3, stride 1, padding 1, dilation 1, and was measured faster
+    with C_in >= WINOGRAD_MIN_CHANNELS. Of m = 4 (eq. M30) and m = 2 (eq. M23) it takes the one whose padded
+    tiles need fewer multiplications per channel pair, (m + 2)²·⌈H/m⌉·⌈W/m⌉, m = 2 on a tie: m = 4 for H, W
+    multiples of 4 (all the U-Nets' sizes: 36·(H/4)(W/4) against 16·(H/2)(W/2)) and every other square size
+    but 1, 2, 5, 6, where it takes m = 2. Measured (docs/benchmarks.md round 4), F(4×4, 3×3)'s time over
+    F(2×2, 3×3)'s: 0.62-0.93 at every convolution of the two U-Nets it applies to (0.72 at C_out = 1),
+    0.75-0.84 at 7×7 and 12×12, 0.80-0.97 at 3×3; 1.27-1.95 at 2×2, 5×5 and 6×6, where the rule takes m = 2.
+    """
+    H, W = x.shape[2:]
+    applies = (xp_of(x) is np and x.dtype in (np.float32, np.float64) and tuple(w.shape[2:]) == (3, 3)
+               and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
+               and x.shape[1] >= WINOGRAD_MIN_CHANNELS)
+    if not applies:
+        return 0
+    return 4 if conv_winograd.multiplications(H, W, 4) < conv_winograd.multiplications(H, W, 2) else 2
 
 
-def conv2d_forward(x, w, stride, padding, dilation, out_hw):
-    """y = conv2d(x, w) without bias, (B, O, Ho, Wo): by Winograd (eq. M23) where `uses_winograd`, else by the
-    channels-last product (eq. M21), which is the reference the Winograd path is tested against."""
-    if uses_winograd(x, w, stride, padding, dilation):
+def conv2d_forward(x, w, stride, padding, dilation, out_hw, b=None):
+    """y = conv2d(x, w) + b (b (O,) or None), (B, O, Ho, Wo): by Winograd F(m×m, 3×3) (eq. M23 or M30, the bias
+    added in its output transform, eq. M32) where `uses_winograd` gives m, else by the channels-last product
+    (eq. M21) and y += b, which is the reference the Winograd path is tested against."""
+    m = uses_winograd(x, w, stride, padding, dilation)
+    if m:
         with one_blas_thread(np):
-            return conv_winograd.winograd_conv3x3(x, w)
-    return conv2d_channels_last(x, w, stride, padding, dilation, out_hw)
+            return conv_winograd.winograd_conv3x3(x, w, b, m)
+    y = conv2d_channels_last(x, w, stride, padding, dilation, out_hw)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)                                   # y is a fresh array
+    return y
 
 
-def conv2d_weight_grad(g, x, w, stride, padding, dilation, out_hw):
-    """∂L/∂w of y = conv2d(x, w) for upstream g (B, O, Ho, Wo): by eq. M24 (Winograd's adjoint) where
-    `uses_winograd`, else ∂W_t = Gᵀ R (eq. M21), the reference."""
-    if uses_winograd(x, w, stride, padding, dilation):
+def conv2d_weight_grad(g, x, w, stride, padding, dilation, out_hw, bias=False):
+    """(∂L/∂w, ∂L/∂bias or None) of y = conv2d(x, w) + bias for upstream g (B, O, Ho, Wo): by eq. M24 or M31
+    (Winograd's adjoint, ∂bias summed in its gradient transform, eq. M32) where `uses_winograd` gives m, else
+    ∂W_t = Gᵀ R (eq. M21) and ∂bias = Σ_{b,u,v} g, the reference. ∂bias is None unless `bias`."""
+    m = uses_winograd(x, w, stride, padding, dilation)
+    if m:
         with one_blas_thread(np):
-            return conv_winograd.winograd_weight_grad3x3(g, x)
-    return weight_grad_channels_last(as_rows(g), x, w.shape, stride, padding, dilation, out_hw)
+            dw, db = conv_winograd.winograd_weight_grad3x3(g, x, m)
+        return dw, (db if bias else None)
+    dw = weight_grad_channels_last(as_rows(g), x, w.shape, stride, padding, dilation, out_hw)
+    return dw, (g.sum(axis=(0, 2, 3)) if bias else None)
 
 
 # ---------------------------------------------------------------- 1×1 convolutions: batched products, NCHW (eq. M27)
@@ -414,11 +435,12 @@ class Conv2d(Function):
     """y[b, o] = Σ_{c,i,j} w[o, c, i, j] x_pad[b, c, s·u + d·i, s·v + d·j] + bias[o]  (eq. M1-M2).
 
     Inputs x (B, C, H, W), w (O, C, kh, kw), optional bias (O,). Computed channels last (eq. M21):
-    y = R W_tᵀ, or by Winograd F(2×2, 3×3) (eq. M23) where `uses_winograd`. Saved: x and w, not R: R is
+    y = R W_tᵀ, or by Winograd F(m×m, 3×3) (eq. M30, M23) where `uses_winograd`. Saved: x and w, not R: R is
     kh·kw times larger and is gathered again, a slice of the batch at a time, in backward (a fraction of
-    one product's time). VJP (eq. M3-M4, M20): ∂w = Gᵀ R (by eq. M24 where eq. M23 applies),
-    ∂x = conv2d_input_grad(g, w) (itself by eq. M23 where it applies, eq. M28 for strides), ∂bias = Σ_{b,u,v} g.
-    1×1 kernels with stride 1 and padding 0 run all three as batched NCHW products instead (eq. M27).
+    one product's time). VJP (eq. M3-M4, M20): ∂w = Gᵀ R (by eq. M31/M24 where Winograd applies),
+    ∂x = conv2d_input_grad(g, w) (itself by eq. M30/M23 where it applies, eq. M28 for strides), ∂bias = Σ_{b,u,v} g
+    (summed in Winograd's gradient transform, eq. M32). 1×1 kernels with stride 1 and padding 0 run all three as
+    batched NCHW products instead (eq. M27).
     """
 
     def forward(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
@@ -432,21 +454,27 @@ class Conv2d(Function):
                              f"input {tuple(x.shape)} with padding {padding}")
         self.geometry, self.x, self.w, self.out_hw = (stride, padding, dilation), x, w, out_hw
         self.pointwise = uses_pointwise(w, stride, padding)
-        y = pointwise_conv(x, w) if self.pointwise else conv2d_forward(x, w, stride, padding, dilation, out_hw)
+        if not self.pointwise:
+            return conv2d_forward(x, w, stride, padding, dilation, out_hw, b)
+        y = pointwise_conv(x, w)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)                               # y is a fresh array
         return y
 
     def backward(self, g):
         dx = conv2d_input_grad(g, self.w, self.x.shape, *self.geometry) if self.needs_grad[0] else None
-        dw = self._weight_grad(g) if self.needs_grad[1] else None
-        db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
+        need_b = len(self.needs_grad) > 2 and self.needs_grad[2]
+        dw, db = self._weight_grad(g, need_b) if self.needs_grad[1] else (None, None)
+        if need_b and db is None:
+            db = g.sum(axis=(0, 2, 3))
         return dx, dw, db
 
-    def _weight_grad(self, g):
+    def _weight_grad(self, g, bias):
+        """(∂w, ∂bias or None): eq. M27 for 1×1 kernels (∂bias left to backward), else `conv2d_weight_grad`
+        (which sums ∂bias inside Winograd's gradient transform where that runs, eq. M32)."""
         if self.pointwise:
-            return pointwise_weight_grad(g, self.x)
-        return conv2d_weight_grad(g, self.x, self.w, *self.geometry, self.out_hw)
+            return pointwise_weight_grad(g, self.x), None
+        return conv2d_weight_grad(g, self.x, self.w, *self.geometry, self.out_hw, bias=bias)
 
 
 class ConvTranspose2d(Function):
