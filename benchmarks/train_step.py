@@ -432,8 +432,9 @@ def main():
     result = summarise({fw: runs[fw] for fw in ("ours", "torch")}, facts)
     keys = ("step_s", "forward_s", "peak_mib", "step_cpu_s", "forward_cpu_s")
     base_dirs = frameworks[:-2]
-    result["baselines"] = {d: summarise({"ours": runs[d], "torch": runs["torch"]}, facts) for d in base_dirs}
-    result["vs_baselines"] = {d: {k: {"median": statistics.median(r[k] for r in runs["ours"])
+    shown = {d: os.path.relpath(d) for d in base_dirs}                 # keys as the user's tree names them
+    result["baselines"] = {shown[d]: summarise({"ours": runs[d], "torch": runs["torch"]}, facts) for d in base_dirs}
+    result["vs_baselines"] = {shown[d]: {k: {"median": statistics.median(r[k] for r in runs["ours"])
                                       / statistics.median(r[k] for r in runs[d]),
                                       "paired": [a[k] / b[k] for a, b in zip(runs["ours"], runs[d])]} for k in keys}
                               for d in base_dirs}
@@ -444,7 +445,7 @@ def main():
                    "allocator": allocator_setting(env), "load_average_before_after": [load_before, os.getloadavg()],
                    "float64_max_rel_err": facts["float64_max_rel_err"], "forward_gflop": facts["forward_gflop"],
                    "step_gflop": facts["step_gflop"], "bytes_model": facts["bytes_model"],
-                   "machine": machine_info(), "runs": runs})
+                   "machine": machine_info(), "runs": {shown.get(fw, fw): r for fw, r in runs.items()}})
     print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine", "blas")}, indent=1))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
