@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import malloc_env, min_times, thread_settings, write_result  # noqa: E402
 
 # (B, C_in, C_out, H, W) of each U-Net's 1×1 convolutions, one layer each (instrumented from train_step.py's
 # configurations); the transposed and the strided convolutions keep C_in = C_out = C: (B, C, H, W) of their input
@@ -50,21 +50,6 @@ POINTWISE = {"digits": [(64, 32, 64, 4, 4), (64, 96, 32, 8, 8), (64, 128, 64, 4,
              "32x32": [(16, 64, 128, 16, 16), (16, 192, 64, 32, 32), (16, 256, 128, 8, 8), (16, 256, 128, 16, 16)]}
 UPSAMPLE = {"digits": [(64, 64, 4, 4)], "32x32": [(16, 128, 8, 8), (16, 128, 16, 16)]}
 DOWNSAMPLE = {"digits": [(64, 32, 8, 8)], "32x32": [(16, 64, 32, 32), (16, 128, 16, 16)]}
-
-
-def min_times(fns, repeats):
-    """Per function, the minimum CPU and wall seconds over `repeats` rounds in which the functions alternate."""
-    best = [[float("inf"), float("inf")] for _ in fns]
-    for fn in fns:
-        fn()                                                    # warm-up (and Numba compilation)
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            c0, w0 = time.process_time(), time.perf_counter()
-            fn()
-            c1, w1 = time.process_time(), time.perf_counter()
-            best[k][0] = min(best[k][0], c1 - c0)
-            best[k][1] = min(best[k][1], w1 - w0)
-    return best
 
 
 def weight_grad_by_phase(x, g):
@@ -145,21 +130,11 @@ def cases(rng, dtype):
 
 def train_step_pairs(config, pairs):
     """[(new or old, step CPU s, forward + loss CPU s)] of 2·pairs training steps, the new paths on and off in turn."""
-    import tempfile
-
     import minidiff as md
-    from minidiff import diffusion, optim
-    from minidiff.models.unet import UNet
+    from minidiff import diffusion
     from minidiff.ops import conv as cv, conv_subpixel as sp
-    from train_step import CONFIGS, LR, load_inputs, make_inputs
-    cfg = CONFIGS[config]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "inputs.npz")
-        make_inputs(cfg, path)
-        weights, batch = load_inputs(path)
-    model = UNet(**cfg["unet"])
-    model.load_state_dict(weights)
-    opt = optim.Adam(list(model.parameters()), lr=LR)
+    from train_step import CONFIGS, ours_in_process
+    model, opt, batch = ours_in_process(CONFIGS[config])
     paths = {"new": (cv.uses_pointwise, sp.uses_subpixel), "old": (lambda *a: False, lambda *a: False)}
 
     def step(which):
@@ -206,14 +181,10 @@ def main():
     args = ap.parse_args()
 
     import numba
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
     threadpool_limits(1)
     numba.set_num_threads(1)
-    threads = {"blas": [{k: i.get(k) for k in ("internal_api", "num_threads", "version")} for i in threadpool_info()],
-               "numba": numba.get_num_threads(),
-               "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}}
-    malloc = ("glibc defaults" if not any(k.startswith("MALLOC_") for k in os.environ) else
-              {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})
+    threads, malloc = thread_settings(), malloc_env()
     if args.train_step:
         load_before = os.getloadavg()
         steps = train_step_pairs(args.train_step, args.pairs)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import malloc_env, thread_settings, write_result  # noqa: E402
 from train_step import CONFIGS, limit_threads  # noqa: E402
 
 
@@ -82,8 +82,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--name", default="group_norm_silu_cpu")
     args = ap.parse_args()
-    threads = limit_threads(1)
-    import numba
+    limit_threads(1)
     import torch
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -121,11 +120,7 @@ def main():
     path = write_result(args.name, {
         "config": args.config, "dtype": "float32", "repeats": args.repeats,
         "statistic": "minimum over repeats of process CPU time, the three ways alternating",
-        "threads": {"blas": threads, "numba": numba.get_num_threads(), "torch": torch.get_num_threads(),
-                    "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                           "NUMBA_NUM_THREADS")}},
-        "malloc_env": "glibc defaults" if not any(k.startswith("MALLOC_") for k in os.environ) else
-                      {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "threads": {**thread_settings(), "torch": torch.get_num_threads()}, "malloc_env": malloc_env(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "rows": rows, "per_step_ms": per_step, "fused_over_composed": ratios})
     print(path)

@@ -32,14 +32,13 @@ import argparse
 import importlib.util
 import os
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import malloc_env, min_times, thread_settings, write_result  # noqa: E402
 
 # (B, C_in, C_out, H, W) -> how many 3×3 stride-1 padding-1 convolutions of that shape each U-Net has
 # (read off minidiff's UNet with train_step.py's configurations: a counting hook on the conv forward)
@@ -76,21 +75,6 @@ def cases():
         out += [(config, "probe", (B, C, o, H, W), 0) for o in PROBE_OUT_CHANNELS]
         out += [(config, "probe", (B, C, O, s, s), 0) for s in PROBE_SIZES]
     return out
-
-
-def min_times(fns, repeats):
-    """Per function, the minimum CPU and wall seconds over `repeats` rounds in which the functions alternate."""
-    best = [[float("inf"), float("inf")] for _ in fns]
-    for fn in fns:
-        fn()                                                    # warm-up (and Numba compilation)
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            c0, w0 = time.process_time(), time.perf_counter()
-            fn()
-            c1, w1 = time.process_time(), time.perf_counter()
-            best[k][0] = min(best[k][0], c1 - c0)
-            best[k][1] = min(best[k][1], w1 - w0)
-    return best
 
 
 def winograd_parts(x, w, b, m, repeats):
@@ -193,7 +177,7 @@ def main():
     args = ap.parse_args()
 
     import numba
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
     threadpool_limits(1)
     numba.set_num_threads(1)
     baseline = load_baseline(args.baseline) if args.baseline else None
@@ -239,13 +223,7 @@ def main():
     path = write_result(args.name, {
         "dtype": args.dtype, "repeats": args.repeats, "statistic": "minimum over repeats, the paths alternating",
         "baseline": args.baseline,
-        "threads": {"blas": [{k: i.get(k) for k in ("internal_api", "num_threads", "version")}
-                             for i in threadpool_info()],
-                    "numba": numba.get_num_threads(),
-                    "env": {k: os.environ.get(k) for k in
-                            ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}},
-        "malloc_env": "glibc defaults" if not any(k.startswith("MALLOC_") for k in os.environ) else
-                      {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "threads": thread_settings(), "malloc_env": malloc_env(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "rows": rows, "totals_per_step": summary, "bias_passes_per_step": passes})
     print(path)

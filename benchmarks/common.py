@@ -54,6 +54,39 @@ def timeit(fn, repeats=7, number=1, warmup=1):
     return {"median_s": samples[len(samples) // 2], "min_s": samples[0], "repeats": repeats, "number": number}
 
 
+def min_times(fns, repeats):
+    """Per function, the minimum CPU and wall seconds over `repeats` rounds in which the functions alternate."""
+    best = [[float("inf"), float("inf")] for _ in fns]
+    for fn in fns:
+        fn()                                                    # warm-up (and Numba compilation)
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            c0, w0 = time.process_time(), time.perf_counter()
+            fn()
+            c1, w1 = time.process_time(), time.perf_counter()
+            best[k][0] = min(best[k][0], c1 - c0)
+            best[k][1] = min(best[k][1], w1 - w0)
+    return best
+
+
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def thread_settings():
+    """What a one-process benchmark ran with: the BLAS/OpenMP libraries' thread counts (threadpoolctl), Numba's,
+    and the thread variables of the environment."""
+    import numba
+    from threadpoolctl import threadpool_info
+    return {"blas": [{k: i.get(k) for k in ("internal_api", "num_threads", "version")} for i in threadpool_info()],
+            "numba": numba.get_num_threads(), "env": {k: os.environ.get(k) for k in THREAD_ENV}}
+
+
+def malloc_env():
+    """The glibc malloc tunables set in the environment, or "glibc defaults"."""
+    tuned = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    return tuned or "glibc defaults"
+
+
 def write_result(name, payload):
     """Write payload (plus machine info) to benchmarks/results/<name>.json and return the path."""
     RESULTS.mkdir(parents=True, exist_ok=True)

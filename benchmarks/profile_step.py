@@ -17,14 +17,13 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
-from train_step import CONFIGS, LR, limit_threads, load_inputs, make_inputs  # noqa: E402
+from train_step import CONFIGS, limit_threads, ours_in_process  # noqa: E402
 
 
 def all_functions():
@@ -77,17 +76,10 @@ def main():
     args = ap.parse_args()
     limit_threads(1)
     import minidiff as md
-    from minidiff import diffusion, optim
-    from minidiff.models.unet import UNet
+    from minidiff import diffusion
 
     cfg = dict(CONFIGS[args.config], **({} if args.batch is None else {"batch": args.batch}))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "inputs.npz")
-        make_inputs(cfg, path)
-        weights, batch = load_inputs(path)
-    model = UNet(**cfg["unet"])
-    model.load_state_dict(weights)
-    opt = optim.Adam(list(model.parameters()), lr=LR)
+    model, opt, batch = ours_in_process(cfg)
     totals = defaultdict(float)
 
     def step():

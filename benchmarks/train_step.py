@@ -130,6 +130,20 @@ def load_inputs(path):
         return weights, {k: f[k] for k in ("x_t", "eps", "t")}
 
 
+def ours_in_process(cfg):
+    """(model, Adam, batch) for timing minidiff's step inside this process: the U-Net of cfg with `make_inputs`'
+    weights (written to a temporary file and read back) and batch, Adam at LR."""
+    from minidiff import optim
+    from minidiff.models.unet import UNet
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "inputs.npz")
+        make_inputs(cfg, path)
+        weights, batch = load_inputs(path)
+    model = UNet(**cfg["unet"])
+    model.load_state_dict(weights)
+    return model, optim.Adam(list(model.parameters()), lr=LR), batch
+
+
 def check_float64_agreement(cfg, path, tol=1e-10):
     """Assert the float64 outputs of both U-Nets agree to tol (eval mode, same weights); return facts.
 

@@ -124,7 +124,7 @@ def test_channels_last_path_equals_the_channel_major_reference(problem, dtype, s
         np.testing.assert_allclose(fast, reference, rtol=0, atol=tol * scale)
 
 
-def _close(fast, reference, dtype, scale):
+def assert_close_to_rounding(fast, reference, dtype, scale):
     """fast equals reference in dtype and shape, to 1e-12·scale in float64 and 1e-5·scale in float32."""
     assert fast.dtype == reference.dtype == dtype and fast.shape == reference.shape
     np.testing.assert_allclose(fast, reference, rtol=0, atol=(1e-12 if dtype == np.float64 else 1e-5) * scale)
@@ -144,11 +144,13 @@ def test_pointwise_path_equals_the_channels_last_reference(problem, dtype):
     x, w, g = (a.astype(dtype) for a in problem)
     geometry, out_hw = ((1, 1), (0, 0), (1, 1)), x.shape[2:]
     (B, C, H, W), O = x.shape, w.shape[0]                 # |x|, |w|, |g| <= 2: each sum is at most 4 per term
-    _close(conv_ops.pointwise_conv(x, w), conv_ops.conv2d_channels_last(x, w, *geometry, out_hw), dtype, 4 * C)
-    _close(conv_ops.pointwise_input_grad(g, w), conv_ops.conv2d_input_grad_as_conv(g, w, x.shape, (0, 0), (1, 1)),
-           dtype, 4 * O)
-    _close(conv_ops.pointwise_weight_grad(g, x),
-           conv_ops.weight_grad_channels_last(conv_ops.as_rows(g), x, w.shape, *geometry, out_hw), dtype, 4 * B * H * W)
+    assert_close_to_rounding(conv_ops.pointwise_conv(x, w), conv_ops.conv2d_channels_last(x, w, *geometry, out_hw),
+                             dtype, 4 * C)
+    assert_close_to_rounding(conv_ops.pointwise_input_grad(g, w),
+                             conv_ops.conv2d_input_grad_as_conv(g, w, x.shape, (0, 0), (1, 1)), dtype, 4 * O)
+    assert_close_to_rounding(conv_ops.pointwise_weight_grad(g, x),
+                             conv_ops.weight_grad_channels_last(conv_ops.as_rows(g), x, w.shape, *geometry, out_hw),
+                             dtype, 4 * B * H * W)
 
 
 @given(pointwise_problems(), st.booleans(), st.integers(1, 2))
@@ -191,7 +193,7 @@ def test_subpixel_transposed_conv_equals_col2im(problem, dtype, seed):
     assert conv_subpixel.uses_subpixel(x, w, geo["stride"], (1, 1))
     fast = conv_subpixel.conv2d_input_grad_subpixel(x, w, y_shape, geo["stride"], geo["padding"])
     reference = conv_ops.conv2d_input_grad_col2im(x, w, y_shape, geo["stride"], geo["padding"], (1, 1))
-    _close(fast, reference, dtype, 4 * w.shape[0] * w.shape[2] * w.shape[3])   # |x|, |w| <= 2
+    assert_close_to_rounding(fast, reference, dtype, 4 * w.shape[0] * w.shape[2] * w.shape[3])   # |x|, |w| <= 2
 
 
 def test_strided_input_gradients_run_the_subpixel_path(monkeypatch):

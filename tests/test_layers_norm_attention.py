@@ -57,25 +57,38 @@ def test_group_norm_fast_path_equals_composition(problem):
         assert rel_err(a, r) < 1e-12
 
 
-@given(group_norm_problems(), st.sampled_from([np.float64, np.float32]), st.integers(0, 99))
-def test_group_norm_numba_kernels_equal_the_array_module_form(problem, dtype, seed):
-    """Eq. M22 (the Numba kernels NumPy arrays run) equals eq. M6-M7 as array-module code (CuPy's path):
-    y, ∂x, ∂γ, ∂β to 1e-12 in float64 and float32 round-off in float32, every output in x's dtype."""
+def assert_kernels_equal_the_array_module_form(problem, dtype, seed, fast, reference, tol32):
+    """fast(x, w, b, g, G) and reference(x, w, b, g, G), each (y, ∂x, ∂γ, ∂β), agree to 1e-12 in float64 and
+    tol32 in float32 (relative to the outputs' scale), every output in x's dtype and shape."""
     x, G, w, b = problem
     rng = np.random.default_rng(seed)
     x = x.astype(dtype)
     w = (rng.standard_normal(x.shape[1]) if w is None else w).astype(dtype)
     b = (rng.standard_normal(x.shape[1]) if b is None else b).astype(dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
-    y, mean, rstd = norm_numba.group_norm_forward(x, w, b, G, 1e-5)
-    fast = (y,) + norm_numba.group_norm_backward(g, x, w, mean, rstd, G)
-    y_ref, saved = group_norm_forward_xp(x, w, b, G, 1e-5)
-    reference = (y_ref,) + group_norm_backward_xp(g, w, *saved)
-    tol = 1e-12 if dtype == np.float64 else 2e-5
-    for a, r in zip(fast, reference):
+    tol = 1e-12 if dtype == np.float64 else tol32
+    for a, r in zip(fast(x, w, b, g, G), reference(x, w, b, g, G), strict=True):
         assert a.dtype == r.dtype == dtype and a.shape == r.shape
         scale = np.abs(r).max() + np.abs(g).max() * (np.abs(w).max() + 1) * x[0].size + 1
         np.testing.assert_allclose(a, r, rtol=0, atol=tol * scale)
+
+
+def group_norm_kernels(x, w, b, g, G):
+    y, mean, rstd = norm_numba.group_norm_forward(x, w, b, G, 1e-5)
+    return (y,) + norm_numba.group_norm_backward(g, x, w, mean, rstd, G)
+
+
+def group_norm_array_module_form(x, w, b, g, G):
+    y, saved = group_norm_forward_xp(x, w, b, G, 1e-5)
+    return (y,) + group_norm_backward_xp(g, w, *saved)
+
+
+@given(group_norm_problems(), st.sampled_from([np.float64, np.float32]), st.integers(0, 99))
+def test_group_norm_numba_kernels_equal_the_array_module_form(problem, dtype, seed):
+    """Eq. M22 (the Numba kernels NumPy arrays run) equals eq. M6-M7 as array-module code (CuPy's path):
+    y, ∂x, ∂γ, ∂β to 1e-12 in float64 and float32 round-off in float32, every output in x's dtype."""
+    assert_kernels_equal_the_array_module_form(problem, dtype, seed, group_norm_kernels,
+                                               group_norm_array_module_form, 2e-5)
 
 
 @given(group_norm_problems())
@@ -123,25 +136,22 @@ def test_group_norm_silu_equals_silu_of_the_group_norm_reference(problem, dtype,
         np.testing.assert_allclose(a, r, rtol=0, atol=tol * scale)
 
 
+def group_norm_silu_kernels(x, w, b, g, G):
+    y, mean, rstd = norm_numba.group_norm_silu_forward(x, w, b, G, 1e-5)
+    return (y,) + norm_numba.group_norm_silu_backward(g, x, w, b, mean, rstd, G)
+
+
+def group_norm_silu_array_module_form(x, w, b, g, G):
+    y, saved = group_norm_silu_forward_xp(x, w, b, G, 1e-5)
+    return (y,) + group_norm_silu_backward_xp(g, w, *saved)
+
+
 @given(group_norm_problems(), st.sampled_from([np.float64, np.float32]), st.integers(0, 99))
 def test_group_norm_silu_numba_kernels_equal_the_array_module_form(problem, dtype, seed):
     """Eq. M25's Numba kernels (NumPy's path) against its array-module form (CuPy's path): y, ∂x, ∂γ, ∂β to 1e-12
     in float64 and float32 round-off in float32, every output in x's dtype."""
-    x, G, w, b = problem
-    rng = np.random.default_rng(seed)
-    x = x.astype(dtype)
-    w = (rng.standard_normal(x.shape[1]) if w is None else w).astype(dtype)
-    b = (rng.standard_normal(x.shape[1]) if b is None else b).astype(dtype)
-    g = rng.standard_normal(x.shape).astype(dtype)
-    y, mean, rstd = norm_numba.group_norm_silu_forward(x, w, b, G, 1e-5)
-    fast = (y,) + norm_numba.group_norm_silu_backward(g, x, w, b, mean, rstd, G)
-    y_ref, saved = group_norm_silu_forward_xp(x, w, b, G, 1e-5)
-    reference = (y_ref,) + group_norm_silu_backward_xp(g, w, *saved)
-    tol = 1e-12 if dtype == np.float64 else 2e-6
-    for a, r in zip(fast, reference):
-        assert a.dtype == r.dtype == dtype and a.shape == r.shape
-        scale = np.abs(r).max() + np.abs(g).max() * (np.abs(w).max() + 1) * x[0].size + 1
-        np.testing.assert_allclose(a, r, rtol=0, atol=tol * scale)
+    assert_kernels_equal_the_array_module_form(problem, dtype, seed, group_norm_silu_kernels,
+                                               group_norm_silu_array_module_form, 2e-6)
 
 
 def test_group_norm_silu_keeps_x_and_the_statistics_only():
