@@ -97,15 +97,7 @@ def _input_transform2(x, v):
     e = np.empty((4, 4, C), dtype=x.dtype)
     for b in range(B):
         for ti in range(nh):
-            for k in range(4):                                          # rows 2ĩ − 1 … 2ĩ + 2 of x
-                row = 2 * ti - 1 + k
-                if 0 <= row < H:
-                    for c in range(C):
-                        xr = x[b, c, row]
-                        for col in range(W):
-                            d[k, col + 1, c] = xr[col]
-                else:
-                    d[k] = 0
+            _input_rows(x, b, 2 * ti - 1, d)                            # rows 2ĩ − 1 … 2ĩ + 2 of x
             for tj in range(nw):
                 t = (b * nh + ti) * nw + tj
                 for l in range(4):                                      # e[:, l] = Bᵀ d[:, l]
@@ -209,6 +201,22 @@ def _write_rows(out, bias, y, b, row0):
 
 
 @njit(cache=True)
+def _input_rows(x, b, row0, d):
+    """d[k, col + 1, c] = x[b, c, row0 + k, col] for the α = d.shape[0] input rows of a tile row (zero rows outside
+    x), channels last; d's first column and those beyond W stay as they are (the caller's zero padding)."""
+    C, H, W = x.shape[1:]
+    for k in range(d.shape[0]):
+        row = row0 + k
+        if 0 <= row < H:
+            for c in range(C):
+                xr = x[b, c, row]
+                for col in range(W):
+                    d[k, col + 1, c] = xr[col]
+        else:
+            d[k] = 0
+
+
+@njit(cache=True)
 def _tile_rows(g, b, row0, q, db):
     """q[p, col, o] = g[b, o, row0 + p, col] for the m = q.shape[0] rows of a tile row (zero rows beyond H),
     and db[o] += the sum of those rows."""
@@ -269,15 +277,7 @@ def _input_transform4(x, v):
     e = np.empty((6, 6, C), dtype=x.dtype)
     for b in range(B):
         for ti in range(nh):
-            for k in range(6):                                          # rows 4ĩ − 1 … 4ĩ + 4 of x
-                row = 4 * ti - 1 + k
-                if 0 <= row < H:
-                    for c in range(C):
-                        xr = x[b, c, row]
-                        for col in range(W):
-                            d[k, col + 1, c] = xr[col]
-                else:
-                    d[k] = 0
+            _input_rows(x, b, 4 * ti - 1, d)                            # rows 4ĩ − 1 … 4ĩ + 4 of x
             for tj in range(nw):
                 t = (b * nh + ti) * nw + tj
                 for l in range(6):                                      # e[:, l] = Bᵀ d[:, l]
